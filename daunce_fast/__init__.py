@@ -1,0 +1,48 @@
+"""daunce_fast: the fast backend for DAUNCE training-data attribution.
+
+Importing this package is cheap: it imports neither torch, triton nor the compiled extension and
+makes no CUDA call. Public names are resolved on first use:
+
+  correlate, topk              streaming tiled correlation of loss matrices   (daunce_fast.correlation)
+  storage                      streaming / memory-mapped safetensors           (daunce_fast.storage)
+  lora                         batched multi-LoRA layers and helpers          (daunce_fast.lora)
+  losses                       fused per-example loss head, DAUNCE objectives (daunce_fast.losses)
+  Daunce                       the end-to-end pipeline                         (daunce_fast.daunce)
+  available_backends, select_backend, BackendUnavailableError                  (backend registry)
+"""
+from __future__ import annotations
+
+import importlib
+
+from ._version import __version__
+
+_LAZY = {
+    "available_backends": ("._backends", "available_backends"),
+    "select_backend": ("._backends", "select_backend"),
+    "BackendUnavailableError": ("._backends", "BackendUnavailableError"),
+    "ExtensionNotBuiltError": ("._ext", "ExtensionNotBuiltError"),
+    "build_info": ("._ext", "build_info"),
+    "correlate": (".correlation", "correlate"),
+    "topk": (".correlation", "topk"),
+    "Daunce": (".daunce", "Daunce"),
+}
+_SUBMODULES = ("storage", "correlation", "lora", "losses", "daunce", "testing", "integrations", "distributed")
+
+__all__ = ["__version__", *_LAZY, *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod, __name__), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'daunce_fast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
