@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "out"
+OUT = Path(os.environ.get("DAUNCE_FAST_BENCH_OUT", HERE / "out"))
 
 
 def _sync():
@@ -127,7 +127,7 @@ def machine() -> dict:
 
 
 def record(bench: str, rows: list[dict]) -> Path:
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.jsonl"
     m = machine()
     with open(path, "a") as f:

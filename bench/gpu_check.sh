@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The one script to run on a lent GPU (see the device tool): build the extension with CUDA,
+# run the GPU and Triton tests natively, run each benchmark's GPU section, print a short table.
+# Usage on the GPU machine, from the repo root:  bash bench/gpu_check.sh
+# Writes logs and bench rows under $OUT (the device tool's folder) or bench/out/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+O=${OUT:-bench/out}
+mkdir -p "$O"
+export PYTHONUNBUFFERED=1 DAUNCE_FAST_CUDA=1 DAUNCE_FAST_CUDA_ARCHS=${DAUNCE_FAST_CUDA_ARCHS:-90}
+export PYTHONPATH=$PWD DAUNCE_FAST_BENCH_OUT="$O"
+t0=$(date +%s)
+if ! python3 setup.py build_ext --inplace >"$O/build.log" 2>&1; then
+  tail -40 "$O/build.log"; echo "gpu_check: BUILD FAILED"; exit 1
+fi
+echo "build: $(( $(date +%s) - t0 )) s"
+python3 -m daunce_fast info | tee "$O/info.txt"
+timeout 300 python3 -m pytest -q -m "gpu or triton" -p no:cacheprovider tests >"$O/gpu_tests.log" 2>&1
+echo "gpu tests (exit $?): $(tail -1 "$O/gpu_tests.log")"
+for b in bench/bench_*.py; do
+  timeout 150 python3 "$b" --gpu >"$O/$(basename "$b" .py).log" 2>&1
+  echo "$(basename "$b"): exit $?"
+done
+python3 - "$O" <<'PY'
+import json, sys, pathlib
+p = pathlib.Path(sys.argv[1]) / "results.jsonl"
+rows = [json.loads(l) for l in p.read_text().splitlines()] if p.exists() else []
+print(f"\n{'bench':24s} {'case':40s} {'value':>12s}")
+for r in rows:
+    if r.get("gpu"):
+        for k in ("ratio", "tflops", "frac_of_matmul", "tokens_per_s", "median_s"):
+            if k in r:
+                print(f"{r['bench']:24s} {str(r.get('case', ''))[:40]:40s} {k}={r[k]:.4g}")
+                break
+PY
+echo "gpu_check: total $(( $(date +%s) - t0 )) s"
