@@ -1,0 +1,5 @@
+"""The DAUNCE pipeline: perturbed objectives, batched training of K models, loss recording, scoring."""
+from .config import DaunceConfig
+from .pipeline import Daunce
+
+__all__ = ["Daunce", "DaunceConfig"]

@@ -1,0 +1,80 @@
+"""Hyper-parameters of a DAUNCE run, their defaults and their validation.
+
+Defaults are the ones measured best on the bundled LDS evaluation (bench/lds.py, figures in
+bench/RESULTS.md), not copied from the paper.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+OBJECTIVES = ("if", "efim", "margin", "blackbox")
+TARGETS = ("loss", "margin")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class DaunceConfig:
+    num_models: int = 512          # K perturbed models
+    ratio: float = 0.5             # subset ratio r: each model trains on round(r * N) examples
+    objective: str = "if"          # see REFERENCE.md §1.1 / daunce_fast.daunce.objectives
+    rho: float = 0.3               # perturbation strength of the per-example weights c_ik
+    gamma: float = 1.0             # weight of the regulariser R_k
+    target: str = "loss"           # recorded per-example target: loss, or -margin
+    rank: int | str = "full"       # LoRA rank, or "full" for dense weight deltas
+    alpha: float | None = None     # LoRA alpha (default: rank, i.e. scaling 1)
+    target_modules: list[str] | str | None = None  # None: every nn.Linear
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: float | None = 10      # passes over each model's subset (ignored when steps is set)
+    steps: int | None = None       # optimiser steps per model
+    batch_size: int = 64           # examples per model per step
+    schedule: str = "cosine"       # "cosine" or "constant"
+    max_grad_norm: float | None = None  # per-adapter clipping
+    adapter_chunk: int | None = None    # models trained together (None: all, capped by row_budget)
+    row_budget: int = 65536        # max rows (models x examples) in one batched forward
+    antithetic: bool = False       # pairs of models share a subset and use xi and 1 - xi
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "DaunceConfig":
+        def bad(msg):
+            raise ValueError(f"Daunce: {msg}")
+
+        if int(self.num_models) < 2:
+            bad(f"num_models must be >= 2 (correlation across models), got {self.num_models}")
+        if not 0.0 < float(self.ratio) <= 1.0:
+            bad(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.objective not in OBJECTIVES:
+            bad(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.target not in TARGETS:
+            bad(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.optimizer not in OPTIMIZERS:
+            bad(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.rank != "full" and (not isinstance(self.rank, int) or self.rank < 1):
+            bad(f"rank must be a positive int or 'full', got {self.rank!r}")
+        if self.steps is None and (self.epochs is None or self.epochs <= 0):
+            bad("give steps or a positive number of epochs")
+        if self.steps is not None and self.steps < 1:
+            bad(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            bad(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.schedule not in ("cosine", "constant"):
+            bad(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.adapter_chunk is not None and self.adapter_chunk < 1:
+            bad(f"adapter_chunk must be >= 1, got {self.adapter_chunk}")
+        if self.antithetic and self.num_models % 2:
+            bad("antithetic pairs need an even num_models")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    # Fields that change what a model is trained to (a resumed run must match them exactly).
+    def training_fingerprint(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("adapter_chunk", "row_budget", "num_models"):
+            d.pop(k)
+        return d

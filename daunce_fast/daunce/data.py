@@ -1,0 +1,109 @@
+"""Datasets as the pipeline sees them: a tuple of tensors gathered once, indexed by example.
+
+Accepted: ``torch.utils.data.TensorDataset``; any map-style ``Dataset`` whose items are tuples
+``(*inputs, label)`` or dicts (label under "labels", "label" or "y"; the other keys are passed to
+the model as keyword arguments); a ``DataLoader`` over such items (iterated once, in order, so it
+must not shuffle). Items are stacked once into tensors so that the K models' minibatches are
+gathered with one index operation per step instead of K * batch Python item lookups.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+LABEL_KEYS = ("labels", "label", "y")
+
+
+@dataclass
+class Examples:
+    inputs: tuple | dict      # tensors with leading dimension N
+    labels: torch.Tensor      # [N] or [N, T]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, idx: torch.Tensor, device=None):
+        """(inputs, labels) of the examples ``idx`` (any shape of int64 index; flattened)."""
+        idx = idx.reshape(-1)
+        if isinstance(self.inputs, dict):
+            inp = {k: v[idx].to(device) if device else v[idx] for k, v in self.inputs.items()}
+        else:
+            inp = tuple(v[idx].to(device) if device else v[idx] for v in self.inputs)
+        lab = self.labels[idx]
+        return inp, (lab.to(device) if device else lab)
+
+    def fingerprint(self) -> str:
+        """A cheap content hash (shapes, dtypes, a strided sample of values) to detect a changed dataset."""
+        h = hashlib.sha256()
+        tensors = list(self.inputs.values()) if isinstance(self.inputs, dict) else list(self.inputs)
+        for t in [*tensors, self.labels]:
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            flat = t.reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            h.update(np.ascontiguousarray(flat[::step].detach().cpu().to(torch.float64).numpy()).tobytes())
+        return h.hexdigest()[:16]
+
+
+def _split_item(item):
+    if isinstance(item, dict):
+        key = next((k for k in LABEL_KEYS if k in item), None)
+        if key is None:
+            raise ValueError(f"dataset items are dicts without a label key (one of {LABEL_KEYS})")
+        return {k: v for k, v in item.items() if k != key}, item[key]
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        return tuple(item[:-1]), item[-1]
+    raise ValueError("dataset items must be (inputs..., label) tuples or dicts with a label key")
+
+
+def _stack(values):
+    return torch.stack([torch.as_tensor(v) for v in values])
+
+
+def as_examples(data) -> Examples:
+    """Gather a dataset (see module doc) into :class:`Examples`."""
+    if isinstance(data, Examples):
+        return data
+    if isinstance(data, torch.utils.data.TensorDataset):
+        *inp, lab = data.tensors
+        return Examples(tuple(inp), lab)
+    if isinstance(data, torch.utils.data.DataLoader):
+        parts = [_split_item(b) for b in data]
+        if not parts:
+            raise ValueError("empty DataLoader")
+        inp0 = parts[0][0]
+        labels = torch.cat([torch.as_tensor(p[1]) for p in parts])
+        if isinstance(inp0, dict):
+            return Examples({k: torch.cat([p[0][k] for p in parts]) for k in inp0}, labels)
+        return Examples(tuple(torch.cat([p[0][i] for p in parts]) for i in range(len(inp0))), labels)
+    if isinstance(data, tuple) and all(isinstance(t, torch.Tensor) for t in data) and len(data) >= 2:
+        return Examples(tuple(data[:-1]), data[-1])
+    n = len(data)
+    if n == 0:
+        raise ValueError("empty dataset")
+    items = [_split_item(data[i]) for i in range(n)]
+    if isinstance(items[0][0], dict):
+        inputs = {k: _stack([it[0][k] for it in items]) for k in items[0][0]}
+    else:
+        inputs = tuple(_stack([it[0][i] for it in items]) for i in range(len(items[0][0])))
+    return Examples(inputs, _stack([it[1] for it in items]))
+
+
+def call_model(model, inputs):
+    """Run the model on gathered inputs; return its output tensor (``.logits`` of HF outputs)."""
+    out = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+    if hasattr(out, "logits"):
+        out = out.logits
+    elif isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
+
+
+def repeat_for_models(inputs, k: int):
+    """Stack the same examples for k models, adapter-major: [k * m, ...]."""
+    rep = lambda t: t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])  # noqa: E731
+    if isinstance(inputs, dict):
+        return {n: rep(v) for n, v in inputs.items()}
+    return tuple(rep(v) for v in inputs)

@@ -1,0 +1,98 @@
+"""Train one chunk of K_c perturbed models together: one batched forward/backward per step.
+
+The model carries K_c adapters (daunce_fast.lora); row block k of every batch is model k's
+minibatch from its own subset. The per-model objectives are summed, so each adapter's gradient
+is that of its own objective; Adam/SGD update elementwise and clipping is per adapter, so no
+statistic ever mixes two models, and a model trains the same in any chunk.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from . import perturb
+from .objectives import daunce_loss
+
+
+def steps_per_model(cfg, n_k: int) -> int:
+    spe = math.ceil(n_k / cfg.batch_size)
+    return int(cfg.steps) if cfg.steps is not None else max(1, int(round(cfg.epochs * spe)))
+
+
+class ChunkPlan:
+    """Subsets, weights and batch order of models ``ids`` (global indices)."""
+
+    def __init__(self, cfg, ids: list[int], n: int):
+        self.cfg, self.ids = cfg, list(ids)
+        draws = [perturb.subset_and_xi(cfg.seed, k, n, cfg.ratio, cfg.antithetic) for k in self.ids]
+        self.members = torch.from_numpy(np.stack([d[0] for d in draws]))                  # [K_c, n_k]
+        self.c = torch.from_numpy(np.stack([perturb.weights_c(cfg.objective, cfg.rho, d[1]) for d in draws]))
+        self.n_k = self.members.shape[1]
+        self.spe = math.ceil(self.n_k / cfg.batch_size)
+        self.total_steps = steps_per_model(cfg, self.n_k)
+        self._orders: dict[int, torch.Tensor] = {}
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(example indices [K_c, b], weights c [K_c, b]) of global ``step``."""
+        epoch, pos = divmod(step, self.spe)
+        if epoch not in self._orders:
+            self._orders = {epoch: torch.from_numpy(np.stack(
+                [perturb.epoch_order(self.cfg.seed, k, epoch, self.n_k) for k in self.ids]))}
+        sel = self._orders[epoch][:, pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
+        return self.members.gather(1, sel), self.c.gather(1, sel)
+
+
+def make_optimizer(cfg, params):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg, step: int, total: int) -> float:
+    warm = int(cfg.extra.get("warmup", 0.0) * total)
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    p = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def train_chunk(model, params, examples, plan: ChunkPlan, base, *, forward, target_fn, progress=None) -> None:
+    """Train the adapters of ``model`` (parameters ``params``) for ``plan.total_steps`` steps.
+
+    base: dict with "z0", "t0", "g0" tables over the training set (index by example), or None
+    for "blackbox". forward(model, inputs) -> outputs [K_c*b, ...].
+    """
+    from .. import lora
+
+    cfg = plan.cfg
+    device = params[0].device
+    opt = make_optimizer(cfg, params)
+    K = len(plan.ids)
+    model.train()
+    for step in range(plan.total_steps):
+        idx, c = plan.batch(step)
+        inputs, y = examples.take(idx, device)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(cfg, step, plan.total_steps)
+        flat = idx.reshape(-1)
+        if base is None:
+            z0 = t0 = g0 = None
+        else:
+            z0, t0, g0 = (base[k][flat].to(device) for k in ("z0", "t0", "g0"))
+        z = forward(model, inputs)
+        obj, _ = daunce_loss(z, y, c.to(device), num_models=K, objective=cfg.objective, gamma=cfg.gamma,
+                             target_fn=target_fn, z0=z0, t0=t0, g0=g0)
+        opt.zero_grad(set_to_none=True)
+        obj.sum().backward()
+        if cfg.max_grad_norm is not None:
+            lora.clip_grad_norm_per_adapter(params, cfg.max_grad_norm)
+        opt.step()
+        if progress is not None:
+            progress.update(1)
+    model.eval()

@@ -1,0 +1,108 @@
+"""`daunce-fast demo`: DAUNCE on scikit-learn's digits, end to end on a CPU in a few minutes.
+
+Trains θ0 (an MLP 64-64-10) on the bundled digits, runs DAUNCE with the library's defaults and as
+many models as fit the time budget (batched), prints the most helpful and most harmful training
+examples of a few test examples and saves a PNG figure of them.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _calibrate(make, task, budget_s: float, k_probe: int, k_max: int) -> int:
+    """Models that fit ``budget_s`` seconds, from the time of a probe run of ``k_probe`` models."""
+    t0 = time.perf_counter()
+    make(k_probe, tempfile.mkdtemp(prefix="daunce_probe_")).fit(task)
+    per_model = (time.perf_counter() - t0) / k_probe
+    k = int(budget_s / max(per_model, 1e-6))
+    k = max(k_probe, min(k_max, k))
+    return k - k % 64 if k >= 128 else k
+
+
+def figure(path: Path, task, test_ids, helpful, harmful) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, k = len(test_ids), helpful.shape[1]
+    fig, axes = plt.subplots(n, 2 * k + 1, figsize=(1.25 * (2 * k + 1), 1.45 * n))
+    axes = np.atleast_2d(axes)
+    for r, j in enumerate(test_ids):
+        cells = [("test", task.images_test[j], int(task.y_test[j]), "black")]
+        cells += [("helps", task.images_train[i], int(task.y_train[i]), "tab:green") for i in helpful[r]]
+        cells += [("harms", task.images_train[i], int(task.y_train[i]), "tab:red") for i in harmful[r]]
+        for c, (kind, img, lab, color) in enumerate(cells):
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray_r")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{kind} y={lab}", fontsize=7, color=color)
+            for s in ax.spines.values():
+                s.set_edgecolor(color)
+                s.set_linewidth(2 if c else 1)
+    fig.suptitle("DAUNCE on digits: each test image, its most helpful (green) and most harmful (red) training images",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4, k: int = 5,
+        out: str = "daunce_demo.png", seed: int = 0, workdir: str | None = None, progress: bool = True) -> dict:
+    import torch
+
+    from .daunce import Daunce
+    from .examples import load_tabular, mlp, train_classifier
+
+    torch.manual_seed(seed)
+    t_start = time.perf_counter()
+    task = load_tabular("digits", seed=seed)
+    train = torch.utils.data.TensorDataset(task.x_train, task.y_train)
+    test = torch.utils.data.TensorDataset(task.x_test, task.y_test)
+    print(f"digits: {len(train)} training and {len(test)} test images, 10 classes")
+
+    t0 = time.perf_counter()
+    theta0 = train_classifier(mlp(64, 10, seed=seed), task.x_train, task.y_train, epochs=30, lr=3e-3,
+                              batch_size=64, seed=seed)
+    acc = (theta0(task.x_test).argmax(1) == task.y_test).float().mean().item()
+    print(f"θ0: MLP 64-64-10 trained in {time.perf_counter() - t0:.1f} s, test accuracy {acc:.3f}")
+
+    def make(K, wd):
+        return Daunce(theta0, num_models=K, seed=seed, workdir=wd, progress=False)
+
+    if num_models is None:
+        num_models = _calibrate(make, train, budget_s * 0.8, 64, 4096)
+        print(f"time budget {budget_s:.0f} s -> K = {num_models} perturbed models")
+    wd = workdir or tempfile.mkdtemp(prefix="daunce_demo_")
+    t0 = time.perf_counter()
+    d = Daunce(theta0, num_models=num_models, seed=seed, workdir=wd, progress=progress)
+    d.fit(train, record={"test": test})
+    t_fit = time.perf_counter() - t0
+    cfg = d.config
+    print(f"DAUNCE: K={num_models} models (objective={cfg.objective}, ratio={cfg.ratio}, rho={cfg.rho}, "
+          f"{cfg.epochs} epochs, rank={cfg.rank}) trained and recorded in {t_fit:.1f} s, in chunks of {d.chunk_size()}")
+
+    rng = np.random.default_rng(seed)
+    test_ids = np.sort(rng.choice(len(test), size=num_test, replace=False))
+    t0 = time.perf_counter()
+    sub = torch.utils.data.TensorDataset(task.x_test[test_ids], task.y_test[test_ids])
+    hv, hi = d.scores("train", sub, topk=k, largest=True)
+    lv, li = d.scores("train", sub, topk=k, largest=False)
+    hv, hi, lv, li = (np.asarray(x) for x in (hv, hi, lv, li))
+    print(f"scores: top-{k} most and least helpful per test example in {time.perf_counter() - t0:.2f} s")
+    for r, j in enumerate(test_ids):
+        print(f"\ntest #{j} (label {int(task.y_test[j])}):")
+        print("  most helpful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.3f})" for i, v in zip(hi[r], hv[r])))
+        print("  most harmful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.3f})" for i, v in zip(li[r], lv[r])))
+    same = float(np.mean([(task.y_train[hi[r]] == task.y_test[j]).float().mean().item() for r, j in enumerate(test_ids)]))
+    print(f"\nshare of most-helpful training images with the test image's label: {same:.2f}")
+    figure(Path(out), task, test_ids, hi, li)
+    print(f"figure: {Path(out).resolve()}")
+    total = time.perf_counter() - t_start
+    print(f"total {total:.1f} s; workdir {wd}")
+    return {"num_models": num_models, "fit_s": t_fit, "total_s": total, "label_agreement": same, "figure": out,
+            "workdir": wd}
