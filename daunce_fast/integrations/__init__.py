@@ -1,0 +1,1 @@
+"""Adapters that let other training-data-attribution tools use daunce_fast."""
