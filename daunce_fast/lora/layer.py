@@ -1,0 +1,146 @@
+"""MultiLoRALinear: K adapters (LoRA or dense "full" deltas) on one frozen, shared linear layer."""
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .op import multilora_linear
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): ``y = x @ weight + bias`` with ``weight [d_in, d_out]``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
+        and module.weight.dim() == 2
+
+
+def slot_seed(seed: int, adapter_id: int, layer_name: str) -> int:
+    """The seed of adapter ``adapter_id``'s A matrix in layer ``layer_name``: a hash of the three only,
+    so an adapter's initialisation does not depend on which chunk or slot it is trained in."""
+    digest = hashlib.blake2b(f"{int(seed)}|{int(adapter_id)}|{layer_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def _default_adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    # PEFT keeps adapter weights in fp32 when the base is fp16/bf16 (autocast_adapter_dtype=True).
+    return torch.float32 if weight_dtype in (torch.float16, torch.bfloat16) else weight_dtype
+
+
+class MultiLoRALinear(nn.Module):
+    """``num_adapters`` adapters on one frozen ``nn.Linear`` (or transformers ``Conv1D``).
+
+    Input ``[K*m, d_in]`` or ``[K*m, T, d_in]``, adapter-major: the first ``m`` leading rows are
+    adapter 0's, the next ``m`` adapter 1's, and so on. For the rows of adapter ``k``::
+
+        rank r:       y = x @ W.T + bias + (alpha / r) * (dropout(x) @ lora_A[k].T) @ lora_B[k].T
+        rank "full":  y = x @ (W + delta_weight[k]).T + bias + delta_bias[k]
+
+    ``lora_A [K, r, d_in]`` starts as PEFT initialises it (kaiming-uniform, a=sqrt(5)), ``lora_B
+    [K, d_out, r]`` and the full-rank deltas at zero, so every adapter starts as the base model.
+    The base's parameters are frozen (``requires_grad=False``) and shared.
+
+    ``seed``/``adapter_ids``: slot ``i``'s A comes from a generator seeded by
+    ``slot_seed(seed, adapter_ids[i], name)`` only (see :meth:`reset_adapters`).
+    ``backend``: None (auto), 'torch' or 'triton', passed to :func:`multilora_linear`.
+    """
+
+    def __init__(self, base_linear: nn.Module, num_adapters: int, rank: Union[int, str], alpha: float,
+                 dropout: float = 0.0, *, name: str = "", seed: Optional[int] = None,
+                 adapter_ids: Optional[Sequence[int]] = None, adapter_dtype: Optional[torch.dtype] = None,
+                 backend: Optional[str] = None):
+        super().__init__()
+        if not (isinstance(base_linear, nn.Linear) or is_conv1d(base_linear)):
+            raise TypeError(f"MultiLoRALinear wraps nn.Linear or transformers Conv1D, not {type(base_linear).__name__}")
+        if int(num_adapters) < 1:
+            raise ValueError(f"num_adapters must be >= 1, got {num_adapters}")
+        self.full = rank == "full"
+        if not self.full and (not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"rank must be a positive int or 'full', got {rank!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.base = base_linear
+        for p in base_linear.parameters():
+            p.requires_grad_(False)
+        self.fan_in_fan_out = is_conv1d(base_linear)
+        w = base_linear.weight
+        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        self.num_adapters = int(num_adapters)
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.dropout_p = float(dropout)
+        self.name = name
+        self.backend = backend
+        self.disabled = False
+        dt = adapter_dtype or _default_adapter_dtype(w.dtype)
+        K, d_in, d_out = self.num_adapters, self.in_features, self.out_features
+        if self.full:
+            self.scaling = 1.0
+            self.delta_weight = nn.Parameter(torch.zeros(K, d_out, d_in, device=w.device, dtype=dt))
+            self.delta_bias = (nn.Parameter(torch.zeros(K, d_out, device=w.device, dtype=dt))
+                               if base_linear.bias is not None else None)
+        else:
+            self.scaling = self.alpha / rank
+            self.lora_A = nn.Parameter(torch.empty(K, rank, d_in, device=w.device, dtype=dt))
+            self.lora_B = nn.Parameter(torch.zeros(K, d_out, rank, device=w.device, dtype=dt))
+        self.reset_adapters(adapter_ids if adapter_ids is not None else range(K), seed)
+
+    def adapter_parameters(self) -> list:
+        if self.full:
+            return [p for p in (self.delta_weight, self.delta_bias) if p is not None]
+        return [self.lora_A, self.lora_B]
+
+    @torch.no_grad()
+    def reset_adapters(self, adapter_ids: Iterable[int], seed: Optional[int] = None) -> None:
+        """Re-initialise every slot: slot ``i`` becomes adapter ``adapter_ids[i]`` (B / deltas zeroed;
+        A kaiming-uniform from ``slot_seed(seed, adapter_ids[i], self.name)``, or from torch's global
+        generator when ``seed`` is None, as PEFT does)."""
+        ids = list(adapter_ids)
+        if len(ids) != self.num_adapters:
+            raise ValueError(f"{len(ids)} adapter ids for {self.num_adapters} slots")
+        if self.full:
+            self.delta_weight.zero_()
+            if self.delta_bias is not None:
+                self.delta_bias.zero_()
+            return
+        self.lora_B.zero_()
+        for i, aid in enumerate(ids):
+            # Drawn on the CPU in fp32, so the same (seed, id, layer) gives the same A on any device.
+            buf = torch.empty(self.rank, self.in_features)
+            gen = torch.Generator().manual_seed(slot_seed(seed, aid, self.name)) if seed is not None else None
+            nn.init.kaiming_uniform_(buf, a=math.sqrt(5), generator=gen)
+            self.lora_A[i].copy_(buf)
+
+    def base_weight(self) -> torch.Tensor:
+        """The frozen weight as ``[d_out, d_in]`` (a transposed view for Conv1D)."""
+        return self.base.weight.t() if self.fan_in_fan_out else self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled:
+            return self.base(x)
+        K = self.num_adapters
+        if x.dim() < 2 or x.shape[0] % K or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self.name or 'MultiLoRALinear'}: input {tuple(x.shape)} must be [K*m, ..., "
+                             f"{self.in_features}] with K={K} adapter-major segments on the first dimension")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        W, bias = self.base_weight(), self.base.bias
+        if self.full:
+            y = F.linear(x2, W, bias)
+            xk = x2.view(K, -1, self.in_features)
+            delta = torch.bmm(xk.to(self.delta_weight.dtype), self.delta_weight.transpose(1, 2))
+            if self.delta_bias is not None:
+                delta = delta + self.delta_bias[:, None, :]
+            y = (y.view(K, -1, self.out_features) + delta.to(y.dtype)).view(-1, self.out_features)
+        else:
+            xa = F.dropout(x2, self.dropout_p, True) if (self.dropout_p > 0 and self.training) else None
+            y = multilora_linear(x2, W, bias, self.lora_A, self.lora_B, self.scaling, x_lora=xa, backend=self.backend)
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, in_features={self.in_features}, out_features={self.out_features}, "
+                f"num_adapters={self.num_adapters}, rank={self.rank!r}, alpha={self.alpha}, "
+                f"dropout={self.dropout_p}, conv1d={self.fan_in_fan_out}")

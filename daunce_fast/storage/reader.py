@@ -1,0 +1,164 @@
+"""Memory-mapped reader of safetensors files (ours, or any other writer's)."""
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+
+from . import dtypes as _dt
+from ._views import array_view, torch_view
+from .errors import IncompleteFileError, StorageError
+from .format import Header, read_header
+from .writer import JOURNAL_SUFFIX, PARTIAL_SUFFIX
+
+
+def open(path) -> "Reader":  # noqa: A001 - the module's public name, like io.open
+    """Open the safetensors file ``path`` read-only, memory-mapped.
+
+    Validates the header (CorruptFileError naming the defect); a ``.partial`` file, a file whose
+    header says incomplete, or a ``path`` whose writer never finished (only ``path.partial``
+    exists) raises IncompleteFileError. Nothing but the header is read until tensors are touched.
+    """
+    return Reader(path)
+
+
+class Reader:
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        if self.path.endswith(PARTIAL_SUFFIX):
+            raise IncompleteFileError(f"{self.path} is a partial file (its writer has not finished); resume it "
+                                      f"with create(..., resume=True) or open the final file")
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if os.path.exists(self.path + PARTIAL_SUFFIX):
+                raise IncompleteFileError(
+                    f"{self.path} does not exist yet: only {self.path + PARTIAL_SUFFIX} does (its writer was "
+                    f"interrupted or is still running; resume with create(..., resume=True))") from None
+            raise
+        self._mm = self._cow = None
+        self._views: dict = {}
+        try:
+            self.header: Header = read_header(fd, self.path)
+            if not self.header.complete:
+                journal = " (a journal of done tiles is beside it)" if os.path.exists(
+                    self.path + JOURNAL_SUFFIX) else ""
+                raise IncompleteFileError(f"{self.path}: header marks the file incomplete: its writer never "
+                                          f"closed it{journal}")
+            self._mm = mmap.mmap(fd, self.header.file_size, access=mmap.ACCESS_READ)
+            self._fd = fd  # kept only until a copy-on-write map for torch is made (or close)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.metadata: dict[str, str] = self.header.user_metadata()
+
+    # ---------------------------------------------------------------------------------- queries
+    def names(self) -> list[str]:
+        """Tensor names in file (offset) order."""
+        return list(self.header.tensors)
+
+    def keys(self):
+        return self.header.tensors.keys()
+
+    def __contains__(self, name) -> bool:
+        return name in self.header.tensors
+
+    def __iter__(self):
+        return iter(self.header.tensors)
+
+    def __len__(self) -> int:
+        return len(self.header.tensors)
+
+    @property
+    def raw_metadata(self) -> dict[str, str] | None:
+        """``__metadata__`` exactly as stored (completion marker included; None when absent)."""
+        return self.header.metadata
+
+    def _info(self, name: str):
+        try:
+            return self.header.tensors[name]
+        except KeyError:
+            raise KeyError(f"no tensor {name!r} in {self.path} (has {self.names()})") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._info(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        """numpy dtype of ``reader[name]`` (uint16 for bfloat16, uint8 for float8)."""
+        return _dt.numpy_dtype(self._info(name).dtype)
+
+    def dtype_code(self, name: str) -> str:
+        """safetensors dtype code ("F32", "BF16", ...)."""
+        return self._info(name).dtype
+
+    # ---------------------------------------------------------------------------------- data
+    def __getitem__(self, name: str) -> np.memmap:
+        """Read-only np.memmap of tensor ``name``: no data is read until it is indexed.
+        bfloat16 / float8 tensors come as their raw bits (uint16 / uint8); see ``torch(name)``."""
+        self._check_open()
+        v = self._views.get(name)
+        if v is None:
+            v = self._views[name] = array_view(self._mm, self._info(name), self.header.data_start, self.path, "r")
+        return v
+
+    def torch(self, name: str):
+        """torch tensor of ``name`` without a copy, with the real dtype (bfloat16 included).
+
+        It lives on a private copy-on-write mapping of the file: writable for torch (no warning about
+        non-writable arrays), pages are shared with the file until written, and writes never reach
+        the file.
+        """
+        self._check_open()
+        if self._cow is None:
+            self._cow = mmap.mmap(self._fd, self.header.file_size, access=mmap.ACCESS_COPY)
+        arr = array_view(self._cow, self._info(name), self.header.data_start, self.path, "c")
+        return torch_view(arr, self._info(name).dtype)
+
+    def float32(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a float32 array (decodes bfloat16 bits; a copy)."""
+        a = self[name]
+        if self._info(name).dtype == "BF16":
+            return _dt.bf16_bits_to_float32(np.asarray(a))
+        return np.asarray(a, dtype=np.float32)
+
+    # ---------------------------------------------------------------------------------- end
+    def close(self) -> None:
+        """Drop this reader's maps. Arrays already handed out stay valid (their mapping lives on
+        until they are garbage collected)."""
+        self._views = {}
+        for attr in ("_mm", "_cow"):
+            mm = getattr(self, attr, None)
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass
+                setattr(self, attr, None)
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._mm is None
+
+    def _check_open(self):
+        if self._mm is None:
+            raise StorageError(f"reader of {self.path} is closed")
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<daunce_fast.storage.Reader {self.path!r} tensors={self.names()}>"

@@ -1,0 +1,86 @@
+"""Opening files or indexes alike, and reading [K, N] matrices by column tiles."""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from . import dtypes as _dt
+from .reader import Reader
+from .sharded import FORMAT, ShardedArray, ShardedStore, open_sharded
+
+
+def is_index(path) -> bool:
+    """True when ``path`` is a sharded index (``*.json``, or a file starting with our index's JSON)."""
+    path = os.fspath(path)
+    if path.endswith(".json"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.lstrip().startswith(b'{') and f'"{FORMAT}"'.encode() in head
+
+
+def open_any(path) -> Reader | ShardedStore:
+    """Open a safetensors file (-> Reader) or a sharded index (-> ShardedStore). Both give
+    ``obj[name]`` (a memmap or a ShardedArray), ``names()``, ``metadata``, ``shape(name)``,
+    ``dtype(name)``, ``dtype_code(name)``, ``close()`` and ``with``."""
+    if is_index(path):
+        return ShardedStore(open_sharded(path))
+    return Reader(path)
+
+
+def _pick(store, name: str | None):
+    names = store.names()
+    if name is None:
+        if len(names) != 1:
+            raise ValueError(f"{store.path} holds {len(names)} tensors {names}: say which with name=")
+        name = names[0]
+    return store[name], store.dtype_code(name)
+
+
+def iter_column_tiles(x, tile: int, name: str | None = None, dtype=None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(j0, j1, block)`` with ``block = x[:, j0:j1]`` as a C-contiguous numpy array [K, j1 - j0],
+    for j0 = 0, tile, 2 tile, ... (the last tile may be shorter).
+
+    x: a 2-D array-like ([K, N]: numpy array or memmap, ShardedArray, anything with ``.shape``
+    and basic slicing), a Reader / ShardedStore (then ``name`` picks the tensor; optional when it
+    holds one), or a path to a safetensors file or a sharded index (opened here, closed at the end).
+    Only the tile's columns are read. Stored bfloat16 is decoded to float32 (numpy has no bf16);
+    ``dtype`` converts every block (e.g. np.float64).
+    """
+    tile = int(tile)
+    if tile < 1:
+        raise ValueError(f"tile must be >= 1, got {tile}")
+    opened = None
+    code = None
+    if isinstance(x, (str, os.PathLike)):
+        x = opened = open_any(x)
+    try:
+        if isinstance(x, (Reader, ShardedStore)):
+            x, code = _pick(x, name)
+        elif isinstance(x, ShardedArray):
+            code = x.dtype_code
+        shape = tuple(x.shape)
+        if len(shape) != 2:
+            raise ValueError(f"iter_column_tiles needs a 2-D [K, N] array, got shape {shape}")
+        n = shape[1]
+        for j0 in range(0, n, tile):
+            j1 = min(j0 + tile, n)
+            block = x[:, j0:j1]
+            if not isinstance(block, np.ndarray):
+                block = np.asarray(block)
+            if code == "BF16":
+                block = _dt.bf16_bits_to_float32(block)
+            if dtype is not None:
+                block = block.astype(dtype, copy=False)
+            block = np.ascontiguousarray(block)
+            if isinstance(block, np.memmap):  # a copy now; do not pretend it is backed by the file
+                block = block.view(np.ndarray)
+            yield j0, j1, block
+    finally:
+        if opened is not None:
+            opened.close()

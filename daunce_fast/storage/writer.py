@@ -1,0 +1,294 @@
+"""Streaming writer: a preallocated (sparse) safetensors file filled through a memory map.
+
+Life of a file ``path``:
+  create     ``path.partial`` is created (or reopened on resume) and locked; the full header is
+             written first, marked incomplete ("daunce_fast.complete": "0"), padded so the data
+             starts on a 4096-byte boundary; the file is extended to its final size with ftruncate
+             (sparse: no disk or memory is used until tiles are written); ``path.partial.journal``
+             holds the keys of completed tiles.
+  write      ``writer[name]`` is a writable np.memmap; tiles may be assigned in any order.
+  mark_done  flushes the data (msync + fsync), then appends the key to the journal (fsync).
+  close      flush, rewrite the header in place at the same length with the marker "1", fsync,
+             rename ``path.partial`` -> ``path`` (atomic), fsync the directory, delete the journal.
+A crash at any point leaves either no ``path`` (only the partial + journal, resumable) or a
+complete one: a reader never sees a half-written file under the final name.
+"""
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+
+import numpy as np
+
+from . import dtypes as _dt
+from ._views import array_view, torch_view
+from .errors import CorruptFileError, FileLockedError, LayoutMismatchError, StorageError
+from .format import check_metadata, encode_header, plan_layout, read_header
+from .journal import Journal, check_key, fingerprint, fsync_dir
+
+PARTIAL_SUFFIX = ".partial"
+JOURNAL_SUFFIX = ".partial.journal"
+
+
+def create(path, tensors: dict, metadata: dict | None = None, resume: bool = False) -> "Writer":
+    """Start (or, with ``resume=True``, continue) writing the safetensors file ``path``.
+
+    tensors: {name: (shape, dtype)}; dtype a name ("float32", "bfloat16", "int64", ...), a
+      safetensors code ("F32"), a numpy dtype or a torch dtype.
+    metadata: {str: str}, stored in ``__metadata__``.
+    resume: reopen ``path.partial`` if it exists with the same layout (names, shapes, dtypes and
+      metadata), keeping its data and its done keys; a different layout raises LayoutMismatchError;
+      no partial file starts afresh. resume=False discards any partial file and journal.
+    Returns a Writer; ``writer[name]`` is a writable memory map of that tensor (bfloat16 and float8
+    as their raw bits: uint16 / uint8; ``writer.torch(name)`` has the real dtype).
+    """
+    return Writer(path, tensors, metadata, resume)
+
+
+class Writer:
+    def __init__(self, path, tensors: dict, metadata: dict | None = None, resume: bool = False):
+        self.path = os.fspath(path)
+        self.partial_path = self.path + PARTIAL_SUFFIX
+        self.journal_path = self.path + JOURNAL_SUFFIX
+        layout = plan_layout(tensors)
+        self._meta = check_metadata(metadata)
+        self._layout = {t.name: t for t in layout}
+        self._hdr = encode_header(layout, self._meta, complete=False)
+        self._hlen = len(self._hdr) - 8
+        self._total = layout[-1].end
+        self._size = 8 + self._hlen + self._total
+        self._fp = fingerprint(self._hdr)
+        self._closed = True
+        self._views: dict = {}
+        self._lock_fd = _lock(self.partial_path)
+        self._fd = None
+        self._mm = None
+        self._journal = None
+        try:
+            self._fd = os.open(self.partial_path, os.O_RDWR)
+            self.resumed = bool(resume) and self._reopen()
+            if not self.resumed:
+                self._fresh()
+            self._journal = Journal.open(self.journal_path, self._fp, keep=self.resumed)
+            self._mm = mmap.mmap(self._fd, self._size, access=mmap.ACCESS_WRITE)
+        except BaseException:
+            self._release()
+            raise
+        self._closed = False
+
+    # ---------------------------------------------------------------------------------- set-up
+    def _reopen(self) -> bool:
+        """Reuse the existing partial file; False when there is nothing usable to resume."""
+        if os.fstat(self._fd).st_size == 0:
+            return False
+        try:
+            old = read_header(self._fd, self.partial_path)
+        except CorruptFileError:
+            # Only a crash before the header was made durable leaves this; no key can have been
+            # journaled yet (the journal starts after that fsync), so nothing is lost.
+            return False
+        problems = []
+        have = {n: (t.dtype, t.shape) for n, t in old.tensors.items()}
+        want = {n: (t.dtype, t.shape) for n, t in self._layout.items()}
+        for n in sorted(set(have) | set(want)):
+            if n not in have:
+                problems.append(f"tensor {n!r} is new")
+            elif n not in want:
+                problems.append(f"tensor {n!r} is not requested")
+            elif have[n] != want[n]:
+                problems.append(f"tensor {n!r} is {have[n][0]}{list(have[n][1])}, requested "
+                                f"{want[n][0]}{list(want[n][1])}")
+        if old.user_metadata() != self._meta:
+            problems.append(f"metadata differs: file has {old.user_metadata()}, requested {self._meta}")
+        if not problems and (old.header_len != self._hlen or
+                             any(old.tensors[n].begin != t.begin for n, t in self._layout.items())):
+            problems.append("header written by another version of the writer (offsets differ)")
+        if problems:
+            raise LayoutMismatchError(f"cannot resume {self.partial_path}: its layout differs from the one "
+                                      f"requested: " + "; ".join(problems) +
+                                      ". Use resume=False to discard it, or pass the original layout.")
+        if not old.complete:  # usual case; a crash between close's header rewrite and rename flips it back
+            return True
+        os.pwrite(self._fd, self._hdr, 0)
+        os.fsync(self._fd)
+        return True
+
+    def _fresh(self) -> None:
+        if os.path.exists(self.journal_path):
+            os.remove(self.journal_path)
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, self._hdr, 0)
+        os.ftruncate(self._fd, self._size)  # sparse preallocation
+        os.fsync(self._fd)
+        fsync_dir(self.partial_path)
+
+    # ------------------------------------------------------------------------------- tensors
+    def names(self) -> list[str]:
+        return list(self._layout)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._info(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        """numpy dtype of ``writer[name]`` (uint16 for bfloat16, uint8 for float8)."""
+        return _dt.numpy_dtype(self._info(name).dtype)
+
+    def dtype_code(self, name: str) -> str:
+        """safetensors dtype code ("F32", "BF16", ...)."""
+        return self._info(name).dtype
+
+    def _info(self, name: str):
+        try:
+            return self._layout[name]
+        except KeyError:
+            raise KeyError(f"no tensor {name!r} in {self.path} (has {sorted(self._layout)})") from None
+
+    def __getitem__(self, name: str) -> np.memmap:
+        """Writable np.memmap of tensor ``name`` (bfloat16: uint16 raw bits, see dtypes.float32_to_bf16_bits)."""
+        self._check_open()
+        v = self._views.get(name)
+        if v is None:
+            v = self._views[name] = array_view(self._mm, self._info(name), 8 + self._hlen, self.partial_path, "r+")
+        return v
+
+    def torch(self, name: str):
+        """torch tensor sharing memory with ``writer[name]``, with the real dtype (bfloat16 included)."""
+        return torch_view(self[name], self._info(name).dtype)
+
+    def __contains__(self, name) -> bool:
+        return name in self._layout
+
+    def __iter__(self):
+        return iter(self._layout)
+
+    def keys(self):
+        return self._layout.keys()
+
+    # ---------------------------------------------------------------------------- durability
+    def flush(self) -> None:
+        """Write dirty pages to disk and wait (msync + fsync)."""
+        self._check_open()
+        self._mm.flush()
+        os.fsync(self._fd)
+
+    def mark_done(self, key, *more) -> None:
+        """Record that tile ``key`` (str or int; several may be given) is written: flushes the data
+        first, then appends the key(s) to the journal durably. Survives a crash of this process."""
+        self._check_open()
+        keys = [check_key(k) for k in (key, *more)]
+        if all(k in self._journal.keys for k in keys):
+            return
+        self.flush()
+        self._journal.add(*keys)
+
+    def is_done(self, key) -> bool:
+        """True when ``key`` was marked done (by this writer or by the run it resumed)."""
+        if self._journal is None:
+            raise StorageError(f"writer for {self.path} is closed")
+        return check_key(key) in self._journal.keys
+
+    def done_keys(self) -> set:
+        """Keys marked done so far (a copy)."""
+        if self._journal is None:
+            raise StorageError(f"writer for {self.path} is closed")
+        return set(self._journal.keys)
+
+    # ---------------------------------------------------------------------------------- end
+    def close(self) -> None:
+        """Finish: flush, mark complete in place, fsync, rename into ``path``, remove the journal."""
+        if self._closed:
+            return
+        self._mm.flush()
+        os.fsync(self._fd)
+        os.pwrite(self._fd, encode_header(list(self._layout.values()), self._meta, True, self._hlen), 0)
+        os.fsync(self._fd)
+        os.replace(self.partial_path, self.path)
+        fsync_dir(self.path)
+        self._journal.close()
+        try:
+            os.remove(self.journal_path)
+        except FileNotFoundError:
+            pass
+        self._release()
+
+    def abort(self, keep: bool = False) -> None:
+        """Stop without completing. keep=False deletes the partial file and journal; keep=True
+        flushes and leaves them for ``create(..., resume=True)`` (what an exception in ``with`` does)."""
+        if self._closed:
+            return
+        if keep:
+            self._mm.flush()
+            os.fsync(self._fd)
+        else:
+            for p in (self.journal_path, self.partial_path):
+                try:
+                    os.remove(p)
+                except FileNotFoundError:
+                    pass
+        self._release()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self):
+        if self._closed:
+            raise StorageError(f"writer for {self.path} is closed")
+
+    def _release(self) -> None:
+        self._closed = True
+        self._views = {}
+        if self._journal is not None:
+            self._journal.close()
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # arrays handed out still use the mapping; it is unmapped when they go away
+            self._mm = None
+        for attr in ("_fd", "_lock_fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, attr, None)
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(keep=True)
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                self._release()  # leave the partial file for a resume; never complete implicitly
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("resumed" if self.resumed else "open")
+        return f"<daunce_fast.storage.Writer {self.path!r} {state} tensors={list(self._layout)}>"
+
+
+def _lock(partial: str) -> int:
+    """Open-or-create ``partial`` and take an exclusive flock on it (a separate descriptor from the
+    one the memory map duplicates, so the lock goes away at close even while arrays are alive)."""
+    for _ in range(100):
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise FileLockedError(f"{partial} is being written by another writer (process or open Writer)") from None
+        try:
+            same = os.stat(partial).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # it was renamed into place (or removed) while we waited: retry on the new file
+    raise StorageError(f"could not lock {partial}")
