@@ -127,14 +127,11 @@ class Reader:
         """Drop this reader's maps. Arrays already handed out stay valid (their mapping lives on
         until they are garbage collected)."""
         self._views = {}
+        # Never mm.close(): numpy does not hold a buffer export on the mmap, so closing it would
+        # unmap memory under live arrays (a segfault on the next access). Dropping our reference
+        # lets the map close when the last array using it is garbage collected.
         for attr in ("_mm", "_cow"):
-            mm = getattr(self, attr, None)
-            if mm is not None:
-                try:
-                    mm.close()
-                except BufferError:
-                    pass
-                setattr(self, attr, None)
+            setattr(self, attr, None)
         fd = getattr(self, "_fd", None)
         if fd is not None:
             os.close(fd)

@@ -1,0 +1,144 @@
+"""End-to-end pipeline: determinism, chunk equivalence, resume after a kill, inputs, errors."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from daunce_fast.daunce import Daunce
+
+from ._tiny import OPTS, tiny_task
+
+
+def fit_losses(tmp_path, name, **kw):
+    model, train, test = tiny_task()
+    d = Daunce(model, workdir=tmp_path / name, **{**OPTS, **kw})
+    d.fit(train, record={"test": test})
+    return d, np.array(d.losses("train")), np.array(d.losses("test"))
+
+
+def test_fit_records_finite_targets_and_leaves_model_untouched(tmp_path):
+    model, train, _ = tiny_task()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    d, a, b = fit_losses(tmp_path, "run")
+    assert a.shape == (8, len(train)) and b.shape == (8, 40)
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+    assert (a.std(0) > 0).mean() > 0.9, "models must differ from each other"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"θ0 parameter {k} changed"
+    assert not any("MultiLoRA" in type(m).__name__ for m in model.modules())
+
+
+def test_deterministic_and_chunk_equivalent(tmp_path):
+    _, a1, b1 = fit_losses(tmp_path, "all")
+    _, a2, b2 = fit_losses(tmp_path, "again")
+    np.testing.assert_array_equal(a1, a2)
+    _, a3, b3 = fit_losses(tmp_path, "chunks", adapter_chunk=3)  # chunks 3, 3, 2
+    np.testing.assert_allclose(a3, a1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b3, b1, rtol=1e-5, atol=1e-6)
+
+
+def test_model_k_depends_only_on_its_own_index(tmp_path):
+    _, a8, _ = fit_losses(tmp_path, "k8")
+    _, a4, _ = fit_losses(tmp_path, "k4", num_models=4)
+    np.testing.assert_allclose(a4, a8[:4], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_after_kill_gives_the_same_result(tmp_path):
+    wd = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.getcwd()!r})
+        import daunce_fast.daunce.pipeline as P
+        from tests.daunce._tiny import OPTS, tiny_task
+        calls = []
+        real = P.record_chunk
+        def killing(*a, **k):
+            calls.append(1)
+            if len(calls) == 4:  # chunk 0 recorded for train and test, chunk 1 half recorded
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*a, **k)
+        P.record_chunk = killing
+        model, train, test = tiny_task()
+        P.Daunce(model, workdir={str(wd)!r}, adapter_chunk=3, **OPTS).fit(train, record={{"test": test}})
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert not (wd / "losses" / "train.safetensors").exists()
+    model, train, test = tiny_task()
+    d = Daunce(model, workdir=wd, adapter_chunk=3, **OPTS)
+    d.fit(train, record={"test": test})
+    _, a_ref, b_ref = fit_losses(tmp_path, "uninterrupted", adapter_chunk=3)
+    np.testing.assert_array_equal(np.array(d.losses("train")), a_ref)
+    np.testing.assert_array_equal(np.array(d.losses("test")), b_ref)
+
+
+def test_refit_same_workdir_is_a_no_op_and_other_config_is_refused(tmp_path):
+    d, a, _ = fit_losses(tmp_path, "run")
+    model, train, test = tiny_task()
+    d2 = Daunce(model, workdir=tmp_path / "run", **OPTS)
+    d2.fit(train)
+    np.testing.assert_array_equal(np.array(d2.losses("train")), a)
+    with pytest.raises(ValueError, match="different run"):
+        Daunce(model, workdir=tmp_path / "run", **{**OPTS, "rho": 0.9}).fit(train)
+
+
+def test_record_after_fit_equals_record_during_fit(tmp_path):
+    model, train, test = tiny_task()
+    d, _, b = fit_losses(tmp_path, "run")
+    d2 = Daunce(model, workdir=tmp_path / "run2", **OPTS)
+    d2.fit(train)
+    d2.record(test, "later")
+    np.testing.assert_allclose(np.array(d2.losses("later")), b, rtol=1e-6, atol=1e-7)
+
+
+def test_dict_dataset_and_dataloader_inputs(tmp_path):
+    model, train, _ = tiny_task()
+    x, y = train.tensors
+
+    class DictSet(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return {"input": x[i], "label": y[i]}
+
+    def fwd(m, inputs):
+        return m(inputs["input"])
+
+    d1 = Daunce(model, workdir=tmp_path / "a", forward_fn=fwd, **OPTS).fit(DictSet())
+    d2 = Daunce(model, workdir=tmp_path / "b", **OPTS).fit(torch.utils.data.DataLoader(train, batch_size=50))
+    d3 = Daunce(model, workdir=tmp_path / "c", **OPTS).fit(train)
+    ref = np.array(d3.losses())
+    np.testing.assert_array_equal(np.array(d1.losses()), ref)
+    np.testing.assert_array_equal(np.array(d2.losses()), ref)
+
+
+@pytest.mark.parametrize("objective", ["efim", "margin", "blackbox"])
+def test_other_objectives_and_targets_run(tmp_path, objective):
+    _, a, b = fit_losses(tmp_path, objective, objective=objective, target="margin" if objective == "margin" else "loss")
+    assert np.isfinite(a).all() and np.isfinite(b).all()
+
+
+def test_custom_loss_fn_hook(tmp_path):
+    model, train, test = tiny_task()
+    calls = []
+
+    def smoothed_ce(z, y):
+        calls.append(z.shape)
+        return torch.nn.functional.cross_entropy(z, y, reduction="none", label_smoothing=0.1)
+
+    d = Daunce(model, workdir=tmp_path / "h", loss_fn=smoothed_ce, **OPTS).fit(train)
+    assert calls and np.isfinite(np.array(d.losses())).all()
+
+
+def test_bad_options_raise():
+    model, _, _ = tiny_task()
+    with pytest.raises(TypeError, match="unknown option"):
+        Daunce(model, num_modles=4)
+    with pytest.raises(ValueError, match="num_models"):
+        Daunce(model, num_models=1)
