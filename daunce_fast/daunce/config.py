@@ -22,7 +22,9 @@ class DaunceConfig:
     rho: float = 0.3               # perturbation strength of the per-example weights c_ik
     gamma: float = 1.0             # weight of the regulariser R_k
     target: str = "loss"           # recorded per-example target: loss, or -margin
-    rank: int | str = "full"       # LoRA rank, or "full" for dense weight deltas
+    rank: int | str | None = None  # LoRA rank, or "full" for dense weight deltas (None: "full" for
+                                   # classifiers, 64 for language models)
+    head: str = "auto"             # "logits", "lm" (fused loss head of HF causal LMs) or "auto"
     alpha: float | None = None     # LoRA alpha (default: rank, i.e. scaling 1)
     target_modules: list[str] | str | None = None  # None: every nn.Linear
     optimizer: str = "adam"
@@ -53,7 +55,9 @@ class DaunceConfig:
             bad(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.optimizer not in OPTIMIZERS:
             bad(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.rank != "full" and (not isinstance(self.rank, int) or self.rank < 1):
+        if self.head not in ("auto", "logits", "lm"):
+            bad(f"head must be 'auto', 'logits' or 'lm', got {self.head!r}")
+        if self.rank not in (None, "full") and (not isinstance(self.rank, int) or self.rank < 1):
             bad(f"rank must be a positive int or 'full', got {self.rank!r}")
         if self.steps is None and (self.epochs is None or self.epochs <= 0):
             bad("give steps or a positive number of epochs")

@@ -2,7 +2,8 @@
 
 For model k and its minibatch rows i (adapter-major: rows [k*b, (k+1)*b) belong to model k):
 
-    t_i  = target(z_i, y_i)                 per-example loss (or margin for objective "margin")
+    t_i  = target(z_i, y_i)                 per-example loss (or -margin for objective "margin",
+                                            loss-like as in daunce_fast.losses)
     g_i  = d target(z, y_i) / dz at z0_i    detached (for cross-entropy: softmax(z0_i) - onehot(y_i))
     FO_k = mean_i c_ik * <z_i - z0_i, g_i>  (inner product over every output coordinate)
     R_k  = mean_i t_i - mean_i t0_i          "if"
@@ -38,6 +39,11 @@ def margin_per_example(z: torch.Tensor, y: torch.Tensor, ignore_index: int = -10
         return m
     valid = (y != ignore_index).to(m.dtype)
     return (m * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+
+
+def neg_margin_per_example(z: torch.Tensor, y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """-margin: the loss-like target of objective "margin" (lower = better, like the loss)."""
+    return -margin_per_example(z, y, ignore_index)
 
 
 def base_terms(z0: torch.Tensor, y: torch.Tensor, target_fn) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from .config import DaunceConfig
-from .data import as_examples, call_model
-from .objectives import base_terms, cross_entropy_per_example, margin_per_example
-from .recorder import base_outputs, record_chunk
+from .data import as_examples
+from .heads import LMHead, LogitsHead, default_targets, is_causal_lm
+from .recorder import record_chunk
 from .trainer import ChunkPlan, train_chunk
 
 STATE_VERSION = 1
@@ -57,10 +57,17 @@ class Daunce:
             raise TypeError(f"Daunce: unknown option(s) {sorted(unknown)}")
         self.config = DaunceConfig(**config).validate()
         self.model = model
+        head = self.config.head
+        if head == "auto":
+            head = "lm" if is_causal_lm(model) else "logits"
+        if head == "lm":
+            if loss_fn is not None or forward_fn is not None:
+                raise ValueError("Daunce: loss_fn/forward_fn apply to the logits head; language models use the fused loss head")
+            self.head = LMHead(self.config)
+        else:
+            self.head = LogitsHead(self.config, forward_fn=forward_fn, loss_fn=loss_fn)
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="daunce_"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.loss_fn = loss_fn or cross_entropy_per_example
-        self.forward_fn = forward_fn or call_model
         self.progress = progress
         self._train_fp: str | None = None
         self._chunk_model = None
@@ -84,13 +91,6 @@ class Daunce:
 
     def _adapter_path(self, c: int) -> Path:
         return self.workdir / "adapters" / f"chunk_{c:05d}.safetensors"
-
-    def _train_target(self):
-        return margin_per_example if self.config.objective == "margin" else self.loss_fn
-
-    def _record_target(self):
-        # Recorded so that lower = better for every target: loss, or -margin.
-        return (self.loss_fn, 1.0) if self.config.target == "loss" else (margin_per_example, -1.0)
 
     # ------------------------------------------------------------------ state
     def _check_state(self, train_fp: str) -> None:
@@ -123,9 +123,10 @@ class Daunce:
             p.requires_grad_(False)
         targets = cfg.target_modules
         if targets is None:
-            targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-        alpha = cfg.alpha if cfg.alpha is not None else (1.0 if cfg.rank == "full" else float(cfg.rank))
-        params = lora.attach(model, num_adapters=len(ids), rank=cfg.rank, alpha=alpha, target_modules=targets,
+            targets = default_targets(model, self.head.kind == "lm")
+        rank = cfg.rank if cfg.rank is not None else ("full" if self.head.kind == "logits" else 64)
+        alpha = cfg.alpha if cfg.alpha is not None else (1.0 if rank == "full" else float(rank))
+        params = lora.attach(model, num_adapters=len(ids), rank=rank, alpha=alpha, target_modules=targets,
                              seed=cfg.seed, adapter_ids=ids)
         params = [p for p in params if p.requires_grad]
         self._chunk_model = (model, params, len(ids))
@@ -183,9 +184,8 @@ class Daunce:
         pending = {n: v for n, v in sets.items() if not self._store_complete(n, v[1])}
         if not pending:
             return self
-        base = self._base_tables(ex) if self.config.objective != "blackbox" else None
+        base = self.head.base_tables(self.model, ex, self.config.row_budget)
         writers = {n: self._open_store(n, len(e), f) for n, (e, f) in pending.items()}
-        record_fn, sign = self._record_target()
         chunks = self.chunks()
         try:
             with _progress(self.progress, total=len(chunks), desc="daunce chunks", unit="chunk") as bar:
@@ -200,12 +200,11 @@ class Daunce:
                             plan = ChunkPlan(self.config, ids, len(ex))
                             with _progress(self.progress, total=plan.total_steps, desc=f"chunk {c}", unit="step",
                                            leave=False) as steps:
-                                train_chunk(model, params, ex, plan, base, forward=self.forward_fn,
-                                            target_fn=self._train_target(), progress=steps)
+                                train_chunk(model, params, ex, plan, base, self.head, progress=steps)
                             self._save_adapters(c, model)
                         for n in todo:
-                            rows = record_chunk(model, pending[n][0], len(ids), forward=self.forward_fn,
-                                                target_fn=record_fn, sign=sign, row_budget=self.config.row_budget)
+                            rows = record_chunk(model, pending[n][0], len(ids), self.head,
+                                                row_budget=self.config.row_budget)
                             writers[n]["targets"][ids[0]:ids[-1] + 1] = rows
                             writers[n].mark_done(key)
                     bar.update(1)
@@ -220,11 +219,6 @@ class Daunce:
             raise
         return self
 
-    def _base_tables(self, ex) -> dict:
-        z0 = base_outputs(self.model, ex, forward=self.forward_fn, row_budget=self.config.row_budget)
-        t0, g0 = base_terms(z0, ex.labels, self._train_target())
-        return {"z0": z0, "t0": t0, "g0": g0}
-
     def record(self, data, name: str) -> Path:
         """Write the [K, N] targets of ``data`` under ``name`` (the fitted adapters are loaded chunk
         by chunk from the workdir). Returns the loss file's path."""
@@ -235,7 +229,6 @@ class Daunce:
         if self._store_complete(name, fp):
             return self.loss_path(name)
         w = self._open_store(name, len(ex), fp)
-        record_fn, sign = self._record_target()
         for c, ids in self.chunks():
             key = f"chunk{c}"
             if w.is_done(key):
@@ -244,8 +237,7 @@ class Daunce:
                 raise RuntimeError(f"Daunce.record: adapters of chunk {c} are missing; run fit() to completion first")
             model, _ = self._model_for(ids)
             self._load_adapters(c, model)
-            w["targets"][ids[0]:ids[-1] + 1] = record_chunk(model, ex, len(ids), forward=self.forward_fn,
-                                                            target_fn=record_fn, sign=sign,
+            w["targets"][ids[0]:ids[-1] + 1] = record_chunk(model, ex, len(ids), self.head,
                                                             row_budget=self.config.row_budget)
             w.mark_done(key)
         w.close()

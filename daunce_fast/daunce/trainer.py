@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from . import perturb
-from .objectives import daunce_loss
 
 
 def steps_per_model(cfg, n_k: int) -> int:
@@ -62,11 +61,11 @@ def lr_factor(cfg, step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-def train_chunk(model, params, examples, plan: ChunkPlan, base, *, forward, target_fn, progress=None) -> None:
+def train_chunk(model, params, examples, plan: ChunkPlan, base, head, *, progress=None) -> None:
     """Train the adapters of ``model`` (parameters ``params``) for ``plan.total_steps`` steps.
 
-    base: dict with "z0", "t0", "g0" tables over the training set (index by example), or None
-    for "blackbox". forward(model, inputs) -> outputs [K_c*b, ...].
+    base: the head's tables over the training set (see heads.py), or None for "blackbox".
+    head: a LogitsHead or LMHead that turns a forward pass into the K per-model objectives.
     """
     from .. import lora
 
@@ -80,14 +79,7 @@ def train_chunk(model, params, examples, plan: ChunkPlan, base, *, forward, targ
         inputs, y = examples.take(idx, device)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, step, plan.total_steps)
-        flat = idx.reshape(-1)
-        if base is None:
-            z0 = t0 = g0 = None
-        else:
-            z0, t0, g0 = (base[k][flat].to(device) for k in ("z0", "t0", "g0"))
-        z = forward(model, inputs)
-        obj, _ = daunce_loss(z, y, c.to(device), num_models=K, objective=cfg.objective, gamma=cfg.gamma,
-                             target_fn=target_fn, z0=z0, t0=t0, g0=g0)
+        obj = head.objective(model, inputs, y, idx.reshape(-1), c.to(device), K, base)
         opt.zero_grad(set_to_none=True)
         obj.sum().backward()
         if cfg.max_grad_norm is not None:

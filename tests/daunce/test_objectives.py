@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from daunce_fast.daunce.objectives import (base_terms, cross_entropy_per_example, daunce_loss,
-                                           margin_per_example)
+                                           margin_per_example, neg_margin_per_example)
 from daunce_fast.testing import assert_close_to_reference
 
 
@@ -19,11 +19,12 @@ def ref_objective(z, z0, y, c, objective, gamma):
         for i in range(b):
             zi, z0i, yi = z[k, i], z0[k, i], int(y[k, i])
             if objective == "margin":
-                t = zi[yi] - torch.logsumexp(torch.cat([zi[:yi], zi[yi + 1:]]), 0)
-                t0 = z0i[yi] - torch.logsumexp(torch.cat([z0i[:yi], z0i[yi + 1:]]), 0)
+                # loss-like target t = -margin, g = dt/dz = softmax over v != y, minus onehot(y)
+                t = torch.logsumexp(torch.cat([zi[:yi], zi[yi + 1:]]), 0) - zi[yi]
+                t0 = torch.logsumexp(torch.cat([z0i[:yi], z0i[yi + 1:]]), 0) - z0i[yi]
                 p = torch.softmax(torch.cat([z0i[:yi], z0i[yi + 1:]]), 0)
-                g = -torch.cat([p[:yi], torch.zeros(1, dtype=p.dtype), p[yi:]])
-                g[yi] = 1.0
+                g = torch.cat([p[:yi], torch.zeros(1, dtype=p.dtype), p[yi:]])
+                g[yi] = -1.0
             else:
                 t = torch.logsumexp(zi, 0) - zi[yi]
                 t0 = torch.logsumexp(z0i, 0) - z0i[yi]
@@ -52,7 +53,7 @@ def test_daunce_loss_matches_reference(objective):
     z0 = z + 0.3 * torch.randn(K * b, C, generator=g, dtype=torch.float64)
     y = torch.randint(0, C, (K * b,), generator=g)
     c = torch.rand(K, b, generator=g, dtype=torch.float64) * 2
-    target = margin_per_example if objective == "margin" else cross_entropy_per_example
+    target = neg_margin_per_example if objective == "margin" else cross_entropy_per_example
     t0, g0 = base_terms(z0, y, target)
     zz = z.clone().requires_grad_(True)
     obj, t = daunce_loss(zz, y, c, num_models=K, objective=objective, gamma=0.7, target_fn=target,

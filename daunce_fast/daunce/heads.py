@@ -1,0 +1,139 @@
+"""How the pipeline turns a model's forward pass into DAUNCE objectives and recorded targets.
+
+LogitsHead  any model whose output is the logits (classifiers; custom ``loss_fn``): explicit
+            outputs, objectives from daunce_fast.daunce.objectives, first-order direction by
+            autograd at the base outputs z0 (computed once per training set).
+LMHead      Hugging Face causal language models: the backbone's final hidden states go through
+            the frozen output embedding with the fused loss head of daunce_fast.losses, so no
+            [K * rows, T, V] logits are ever materialised. Labels follow Hugging Face's
+            convention (aligned with input_ids, -100 = ignored); they are shifted here:
+            hidden[:, :-1] predicts labels[:, 1:]. The base's hidden states are computed once per
+            training set and kept on the CPU.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .data import call_model, repeat_for_models
+from .objectives import base_terms, cross_entropy_per_example, daunce_loss, margin_per_example, neg_margin_per_example
+
+
+def is_causal_lm(model) -> bool:
+    get = getattr(model, "get_output_embeddings", None)
+    return callable(get) and get() is not None and getattr(model, "base_model", model) is not model
+
+
+def is_linear_like(m) -> bool:
+    return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"  # transformers' GPT-2 projections
+
+
+def default_targets(model, lm: bool) -> list[str]:
+    """Every linear layer (classifiers), or the MLP projections of a language model's blocks."""
+    if not lm:
+        return [n for n, m in model.named_modules() if is_linear_like(m)]
+    out_emb = model.get_output_embeddings()
+    names = [n for n, m in model.named_modules() if is_linear_like(m) and m is not out_emb]
+    return [n for n in names if ".mlp." in f".{n}."] or names
+
+
+class LogitsHead:
+    kind = "logits"
+
+    def __init__(self, cfg, forward_fn=None, loss_fn=None):
+        self.cfg = cfg
+        self.forward = forward_fn or call_model
+        self.loss_fn = loss_fn or cross_entropy_per_example
+        self.train_target = neg_margin_per_example if cfg.objective == "margin" else self.loss_fn
+
+    @torch.no_grad()
+    def base_tables(self, model, examples, row_budget: int) -> dict | None:
+        if self.cfg.objective == "blackbox":
+            return None
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        outs = []
+        for j0 in range(0, len(examples), row_budget):
+            inputs, _ = examples.take(torch.arange(j0, min(len(examples), j0 + row_budget)), device)
+            outs.append(self.forward(model, inputs).float().cpu())
+        model.train(was)
+        z0 = torch.cat(outs)
+        t0, g0 = base_terms(z0, examples.labels, self.train_target)
+        return {"z0": z0, "t0": t0, "g0": g0}
+
+    def objective(self, model, inputs, y, flat_idx, c, K: int, base) -> torch.Tensor:
+        z = self.forward(model, inputs)
+        if base is None:
+            z0 = t0 = g0 = None
+        else:
+            z0, t0, g0 = (base[k][flat_idx].to(z.device) for k in ("z0", "t0", "g0"))
+        obj, _ = daunce_loss(z, y, c, num_models=K, objective=self.cfg.objective, gamma=self.cfg.gamma,
+                             target_fn=self.train_target, z0=z0, t0=t0, g0=g0)
+        return obj
+
+    @torch.no_grad()
+    def record(self, model, inputs, y, K: int) -> torch.Tensor:
+        """Targets [K, n] of the same n examples under the K adapters (lower = better)."""
+        z = self.forward(model, repeat_for_models(inputs, K))
+        yk = repeat_for_models((y,), K)[0]
+        t = self.loss_fn(z, yk) if self.cfg.target == "loss" else -margin_per_example(z, yk)
+        return t.view(K, -1)
+
+
+class LMHead:
+    kind = "lm"
+
+    def __init__(self, cfg, ignore_index: int = -100):
+        self.cfg = cfg
+        self.ignore_index = ignore_index
+
+    def hidden(self, model, inputs) -> torch.Tensor:
+        """Final hidden states [B, T-1, d] that predict tokens 1..T-1."""
+        backbone = model.base_model
+        out = backbone(**inputs) if isinstance(inputs, dict) else backbone(*inputs)
+        h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return h[:, :-1]
+
+    @staticmethod
+    def head(model):
+        emb = model.get_output_embeddings()
+        return emb.weight, getattr(emb, "bias", None)
+
+    @torch.no_grad()
+    def base_tables(self, model, examples, row_budget: int) -> dict | None:
+        if self.cfg.objective == "blackbox":
+            return None
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        seq = examples.labels.shape[1]
+        block = max(1, row_budget // seq)
+        hs = [self.hidden(model, examples.take(torch.arange(j0, min(len(examples), j0 + block)), device)[0]).cpu()
+              for j0 in range(0, len(examples), block)]
+        model.train(was)
+        return {"h0": torch.cat(hs)}
+
+    def objective(self, model, inputs, y, flat_idx, c, K: int, base) -> torch.Tensor:
+        from .. import losses
+
+        h = self.hidden(model, inputs)
+        w, b = self.head(model)
+        h0 = None if base is None else base["h0"][flat_idx].to(device=h.device, dtype=h.dtype)
+        obj, _ = losses.daunce_objective(h, h0, w.detach(), y[:, 1:], c if base is not None else None,
+                                         objective=self.cfg.objective, gamma=self.cfg.gamma, num_adapters=K,
+                                         bias=None if b is None else b.detach(), ignore_index=self.ignore_index)
+        return obj
+
+    @torch.no_grad()
+    def record(self, model, inputs, y, K: int) -> torch.Tensor:
+        from .. import losses
+
+        h = self.hidden(model, repeat_for_models(inputs, K))
+        yk = repeat_for_models((y,), K)[0][:, 1:]
+        w, b = self.head(model)
+        if self.cfg.target == "loss":
+            t = losses.per_example_loss(h, w, yk, bias=b, ignore_index=self.ignore_index)
+        else:
+            t = -losses.margin(h, w, yk, bias=b, ignore_index=self.ignore_index)
+        return t.view(K, -1)
