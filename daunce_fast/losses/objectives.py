@@ -147,8 +147,9 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
         raise NotImplementedError(
             f"daunce_objective({objective!r}): the output head must be frozen (weight/bias without requires_grad); "
             "the first-order term's gradient w.r.t. the head is not implemented")
-    if tuple(weights_c.shape) != (K, m) and objective != "blackbox":
-        raise ValueError(f"weights_c must be [K={K}, m={m}], got {tuple(weights_c.shape)}")
+    if objective != "blackbox" and (weights_c is None or tuple(weights_c.shape) != (K, m)):
+        got = None if weights_c is None else tuple(weights_c.shape)
+        raise ValueError(f"weights_c must be [K={K}, m={m}] (None only for 'blackbox'), got {got}")
 
     # Labels for the adapters' rows: [m, ...] is repeated K times (labels are small; hidden is not).
     lead = tuple(hidden.shape[1:-1])

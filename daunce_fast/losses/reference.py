@@ -96,7 +96,7 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, objective="if",
     z0 = logits(h0, weight, bias).detach().requires_grad_(True)
     t0 = _target(z0, y0, valid0, objective, reduction)
     (g,) = torch.autograd.grad(t0.sum(), z0)  # row i of t0 depends only on z0[i]
-    z0 = z0.detach()
+    z0, t0 = z0.detach(), t0.detach()
     if M == m:
         z0b, gb, t0b = z0.expand(K, m, T, V), g.expand(K, m, T, V), t0.expand(K, m)
     else:
