@@ -72,7 +72,9 @@ def row_stats_kernel(H, W, B, Y, LSE_O, ZY, N, V, D, stride_h, stride_w,
 
 @triton.jit
 def _dz_tile(z, y, cols, cmask, lse_o, go, gy):
-    dz = tl.exp(z - lse_o[:, None]) * go[:, None]
+    # z_v <= lse_o for every v != y; the clamp only matters at the label column (overwritten
+    # below), where exp could overflow to inf and inf * 0 would make NaN.
+    dz = tl.exp(tl.minimum(z - lse_o[:, None], 0.0)) * go[:, None]
     dz = tl.where(cols[None, :] == y[:, None], gy[:, None], dz)
     return tl.where(cmask[None, :], dz, 0.0)
 
