@@ -1,0 +1,181 @@
+"""Chunked torch path of the output head: logits exist one tile of (rows x vocabulary) at a time.
+
+Every loss in this package is built from two per-row primitives over flattened rows
+``h [N, d]``, ``W [V, d]``, optional bias ``b [V]`` and labels ``y [N]`` (``y < 0`` = ignored row):
+
+  row_stats(h, W, b, y) -> (lse_o [N], zy [N])
+      z = h @ W.T + b;  zy = z[n, y_n];  lse_o = logsumexp of z[n, v] over v != y_n
+      (over all v for an ignored row).
+  row_grad(h, W, b, y, lse_o, go, gy) -> (dh, dW, db)
+      dz[n, v] = go_n * exp(z[n, v] - lse_o_n) for v != y_n,  dz[n, y_n] = gy_n;
+      dh = dz @ W, dW = dz.T @ h, db = dz.sum(0): the vector-Jacobian product of row_stats
+      for output gradients (go, gy), since d lse_o / dz_v = softmax over v != y.
+
+Cross-entropy and margin are elementwise in (lse_o, zy): ce = softplus(lse_o - zy) (no
+cancellation when z_y is huge), margin = zy - lse_o. Autograd of those elementwise maps
+gives (go, gy), and :class:`HeadRows` turns them into dh/dW/db by recomputing logits tile by
+tile instead of saving them. The same primitives give the DAUNCE direction u = W.T g at z0.
+
+Tiles: ``rows x vocab <= budget`` elements (default 2**21, 8 MiB in fp32), so peak extra
+memory is a few tiles whatever R*T*V is; with a small problem (R*V <= budget) it is a single
+tile, i.e. the direct path, with only a few torch calls of overhead.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+DEFAULT_BUDGET = 1 << 21
+_MIN_ROWS = 32
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64 (tests, references); everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tile_shape(n: int, v: int, chunk_size=None) -> tuple[int, int]:
+    """(rows, vocab) per tile. ``chunk_size``: None, an element budget (int), or (rows, vocab)."""
+    if isinstance(chunk_size, (tuple, list)):
+        rc, vc = int(chunk_size[0]), int(chunk_size[1])
+        if rc < 1 or vc < 1:
+            raise ValueError(f"chunk_size=(rows, vocab) must be positive, got {chunk_size!r}")
+        return max(1, min(rc, n)), min(vc, v)
+    budget = DEFAULT_BUDGET if chunk_size is None else int(chunk_size)
+    if budget < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
+    n = max(n, 1)
+    if n * v <= budget:
+        return n, v
+    rc = min(n, max(_MIN_ROWS, budget // v))
+    vc = min(v, max(1, budget // rc))
+    return rc, vc
+
+
+def _weight_in(W: torch.Tensor, b, cd):
+    # Half-precision weights are upcast once (parameter-sized, never logits-sized) so every
+    # tile product accumulates in float32 on CPU as well.
+    Wc = W if W.dtype == cd else W.to(cd)
+    bc = None if b is None else (b if b.dtype == cd else b.to(cd))
+    return Wc, bc
+
+
+def _logits(hc, Wv, bv):
+    z = hc @ Wv.T
+    if bv is not None:
+        z += bv
+    return z
+
+
+def row_stats(h, W, b, y, chunk_size=None):
+    """(lse_o, zy), both [N] in the compute dtype; see the module docstring."""
+    n, v = h.shape[0], W.shape[0]
+    cd = compute_dtype(h.dtype)
+    Wc, bc = _weight_in(W, b, cd)
+    lse_o = torch.empty(n, dtype=cd, device=h.device)
+    zy = torch.zeros(n, dtype=cd, device=h.device)
+    rc, vc = tile_shape(n, v, chunk_size)
+    for r0 in range(0, n, rc):
+        r1 = min(n, r0 + rc)
+        hc = h[r0:r1].to(cd)
+        yc = y[r0:r1]
+        acc = None
+        for v0 in range(0, v, vc):
+            v1 = min(v, v0 + vc)
+            z = _logits(hc, Wc[v0:v1], None if bc is None else bc[v0:v1])
+            inside = (yc >= v0) & (yc < v1)
+            if bool(inside.any()):
+                idx = torch.nonzero(inside).squeeze(1)
+                cols = yc[idx] - v0
+                zy[r0 + idx] = z[idx, cols]
+                z[idx, cols] = -math.inf
+            part = torch.logsumexp(z, dim=1)
+            acc = part if acc is None else torch.logaddexp(acc, part)
+        lse_o[r0:r1] = acc
+    return lse_o, zy
+
+
+def row_grad(h, W, b, y, lse_o, go, gy, need_dh=True, need_dw=False, need_db=False, chunk_size=None):
+    """Vector-Jacobian product of :func:`row_stats`: (dh [N, d] or None, dW [V, d] or None, db [V] or None).
+
+    dh, dW, db are returned in the compute dtype (float32 / float64); callers cast.
+    """
+    n, v = h.shape[0], W.shape[0]
+    cd = compute_dtype(h.dtype)
+    Wc, bc = _weight_in(W, b, cd)
+    go = go.to(cd)
+    gy = gy.to(cd)
+    lse_o = lse_o.to(cd)
+    dh = torch.zeros(n, h.shape[1], dtype=cd, device=h.device) if need_dh else None
+    dW = torch.zeros(v, W.shape[1], dtype=cd, device=h.device) if need_dw else None
+    db = torch.zeros(v, dtype=cd, device=h.device) if need_db else None
+    rc, vc = tile_shape(n, v, chunk_size)
+    for r0 in range(0, n, rc):
+        r1 = min(n, r0 + rc)
+        hc = h[r0:r1].to(cd)
+        yc = y[r0:r1]
+        go_c = go[r0:r1, None]
+        lo_c = lse_o[r0:r1, None]
+        for v0 in range(0, v, vc):
+            v1 = min(v, v0 + vc)
+            z = _logits(hc, Wc[v0:v1], None if bc is None else bc[v0:v1])
+            # dz in place of z: exp(z - lse_o) * go  (<= |go| off the label column)
+            z.sub_(lo_c).exp_().mul_(go_c)
+            inside = (yc >= v0) & (yc < v1)
+            if bool(inside.any()):
+                idx = torch.nonzero(inside).squeeze(1)
+                z[idx, yc[idx] - v0] = gy[r0 + idx]
+            if need_dh:
+                dh[r0:r1].addmm_(z, Wc[v0:v1])
+            if need_dw:
+                dW[v0:v1].addmm_(z.T, hc)
+            if need_db:
+                db[v0:v1] += z.sum(0)
+    return dh, dW, db
+
+
+def _primitives(backend: str):
+    if backend == "triton":
+        from . import triton_launch  # lazy: imports triton
+
+        return triton_launch.row_stats, triton_launch.row_grad
+    return row_stats, row_grad
+
+
+class HeadRows(torch.autograd.Function):
+    """(lse_o, zy) = row_stats(h, W, b, y), differentiable in h, W, b; logits are recomputed in backward.
+
+    ``h [N, d]`` contiguous rows, ``y [N]`` int64 with ignored rows < 0. Outputs are float32
+    (float64 for float64 inputs). Nothing [N, V]-sized is saved: only h, W, b, y and lse_o.
+    """
+
+    @staticmethod
+    def forward(ctx, h, W, b, y, backend, chunk_size):
+        stats, _ = _primitives(backend)
+        lse_o, zy = stats(h, W, b, y, chunk_size=chunk_size)
+        ctx.save_for_backward(h, W, b, y, lse_o)
+        ctx.backend, ctx.chunk_size = backend, chunk_size
+        return lse_o, zy
+
+    @staticmethod
+    def backward(ctx, g_lse_o, g_zy):
+        h, W, b, y, lse_o = ctx.saved_tensors
+        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_db = b is not None and ctx.needs_input_grad[2]
+        if not (need_dh or need_dw or need_db):
+            return None, None, None, None, None, None
+        if g_lse_o is None:
+            g_lse_o = torch.zeros_like(lse_o)
+        if g_zy is None:
+            g_zy = torch.zeros_like(lse_o)
+        _, grad = _primitives(ctx.backend)
+        dh, dW, db = grad(h, W, b, y, lse_o, g_lse_o, g_zy, need_dh=need_dh, need_dw=need_dw, need_db=need_db,
+                          chunk_size=ctx.chunk_size)
+        return (None if dh is None else dh.to(h.dtype), None if dW is None else dW.to(W.dtype),
+                None if db is None else db.to(b.dtype), None, None, None)
+
+
+def softplus(x):
+    """log(1 + exp(x)) without overflow and without a threshold (exact in float64 too)."""
+    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
