@@ -1,0 +1,9 @@
+"""Streaming tiled correlation of loss matrices: ``correlate`` (full [N, M] scores, in memory or
+streamed to a safetensors file) and ``topk`` (k best train examples per test example, memory
+O(tile + M k)). Backends: torch (float64 reference), cpu (compiled selection), triton, cuda.
+
+Importing this package is cheap: no triton, no compiled extension, no CUDA call.
+"""
+from .api import ConstantColumnWarning, TopKResult, correlate, topk
+
+__all__ = ["correlate", "topk", "TopKResult", "ConstantColumnWarning"]

@@ -1,0 +1,319 @@
+"""Public entry points: correlate() and topk(). They check the inputs once, pick a backend, and
+drive its engine over column tiles of the train matrix (the test matrix is standardised once).
+
+Semantics (train A [K, N], test B [K, M]; row = model, column = example):
+  centre every column in float64 (two-pass mean), then
+  pearson:    scores = clip((Ac / |Ac|).T @ (Bc / |Bc|), -1, 1)          [N, M]
+  covariance: scores = Ac.T @ Bc / (K - 1)                               [N, M]
+Positive = the training example helped the test example (the sign of DAUNCE / TRAK / dattri).
+
+Constant columns (std below float64 rounding of the mean, see reference.is_constant): every
+pearson score they touch is NaN in full mode, and top-k never selects them (a test column with
+fewer than k selectable train examples gets NaN / -1 in the remaining slots). Their indices are
+reported by a ConstantColumnWarning and, for topk, in ``result.constant_train`` /
+``result.constant_test``. In covariance mode they are well defined (score 0) and selectable.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from .._backends import select_backend
+from ._prep import Source, check_options, check_pair, nonfinite_error, out_torch_dtype
+
+IMPLEMENTED = ("cuda", "triton", "cpu", "torch")
+
+
+class ConstantColumnWarning(UserWarning):
+    """Some input columns are constant across the K models: they have no correlation."""
+
+
+class TopKResult(tuple):
+    """``(values, indices)``, both [M, k], best first (unpacks like a tuple), with attributes
+    ``values``, ``indices``, ``constant_train`` and ``constant_test`` (int64 numpy arrays of the
+    indices of constant columns: never selected in pearson mode)."""
+
+    def __new__(cls, values, indices, constant_train, constant_test):
+        self = super().__new__(cls, (values, indices))
+        self.constant_train = constant_train
+        self.constant_test = constant_test
+        return self
+
+    @property
+    def values(self):
+        return self[0]
+
+    @property
+    def indices(self):
+        return self[1]
+
+
+# ---------------------------------------------------------------------------------- engines
+def _engine(backend: str, K: int, M: int, *, method, device, precision, compute64, tile):
+    if backend == "cpu":
+        if precision not in (None, "fp32"):
+            raise ValueError(f"precision={precision!r} needs a GPU backend (triton or cuda); the cpu backend computes fp32")
+        from .cpu import CpuEngine
+
+        return CpuEngine(K, M, method=method, compute64=compute64, tile=tile)
+    if backend == "torch":
+        from .torch_launch import TorchEngine
+
+        return TorchEngine(K, M, method=method, device=device, tile=tile)
+    if backend == "triton":
+        from .triton_launch import TritonEngine
+
+        return TritonEngine(K, M, method=method, device=device, precision=precision or _gpu_default(device), tile=tile)
+    if backend == "cuda":
+        from .cuda import CudaEngine
+
+        return CudaEngine(K, M, method=method, device=device, precision=precision or "tf32", tile=tile)
+    raise AssertionError(backend)
+
+
+def _gpu_default(device) -> str:
+    # TF32 on a GPU (error 4e-5..2.4e-4 on unit-norm columns, REFERENCE.md s.4); the interpreter is exact fp32 anyway.
+    return "tf32" if torch.device(device).type == "cuda" else "fp32"
+
+
+def _setup(train, test, op, backend, method, nan_policy, precision):
+    precision = check_options(method, nan_policy, precision)
+    tr, te = Source(train, "train"), Source(test, "test")
+    check_pair(tr, te)
+    devs = {d for d in (tr.device, te.device) if d.type == "cuda"}
+    if len(devs) > 1:
+        raise ValueError(f"train and test are on different CUDA devices: {sorted(map(str, devs))}")
+    device = devs.pop() if devs else torch.device("cpu")
+    chosen = select_backend(op, IMPLEMENTED, device.type, backend)
+    kinds = {tr.kind, te.kind}
+    out_kind = "torch" if "torch" in kinds else "cupy" if "cupy" in kinds else "numpy"
+    return tr, te, device, chosen, precision, out_kind
+
+
+def _to_kind(t: torch.Tensor, kind: str):
+    if kind == "numpy":
+        return t.cpu().numpy()
+    if kind == "cupy":
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return t
+
+
+def _load_test(engine, te: Source, device, factor: float, nan_policy: str) -> np.ndarray:
+    blk = te.torch_tile(0, te.n, device) if engine.torch_based else te.numpy_tile(0, te.n)
+    st = engine.set_test(blk, factor)
+    if st.first_bad >= 0 and nan_policy == "raise":
+        j, k = divmod(st.first_bad, te.K)
+        raise nonfinite_error(te, st.first_bad, 0, float(blk[k, j]))
+    return np.nonzero(st.constant)[0].astype(np.int64)
+
+
+def _train_tiles(engine, tr: Source, device, nan_policy: str, progress: bool, desc: str, skip=None):
+    """Yield (j0, j1, TileStats) over train column tiles; collects constant columns in engine.constant_train."""
+    from tqdm.auto import tqdm
+
+    tile = engine.tile
+    starts = range(0, tr.n, tile)
+    consts = []
+    with tqdm(total=len(starts), desc=desc, unit="tile", disable=not progress) as bar:
+        for j0 in starts:
+            j1 = min(tr.n, j0 + tile)
+            if skip is not None and skip(j0, j1):
+                bar.update(1)
+                continue
+            blk = tr.torch_tile(j0, j1, device) if engine.torch_based else tr.numpy_tile(j0, j1)
+            st = engine.standardise(blk, 1.0)
+            if st.first_bad >= 0 and nan_policy == "raise":
+                j, k = divmod(st.first_bad, tr.K)
+                raise nonfinite_error(tr, st.first_bad, j0, float(blk[k, j]))
+            if st.constant.any():
+                consts.append(np.nonzero(st.constant)[0] + j0)
+            yield j0, j1, st
+            bar.update(1)
+    engine.constant_train = np.concatenate(consts).astype(np.int64) if consts else np.zeros(0, np.int64)
+
+
+def _warn_constants(method: str, const_train, const_test, stacklevel=3):
+    parts = []
+    for name, idx in (("train", const_train), ("test", const_test)):
+        if len(idx):
+            shown = ", ".join(map(str, idx[:10])) + (", ..." if len(idx) > 10 else "")
+            parts.append(f"{len(idx)} {name} column(s) [{shown}]")
+    if parts and method == "pearson":
+        warnings.warn("constant across the K models, so their correlation is undefined (NaN, never selected by "
+                      "topk): " + "; ".join(parts), ConstantColumnWarning, stacklevel=stacklevel)
+
+
+def _factors(method: str, K: int, largest: bool = True) -> float:
+    """Factor applied to the standardised test columns: the sign for largest=False, 1/(K-1) for covariance."""
+    f = 1.0 if largest else -1.0
+    return f / (K - 1) if method == "covariance" else f
+
+
+# ---------------------------------------------------------------------------------- correlate
+def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="float32", backend: str | None = None,
+              progress: bool = False, nan_policy: str = "raise", precision: str | None = None,
+              resume: bool = True, tile: int | None = None):
+    """All scores: ``[N, M]`` with ``scores[i, j]`` = correlation (or covariance) across the K
+    models between train example i (column of ``train`` [K, N]) and test example j (column of
+    ``test`` [K, M]). See the module docstring for the exact expression and the constant-column rule.
+
+    train, test: numpy arrays (memmaps too), torch tensors (CPU or CUDA), cupy arrays, or a storage
+      Reader / ShardedStore / path (read in column tiles, never loaded whole; a store must hold one tensor).
+    out: None (a new array: torch in -> torch on the input's device, cupy -> cupy, else numpy); an
+      existing [N, M] numpy array or torch tensor to fill; or a path: tiles stream into a safetensors
+      file (tensor ``scores``, written by daunce_fast.storage) and the read-only memory map of the
+      finished file is returned. An interrupted call leaves ``PATH.partial``: calling again with the
+      same inputs and ``resume=True`` (default) skips the tiles already written.
+    out_dtype: "float32" (default), "float64", "float16" or "bfloat16" (not for numpy results).
+    backend: None (best live: cuda, triton, cpu, torch) or one of them. precision: None / "fp32" /
+      "tf32" / "bf16" for the product on GPU backends (default tf32 there; the cpu backend is fp32,
+      and fp64 when out_dtype="float64"; torch is fp64).
+    nan_policy: "raise" (ValueError naming the first non-finite (model, example)) or "propagate"
+      (NaN scores for the affected columns, like numpy). tile: train columns per tile (None: automatic).
+    """
+    tr, te, device, backend, precision, out_kind = _setup(train, test, "correlate", backend, method, nan_policy, precision)
+    try:
+        return _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dtype, progress, nan_policy,
+                          resume, tile)
+    finally:
+        tr.close()
+        te.close()
+
+
+def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dtype, progress, nan_policy, resume, tile):
+    N, M, K = tr.n, te.n, tr.K
+    odt = out_torch_dtype(out_dtype)
+    to_path = isinstance(out, (str, os.PathLike))
+    if odt == torch.bfloat16 and out is None and out_kind == "numpy":
+        raise ValueError("out_dtype='bfloat16' cannot be returned as a numpy array; pass torch tensors or out=PATH")
+    engine = _engine(backend, K, M, method=method, device=device, precision=precision,
+                     compute64=(odt == torch.float64), tile=tile)
+    const_test = _load_test(engine, te, device, _factors(method, K), nan_policy) if M else np.zeros(0, np.int64)
+
+    writer = None
+    if to_path:
+        from .. import storage
+
+        meta = {"daunce_fast.op": "correlate", "method": method, "K": str(K), "N": str(N), "M": str(M),
+                "layout": "train x test", "test_sha1": _sha1(te)}
+        writer = storage.create(out, {"scores": ((N, M), str(odt).replace("torch.", ""))}, metadata=meta, resume=resume)
+        target = writer.torch("scores")
+    elif out is not None:
+        target = out if isinstance(out, torch.Tensor) else torch.from_numpy(np.asarray(out)) if isinstance(out, np.ndarray) else torch.from_dlpack(out)
+        if tuple(target.shape) != (N, M):
+            raise ValueError(f"out has shape {tuple(target.shape)}, expected [N, M] = [{N}, {M}]")
+        if not target.dtype.is_floating_point:
+            raise TypeError(f"out must be a floating-point array, got {target.dtype}")
+    else:
+        target = torch.empty((N, M), dtype=odt, device=device)
+
+    if engine.torch_based is False and target.device.type != "cpu":
+        raise ValueError("the cpu backend cannot write into a CUDA output")
+    pending, pending_bytes = [], 0
+    try:
+        if M:
+            skip = (lambda j0, j1: writer.is_done(f"{j0}:{j1}")) if writer is not None else None
+            for j0, j1, st in _train_tiles(engine, tr, device, nan_policy, progress, "correlate", skip):
+                engine.full_tile(st.z, target[j0:j1])
+                if writer is not None:  # durable every ~256 MiB: one msync + fsync per batch of tiles
+                    pending.append(f"{j0}:{j1}")
+                    pending_bytes += (j1 - j0) * M * target.element_size()
+                    if pending_bytes >= 256 << 20:
+                        writer.mark_done(*pending)
+                        pending, pending_bytes = [], 0
+        else:
+            engine.constant_train = np.zeros(0, np.int64)
+        if writer is not None:
+            if pending:
+                writer.mark_done(*pending)
+            writer.close()
+    except ValueError:
+        if writer is not None:
+            writer.abort(keep=False)  # bad input: nothing to resume
+        raise
+    except BaseException:
+        if writer is not None:
+            writer.abort(keep=True)  # interrupted: PATH.partial + journal stay for a resume
+        raise
+    _warn_constants(method, engine.constant_train, const_test, stacklevel=4)
+    if to_path:
+        from .. import storage
+
+        reader = storage.open(out)
+        return reader.torch("scores") if out_kind == "torch" else reader["scores"]
+    if out is not None:
+        return out
+    return _to_kind(target, out_kind)
+
+
+def _sha1(te: Source) -> str:
+    """Fingerprint of the test matrix, stored in the file's metadata so a resume with different test data fails."""
+    h = hashlib.sha1()
+    t = te.numpy_tile(0, te.n) if te.kind in ("numpy", "storage") else te.data.detach().cpu().contiguous().numpy()
+    h.update(np.ascontiguousarray(t).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- topk
+def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, backend: str | None = None,
+         progress: bool = False, nan_policy: str = "raise", precision: str | None = None, tile: int | None = None):
+    """The k best train examples of every test example, without materialising [N, M].
+
+    Returns ``TopKResult(values [M, k] float32, indices [M, k] int64)``, best first (largest scores
+    with ``largest=True``, smallest with False); ties go to the lower train index on the cpu and
+    torch backends. Memory is O(tile x M + M x k) whatever N is. A test column with fewer than k
+    selectable train examples (constant / NaN columns) gets NaN values and index -1 in the rest.
+    Inputs, backend, precision, nan_policy and tile as in :func:`correlate`. k > N raises.
+    """
+    tr, te, device, backend, precision, out_kind = _setup(train, test, "topk", backend, method, nan_policy, precision)
+    try:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        k = int(k)
+        if k < 0 or k > tr.n:
+            raise ValueError(f"k must be in [0, N] = [0, {tr.n}], got k={k}")
+        if tr.n >= 0xFFFFFFFF:
+            raise ValueError("topk supports N < 2**32 - 1 train examples")
+        return _topk(tr, te, k, device, backend, precision, out_kind, method, largest, progress, nan_policy, tile)
+    finally:
+        tr.close()
+        te.close()
+
+
+def _topk(tr, te, k, device, backend, precision, out_kind, method, largest, progress, nan_policy, tile):
+    M, K = te.n, tr.K
+    dev = device if backend != "cpu" else torch.device("cpu")
+    if M == 0 or k == 0:
+        engine = _engine(backend, K, max(M, 1), method=method, device=device, precision=precision, compute64=False, tile=tile)
+        const_test = _load_test(engine, te, device, 1.0, nan_policy) if M else np.zeros(0, np.int64)
+        const_train = np.zeros(0, np.int64)
+        if tr.n:
+            for _ in _train_tiles(engine, tr, device, nan_policy, False, "topk"):
+                pass  # validates the train matrix (non-finite policy) like the full path
+            const_train = engine.constant_train
+        values = torch.empty((M, k), dtype=torch.float32, device=dev)
+        indices = torch.empty((M, k), dtype=torch.int64, device=dev)
+    else:
+        engine = _engine(backend, K, M, method=method, device=device, precision=precision, compute64=False, tile=tile)
+        const_test = _load_test(engine, te, device, _factors(method, K, largest), nan_policy)
+        engine.start_topk(k)
+        for j0, _, st in _train_tiles(engine, tr, device, nan_policy, progress, "topk"):
+            engine.select_tile(st.z, j0)
+        values, indices = engine.finish_topk()
+        const_train = engine.constant_train
+        if not largest:
+            values = -values
+        if method == "pearson":
+            values = values.clamp(-1.0, 1.0)
+    _warn_constants(method, const_train, const_test, stacklevel=4)
+    values, indices = values.to(device), indices.to(device)
+    return TopKResult(_to_kind(values, out_kind), _to_kind(indices, out_kind), const_train, const_test)
+
+
+__all__ = ["correlate", "topk", "TopKResult", "ConstantColumnWarning"]

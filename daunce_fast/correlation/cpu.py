@@ -1,0 +1,95 @@
+"""CPU backend: compiled standardisation (C.colstats + C.corr_standardise), the tile product by
+torch (MKL/oneDNN sgemm) into a preallocated tile buffer, and the compiled streaming top-k
+selection (C.corr_select_tile) run right after each tile's product, while the tile is in cache.
+
+Tile layout: scores[n, M] = Za[:, j0:j1].T @ Zb (train rows, test columns contiguous), which is
+also the layout of the full [N, M] output, so full mode multiplies straight into the output rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._ext import C
+from ._prep import TileStats
+
+# Score tile of about 4 MiB: big enough for an efficient sgemm, small enough to stay in L2/L3
+# for the selection pass that follows.
+_TILE_BYTES = 4 << 20
+
+
+def tile_rows(M: int) -> int:
+    return int(min(8192, max(256, (_TILE_BYTES // (4 * max(M, 1))) // 64 * 64)))
+
+
+class CpuEngine:
+    torch_based = False
+
+    def __init__(self, K: int, M: int, *, method: str, compute64: bool = False, tile: int | None = None):
+        self.K, self.M = K, M
+        self.pearson = method == "pearson"
+        self.np_dtype = np.float64 if compute64 else np.float32
+        self.tile = tile or tile_rows(M)
+        self._za = np.empty((K, self.tile), self.np_dtype)
+        self._buf = None
+        self.zb = None
+
+    # --------------------------------------------------------------- standardisation
+    def standardise(self, blk: np.ndarray, factor: float, out: np.ndarray | None = None) -> TileStats:
+        K, n = blk.shape
+        mean, m2 = np.empty(n), np.empty(n)
+        bad = C.colstats(blk, mean, m2)
+        z = out if out is not None else self._za[:, :n]
+        cm = np.empty(n, np.uint8)
+        C.corr_standardise(blk, z, mean, m2, cm, self.pearson, float(factor))
+        return TileStats(z, int(bad), cm.view(bool))
+
+    def set_test(self, blk: np.ndarray, factor: float) -> TileStats:
+        st = self.standardise(blk, factor, out=np.empty(blk.shape, self.np_dtype))
+        self.zb = torch.from_numpy(st.z)  # [K, M] contiguous
+        return st
+
+    def _product(self, z: np.ndarray, out: torch.Tensor) -> None:
+        torch.matmul(torch.from_numpy(z).T, self.zb, out=out)
+
+    def _tile_buffer(self, n: int) -> torch.Tensor:
+        if self._buf is None:
+            self._buf = torch.empty((self.tile, self.M), dtype=self.zb.dtype)
+        return self._buf[:n]
+
+    # --------------------------------------------------------------- full matrix
+    def full_tile(self, z: np.ndarray, out: torch.Tensor) -> None:
+        """out[n, M] (a CPU tensor view of the result rows) = scores of this tile."""
+        n = z.shape[1]
+        if out.dtype == self.zb.dtype and out.is_contiguous():
+            self._product(z, out)
+        else:
+            buf = self._tile_buffer(n)
+            self._product(z, buf)
+            out.copy_(buf)
+        if self.pearson:
+            out.clamp_(-1.0, 1.0)
+
+    # --------------------------------------------------------------- top-k
+    def start_topk(self, k: int) -> None:
+        if self.zb.dtype != torch.float32:
+            self.zb = self.zb.to(torch.float32)
+        self.k = k
+        # Candidate buffer of 2k keys per column: a reduction (nth_element) every k passes.
+        B = max(2 * k, k + 16)
+        self.thr = np.full(self.M, -np.inf, np.float32)
+        self.cnt = np.zeros(self.M, np.int32)
+        self.keys = np.zeros((self.M, B), np.uint64)
+
+    def select_tile(self, z: np.ndarray, j0: int) -> None:
+        if z.dtype != np.float32:
+            z = z.astype(np.float32)
+        buf = self._tile_buffer(z.shape[1])
+        self._product(z, buf)
+        C.corr_select_tile(buf.numpy(), j0, 0, self.thr, self.cnt, self.keys, self.k)
+
+    def finish_topk(self):
+        values = np.empty((self.M, self.k), np.float32)
+        indices = np.empty((self.M, self.k), np.int64)
+        C.corr_select_finish(self.thr, self.cnt, self.keys, self.k, values, indices)
+        return torch.from_numpy(values), torch.from_numpy(indices)
