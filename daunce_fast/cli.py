@@ -126,9 +126,9 @@ def cmd_score(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from . import storage
+    from .inspect_store import describe
 
-    print(storage.describe(args.file))
+    print(describe(args.file))
     return 0
 
 
@@ -169,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, KeyError) as exc:  # bad input files or options: no traceback
+        print(f"daunce-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

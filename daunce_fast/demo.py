@@ -66,8 +66,8 @@ def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4
     print(f"digits: {len(train)} training and {len(test)} test images, 10 classes")
 
     t0 = time.perf_counter()
-    theta0 = train_classifier(mlp(64, 10, seed=seed), task.x_train, task.y_train, epochs=30, lr=3e-3,
-                              batch_size=64, seed=seed)
+    theta0 = train_classifier(mlp(64, 10, seed=seed), task.x_train, task.y_train, epochs=20, lr=3e-3,
+                              batch_size=128, seed=seed)
     acc = (theta0(task.x_test).argmax(1) == task.y_test).float().mean().item()
     print(f"θ0: MLP 64-64-10 trained in {time.perf_counter() - t0:.1f} s, test accuracy {acc:.3f}")
 
@@ -96,8 +96,8 @@ def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4
     print(f"scores: top-{k} most and least helpful per test example in {time.perf_counter() - t0:.2f} s")
     for r, j in enumerate(test_ids):
         print(f"\ntest #{j} (label {int(task.y_test[j])}):")
-        print("  most helpful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.3f})" for i, v in zip(hi[r], hv[r])))
-        print("  most harmful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.3f})" for i, v in zip(li[r], lv[r])))
+        print("  most helpful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.2e})" for i, v in zip(hi[r], hv[r])))
+        print("  most harmful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.2e})" for i, v in zip(li[r], lv[r])))
     same = float(np.mean([(task.y_train[hi[r]] == task.y_test[j]).float().mean().item() for r, j in enumerate(test_ids)]))
     print(f"\nshare of most-helpful training images with the test image's label: {same:.2f}")
     figure(Path(out), task, test_ids, hi, li)
