@@ -77,6 +77,13 @@ class Daunce:
     def num_models(self) -> int:
         return int(self.config.num_models)
 
+    @property
+    def rank(self):
+        """The adapters' rank: the configured one, else "full" for classifiers and 64 for LMs."""
+        if self.config.rank is not None:
+            return self.config.rank
+        return "full" if self.head.kind == "logits" else 64
+
     def chunk_size(self) -> int:
         cfg = self.config
         k_c = cfg.adapter_chunk or max(1, cfg.row_budget // cfg.batch_size)
@@ -124,7 +131,7 @@ class Daunce:
         targets = cfg.target_modules
         if targets is None:
             targets = default_targets(model, self.head.kind == "lm")
-        rank = cfg.rank if cfg.rank is not None else ("full" if self.head.kind == "logits" else 64)
+        rank = self.rank
         alpha = cfg.alpha if cfg.alpha is not None else (1.0 if rank == "full" else float(rank))
         params = lora.attach(model, num_adapters=len(ids), rank=rank, alpha=alpha, target_modules=targets,
                              seed=cfg.seed, adapter_ids=ids)
