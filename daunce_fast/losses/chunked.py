@@ -27,7 +27,8 @@ import math
 import torch
 
 DEFAULT_BUDGET = 1 << 21
-_MIN_ROWS = 32
+_MAX_ROWS = 1024
+_MIN_VOCAB = 256
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,7 +37,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def tile_shape(n: int, v: int, chunk_size=None) -> tuple[int, int]:
-    """(rows, vocab) per tile. ``chunk_size``: None, an element budget (int), or (rows, vocab)."""
+    """(rows, vocab) per tile. ``chunk_size``: None, an element budget (int), or (rows, vocab).
+
+    With a budget, a problem that fits is one tile; otherwise tiles are tall (up to 1024 rows)
+    and the vocabulary is chunked: a [rows, d] x [d, vocab] product with few rows reads all of
+    W per call and runs several times slower than a tall one.
+    """
     if isinstance(chunk_size, (tuple, list)):
         rc, vc = int(chunk_size[0]), int(chunk_size[1])
         if rc < 1 or vc < 1:
@@ -48,8 +54,8 @@ def tile_shape(n: int, v: int, chunk_size=None) -> tuple[int, int]:
     n = max(n, 1)
     if n * v <= budget:
         return n, v
-    rc = min(n, max(_MIN_ROWS, budget // v))
-    vc = min(v, max(1, budget // rc))
+    vc = min(v, max(_MIN_VOCAB, budget // min(n, _MAX_ROWS)))
+    rc = min(n, max(1, budget // vc))
     return rc, vc
 
 
@@ -68,6 +74,21 @@ def _logits(hc, Wv, bv):
     return z
 
 
+def _lse_(z):
+    """logsumexp over dim 1, destroying z (in place: no temporaries; torch.logsumexp makes
+    several and is ~5x slower on CPU). Rows of -inf give -inf."""
+    mx = z.amax(1)
+    shift = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+    s = z.sub_(shift[:, None]).exp_().sum(1)
+    return s.log_().add_(shift)
+
+
+def _label_column(yc, v0, v1):
+    """(column index clamped into the tile, whether the label lies in the tile) per row."""
+    inside = (yc >= v0) & (yc < v1)
+    return (yc - v0).clamp(0, v1 - v0 - 1).unsqueeze(1), inside.unsqueeze(1)
+
+
 def row_stats(h, W, b, y, chunk_size=None):
     """(lse_o, zy), both [N] in the compute dtype; see the module docstring."""
     n, v = h.shape[0], W.shape[0]
@@ -76,23 +97,26 @@ def row_stats(h, W, b, y, chunk_size=None):
     lse_o = torch.empty(n, dtype=cd, device=h.device)
     zy = torch.zeros(n, dtype=cd, device=h.device)
     rc, vc = tile_shape(n, v, chunk_size)
+    neg_inf = torch.tensor(-math.inf, dtype=cd, device=h.device)
     for r0 in range(0, n, rc):
         r1 = min(n, r0 + rc)
         hc = h[r0:r1].to(cd)
         yc = y[r0:r1]
-        acc = None
+        acc = zyc = None
         for v0 in range(0, v, vc):
             v1 = min(v, v0 + vc)
             z = _logits(hc, Wc[v0:v1], None if bc is None else bc[v0:v1])
-            inside = (yc >= v0) & (yc < v1)
-            if bool(inside.any()):
-                idx = torch.nonzero(inside).squeeze(1)
-                cols = yc[idx] - v0
-                zy[r0 + idx] = z[idx, cols]
-                z[idx, cols] = -math.inf
-            part = torch.logsumexp(z, dim=1)
+            # pick z_y and mask it out of the tile without a host sync (rows whose label lies
+            # elsewhere write their own value back)
+            col, inside = _label_column(yc, v0, v1)
+            zc = z.gather(1, col)
+            part_y = torch.where(inside, zc, torch.zeros_like(zc))
+            zyc = part_y if zyc is None else zyc + part_y
+            z.scatter_(1, col, torch.where(inside, neg_inf, zc))
+            part = _lse_(z)
             acc = part if acc is None else torch.logaddexp(acc, part)
         lse_o[r0:r1] = acc
+        zy[r0:r1] = zyc.squeeze(1)
     return lse_o, zy
 
 
@@ -116,16 +140,15 @@ def row_grad(h, W, b, y, lse_o, go, gy, need_dh=True, need_dw=False, need_db=Fal
         hc = h[r0:r1].to(cd)
         yc = y[r0:r1]
         go_c = go[r0:r1, None]
+        gy_c = gy[r0:r1, None]
         lo_c = lse_o[r0:r1, None]
         for v0 in range(0, v, vc):
             v1 = min(v, v0 + vc)
             z = _logits(hc, Wc[v0:v1], None if bc is None else bc[v0:v1])
-            # dz in place of z: exp(z - lse_o) * go  (<= |go| off the label column)
+            # dz in place of z: exp(z - lse_o) * go (<= |go| off the label column), dz[y] = gy
             z.sub_(lo_c).exp_().mul_(go_c)
-            inside = (yc >= v0) & (yc < v1)
-            if bool(inside.any()):
-                idx = torch.nonzero(inside).squeeze(1)
-                z[idx, yc[idx] - v0] = gy[r0 + idx]
+            col, inside = _label_column(yc, v0, v1)
+            z.scatter_(1, col, torch.where(inside, gy_c, z.gather(1, col)))
             if need_dh:
                 dh[r0:r1].addmm_(z, Wc[v0:v1])
             if need_dw:
