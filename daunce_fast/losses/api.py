@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._backends import select_backend
+from .._backends import requested_backend, select_backend
 from .chunked import HeadRows, softplus
 
 IMPLEMENTED = ("triton", "torch")
@@ -67,7 +67,12 @@ def flatten_rows(hidden, labels, weight, ignore_index, name="hidden") -> Rows:
 
 
 def pick_backend(op, hidden, backend):
-    return select_backend(op, IMPLEMENTED, device_type=hidden.device.type, backend=backend)
+    # The Triton kernels take fp32/fp16/bf16; float64 (tests, references) goes to the torch path
+    # unless a backend is forced (then the Triton launcher raises a clear TypeError).
+    impl = IMPLEMENTED
+    if hidden.dtype == torch.float64 and requested_backend(backend) is None:
+        impl = ("torch",)
+    return select_backend(op, impl, device_type=hidden.device.type, backend=backend)
 
 
 def head_rows(rows: Rows, weight, bias, backend, chunk_size):

@@ -128,6 +128,10 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
                   loss-like margin; with mean-zero c_ik the sign does not change the scores)
       'blackbox': R_k = mean_k(l_ik), FO_k = 0 (no hidden0)
       objective_k = gamma * R_k - FO_k
+    An example with no valid token has l = m = FO = 0 and still counts in the masked mean (mask it
+    out to exclude it). Cost: one streaming pass over the vocabulary for the adapters' rows (plus
+    the backward's recomputation), one forward + one gradient-like pass for the base rows (skip
+    it by passing a BaseStats), and a d-sized dot product per row for FO.
     Differentiable w.r.t. hidden. The head (weight, bias) is treated as frozen: the FO term's
     gradient with respect to it is not implemented, so a head that requires grad raises for the
     non-blackbox objectives.
