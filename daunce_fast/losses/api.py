@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .._backends import requested_backend, select_backend
-from .chunked import HeadRows, softplus
+from .chunked import HeadRows, direct_ce, direct_rows, fits_one_tile, softplus
 
 IMPLEMENTED = ("triton", "torch")
 _REDUCTIONS = ("mean", "sum")
@@ -75,8 +75,14 @@ def pick_backend(op, hidden, backend):
     return select_backend(op, impl, device_type=hidden.device.type, backend=backend)
 
 
+def _direct(rows: Rows, weight, backend, chunk_size):
+    return backend == "torch" and fits_one_tile(rows.h.shape[0], weight.shape[0], chunk_size)
+
+
 def head_rows(rows: Rows, weight, bias, backend, chunk_size):
-    """(lse_o, zy) per row, differentiable (see chunked.HeadRows)."""
+    """(lse_o, zy) per row, differentiable (chunked.HeadRows; direct autograd for one-tile problems)."""
+    if _direct(rows, weight, backend, chunk_size):
+        return direct_rows(rows.h, weight, bias, rows.y)
     return HeadRows.apply(rows.h, weight, bias, rows.y, backend, chunk_size)
 
 
@@ -114,6 +120,8 @@ def per_example_loss(hidden, weight, labels, *, bias=None, ignore_index=-100, re
     check_head(weight, bias, hidden.shape[-1])
     rows = flatten_rows(hidden, labels, weight, ignore_index)
     be = pick_backend("losses.per_example_loss", hidden, backend)
+    if _direct(rows, weight, be, chunk_size):
+        return reduce_rows(direct_ce(rows.h, weight, bias, rows.y), rows.valid, reduction)
     lse_o, zy = head_rows(rows, weight, bias, be, chunk_size)
     return reduce_rows(ce_rows(lse_o, zy), rows.valid, reduction)
 

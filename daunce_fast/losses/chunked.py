@@ -202,3 +202,32 @@ class HeadRows(torch.autograd.Function):
 def softplus(x):
     """log(1 + exp(x)) without overflow and without a threshold (exact in float64 too)."""
     return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def fits_one_tile(n: int, v: int, chunk_size=None) -> bool:
+    """Whether the direct path (plain autograd on [N, V] logits) is used: the problem fits the
+    element budget and no explicit (rows, vocab) tiling was asked for."""
+    if isinstance(chunk_size, (tuple, list)):
+        return False
+    budget = DEFAULT_BUDGET if chunk_size is None else int(chunk_size)
+    return n * v <= budget
+
+
+def _direct_logits(h, W, b):
+    cd = compute_dtype(h.dtype)
+    z = h.to(cd) @ W.to(cd).T
+    return z if b is None else z + b.to(cd)
+
+
+def direct_rows(h, W, b, y):
+    """(lse_o, zy) by plain autograd on the [N, V] logits: for small problems (tiny vocabularies,
+    e.g. classifiers), where a handful of torch calls beats the tile machinery."""
+    z = _direct_logits(h, W, b)
+    hit = torch.arange(z.shape[1], device=z.device)[None, :] == y[:, None]  # y = -1 never hits
+    zy = torch.where(hit, z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(1)
+    return torch.logsumexp(z.masked_fill(hit, -math.inf), 1), zy
+
+
+def direct_ce(h, W, b, y):
+    """Per-row cross-entropy (0 on ignored rows, y = -1) by F.cross_entropy on [N, V] logits."""
+    return torch.nn.functional.cross_entropy(_direct_logits(h, W, b), y, ignore_index=-1, reduction="none")

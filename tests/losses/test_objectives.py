@@ -51,7 +51,8 @@ REF_H0 = [None]
 @pytest.mark.parametrize("per_adapter", [False, True])
 @pytest.mark.parametrize("T", [4, 1, None])
 @pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
-def test_objective_matches_reference(obj, per_adapter, T, mask_kind):
+@pytest.mark.parametrize("chunk", [(5, 4), None])  # tiled path; direct path (one tile)
+def test_objective_matches_reference(obj, per_adapter, T, mask_kind, chunk):
     K, m, d, V = 3, 5, 6, 11
     h, h0, W, b, y, c = make(K, m, T, d, V, per_adapter=per_adapter, seed=hash((obj, per_adapter, T)) % 1000)
     mask = None
@@ -62,7 +63,7 @@ def test_objective_matches_reference(obj, per_adapter, T, mask_kind):
         mask[-1] = False  # an adapter with an empty subset: R = FO = 0
         if mask_kind == "float":
             mask = mask.to(F64) * (0.5 + torch.rand(K, m, generator=g, dtype=F64))
-    o, _ = check(obj, h, None if obj == "blackbox" and per_adapter else h0, W, b, y, c, K, mask=mask)
+    o, _ = check(obj, h, None if obj == "blackbox" and per_adapter else h0, W, b, y, c, K, mask=mask, chunk=chunk)
     if mask is not None:
         assert float(o[-1].detach()) == 0.0
 
