@@ -149,8 +149,11 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
     grad_head = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
     if grad_head and objective != "blackbox":
         raise NotImplementedError(
-            f"daunce_objective({objective!r}): the output head must be frozen (weight/bias without requires_grad); "
-            "the first-order term's gradient w.r.t. the head is not implemented")
+            f"daunce_objective({objective!r}): the output head must be frozen (weight/bias without requires_grad). "
+            "z0 = f(theta0) is computed here through the same head, which is only the base model's output while "
+            "the head is frozen; a trainable head would need the base head passed separately (not implemented). "
+            "Detach the head, or use per_example_loss (which differentiates w.r.t. the head) for blackbox-style "
+            "training")
     if objective != "blackbox" and (weights_c is None or tuple(weights_c.shape) != (K, m)):
         got = None if weights_c is None else tuple(weights_c.shape)
         raise ValueError(f"weights_c must be [K={K}, m={m}] (None only for 'blackbox'), got {got}")

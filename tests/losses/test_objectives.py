@@ -22,6 +22,8 @@ def make(K, m, T, d, V, per_adapter=False, seed=0, ignore_frac=0.2):
     b = torch.randn(V, generator=g, dtype=F64)
     y = torch.randint(0, V, (M, *tok), generator=g)
     y = torch.where(torch.rand(y.shape, generator=g) < ignore_frac, torch.full_like(y, -100), y)
+    if ignore_frac > 0:
+        y[1] = -100  # an example without any valid token: l = m = FO = 0
     c = 2 * torch.rand(K, m, generator=g, dtype=F64)
     return h, h0, W, b, y, c
 
@@ -49,9 +51,10 @@ REF_H0 = [None]
 
 @pytest.mark.parametrize("obj", OBJS)
 @pytest.mark.parametrize("per_adapter", [False, True])
-@pytest.mark.parametrize("T", [4, 1, None])
-@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
-@pytest.mark.parametrize("chunk", [(5, 4), None])  # tiled path; direct path (one tile)
+@pytest.mark.parametrize("T,mask_kind,chunk", [
+    *[(T, mk, (5, 4)) for T in (4, 1, None) for mk in (None, "bool", "float")],  # tiled path
+    (4, None, None), (None, "bool", None), (1, "float", None),                    # direct path (one tile)
+])
 def test_objective_matches_reference(obj, per_adapter, T, mask_kind, chunk):
     K, m, d, V = 3, 5, 6, 11
     h, h0, W, b, y, c = make(K, m, T, d, V, per_adapter=per_adapter, seed=hash((obj, per_adapter, T)) % 1000)
