@@ -82,6 +82,37 @@ def base_stats(hidden0, weight, labels, *, objective="if", bias=None, ignore_ind
     return BaseStats(loss0, margin0, u, fo0, objective, rows.R, rows.T, reduction)
 
 
+class RowDot(torch.autograd.Function):
+    """out[k, j] = h[k, j, :] . u[j, :] in u's (float32/64) precision, for h [B, J, d] of any float
+    dtype and u [J, d] without gradient; in row chunks, so a half-precision h is never copied whole
+    into float32 (at LLM scale hidden is gigabytes). Gradient w.r.t. h only."""
+
+    CHUNK = 1 << 22  # elements of h per chunk
+
+    @staticmethod
+    def forward(ctx, h, u):
+        B, J, d = h.shape
+        out = torch.empty(B, J, dtype=u.dtype, device=h.device)
+        step = max(1, RowDot.CHUNK // max(1, B * d))
+        for j0 in range(0, J, step):
+            j1 = min(J, j0 + step)
+            out[:, j0:j1] = (h[:, j0:j1].to(u.dtype) * u[j0:j1]).sum(-1)
+        ctx.save_for_backward(u)
+        ctx.h_dtype = h.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,) = ctx.saved_tensors
+        B, J = g.shape
+        gh = torch.empty(B, J, u.shape[1], dtype=ctx.h_dtype, device=g.device)
+        step = max(1, RowDot.CHUNK // max(1, B * u.shape[1]))
+        for j0 in range(0, J, step):
+            j1 = min(J, j0 + step)
+            gh[:, j0:j1] = g[:, j0:j1, None] * u[j0:j1]
+        return gh, None
+
+
 def _prims(backend):
     from .chunked import _primitives
 
@@ -208,12 +239,9 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
 
     # FO_ik = sum_t h_ikt . u_it - fo0_i ; u broadcast over adapters when M == m.
     d = hidden.shape[-1]
-    hk = rows.h.view(K, m * T, d) if M == m else rows.h.view(K * m * T, d)
-    u = base.u.to(hidden.device)
-    if hk.dtype != u.dtype:
-        hk = hk.to(u.dtype)
-    fo_rows = torch.linalg.vecdot(hk, u)  # [K, m*T] (broadcast) or [K*m*T]
-    fo_ik = fo_rows.view(K, m, T).sum(2) - (base.fo0.view(1, m) if M == m else base.fo0.view(K, m))
+    hk = rows.h.view(K, m * T, d) if M == m else rows.h.view(1, K * m * T, d)
+    fo_rows = RowDot.apply(hk, base.u.to(hidden.device))  # [K, m*T] or [1, K*m*T]
+    fo_ik = fo_rows.reshape(K, m, T).sum(2) - (base.fo0.view(1, m) if M == m else base.fo0.view(K, m))
     fo = mmean(weights_c.to(device=hidden.device, dtype=cd) * fo_ik.to(cd))
 
     def per_adapter(x):  # base quantities [M] -> [K, m]

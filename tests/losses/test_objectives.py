@@ -150,3 +150,31 @@ def test_float32_inputs():
         assert o.dtype == torch.float32
         assert_close_to_reference(o, ro, "float32", scale=10, name=obj)
         assert_close_to_reference(l, rl, "float32", scale=10, name=obj)
+
+
+@pytest.mark.parametrize("per_adapter", [False, True])
+def test_first_order_dot_in_small_chunks(monkeypatch, per_adapter):
+    from daunce_fast.losses.objectives import RowDot
+
+    monkeypatch.setattr(RowDot, "CHUNK", 7)  # several row chunks even on tiny shapes
+    K, m, T, d, V = 3, 4, 5, 6, 9
+    h, h0, W, b, y, c = make(K, m, T, d, V, per_adapter=per_adapter, seed=17)
+    for obj in ("if", "margin"):
+        check(obj, h, h0, W, b, y, c, K)
+
+
+def test_bfloat16_hidden_gets_bfloat16_grad():
+    K, m, T, d, V = 2, 3, 4, 8, 12
+    h, h0, W, b, y, c = make(K, m, T, d, V, seed=19)
+    hb = h.bfloat16().requires_grad_(True)
+    o, l = daunce_objective(hb, h0.bfloat16(), W.bfloat16(), y, c, objective="efim", num_adapters=K,
+                            bias=b.bfloat16(), backend="torch", chunk_size=(5, 4))
+    hr = hb.detach().double().requires_grad_(True)
+    ro, rl = ref.daunce_objective(hr, h0.bfloat16().double(), W.bfloat16().double(), y, c, objective="efim",
+                                  num_adapters=K, bias=b.bfloat16().double())
+    assert o.dtype == torch.float32
+    assert_close_to_reference(o, ro, "float32", scale=10, name="efim bf16 inputs")
+    o.sum().backward()
+    ro.sum().backward()
+    assert hb.grad.dtype == torch.bfloat16
+    assert_close_to_reference(hb.grad, hr.grad, "bfloat16", name="efim bf16 dh")
