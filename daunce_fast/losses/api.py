@@ -66,12 +66,16 @@ def flatten_rows(hidden, labels, weight, ignore_index, name="hidden") -> Rows:
     return Rows(hidden.reshape(R * T, hidden.shape[-1]), ysafe, valid, R, T)
 
 
-def pick_backend(op, hidden, backend):
-    # The Triton kernels take fp32/fp16/bf16; float64 (tests, references) goes to the torch path
-    # unless a backend is forced (then the Triton launcher raises a clear TypeError).
+def pick_backend(op, hidden, backend, weight=None):
+    # Unless a backend is forced: float64 (tests, references) goes to the torch path (the Triton
+    # kernels take fp32/fp16/bf16; forced, the launcher raises a clear TypeError), and so does a
+    # problem whose [N, V] logits fit one tile (e.g. a classifier head): plain autograd on them
+    # costs a handful of calls, less than any kernel launch sequence.
     impl = IMPLEMENTED
-    if hidden.dtype == torch.float64 and requested_backend(backend) is None:
-        impl = ("torch",)
+    if requested_backend(backend) is None:
+        n = hidden.numel() // max(1, hidden.shape[-1])
+        if hidden.dtype == torch.float64 or (weight is not None and fits_one_tile(n, weight.shape[0])):
+            impl = ("torch",)
     return select_backend(op, impl, device_type=hidden.device.type, backend=backend)
 
 
@@ -119,7 +123,7 @@ def per_example_loss(hidden, weight, labels, *, bias=None, ignore_index=-100, re
     """
     check_head(weight, bias, hidden.shape[-1])
     rows = flatten_rows(hidden, labels, weight, ignore_index)
-    be = pick_backend("losses.per_example_loss", hidden, backend)
+    be = pick_backend("losses.per_example_loss", hidden, backend, weight)
     if _direct(rows, weight, be, chunk_size):
         return reduce_rows(direct_ce(rows.h, weight, bias, rows.y), rows.valid, reduction)
     lse_o, zy = head_rows(rows, weight, bias, be, chunk_size)
@@ -135,6 +139,6 @@ def margin(hidden, weight, labels, *, bias=None, ignore_index=-100, reduction="m
     """
     check_head(weight, bias, hidden.shape[-1])
     rows = flatten_rows(hidden, labels, weight, ignore_index)
-    be = pick_backend("losses.margin", hidden, backend)
+    be = pick_backend("losses.margin", hidden, backend, weight)
     lse_o, zy = head_rows(rows, weight, bias, be, chunk_size)
     return reduce_rows(zy - lse_o, rows.valid, reduction)

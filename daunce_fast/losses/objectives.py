@@ -63,7 +63,7 @@ def base_stats(hidden0, weight, labels, *, objective="if", bias=None, ignore_ind
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     api.check_head(weight, bias, hidden0.shape[-1])
     rows = api.flatten_rows(hidden0.detach(), labels, weight, ignore_index, name="hidden0")
-    be = api.pick_backend("losses.base_stats", hidden0, backend)
+    be = api.pick_backend("losses.base_stats", hidden0, backend, weight)
     stats, grad = _prims(be)
     lse_o, zy = stats(rows.h, weight, bias, rows.y, chunk_size=chunk_size)
     loss0 = api.reduce_rows(api.ce_rows(lse_o, zy), rows.valid, reduction)
@@ -203,7 +203,7 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
                          f"got {tuple(labels.shape)}")
 
     rows = api.flatten_rows(hidden, labels_k, weight, ignore_index)
-    be = api.pick_backend("losses.daunce_objective", hidden, backend)
+    be = api.pick_backend("losses.daunce_objective", hidden, backend, weight)
     lse_o, zy = api.head_rows(rows, weight, bias, be, chunk_size)
     losses = api.reduce_rows(api.ce_rows(lse_o, zy), rows.valid, reduction).view(K, m)
     cd = losses.dtype
