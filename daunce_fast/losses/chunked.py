@@ -16,9 +16,11 @@ cancellation when z_y is huge), margin = zy - lse_o. Autograd of those elementwi
 gives (go, gy), and :class:`HeadRows` turns them into dh/dW/db by recomputing logits tile by
 tile instead of saving them. The same primitives give the DAUNCE direction u = W.T g at z0.
 
-Tiles: ``rows x vocab <= budget`` elements (default 2**21, 8 MiB in fp32), so peak extra
-memory is a few tiles whatever R*T*V is; with a small problem (R*V <= budget) it is a single
-tile, i.e. the direct path, with only a few torch calls of overhead.
+Tiles: ``rows x vocab <= budget`` elements (default 2**21, 8 MiB in fp32; tall tiles of up to
+1024 rows, the vocabulary chunked), so peak extra memory is a few tiles whatever R*T*V is.
+A problem whose [N, V] logits fit the budget takes the direct path instead (:func:`direct_rows`,
+:func:`direct_ce`: plain autograd on the logits, the same calls as the explicit head), which is
+what a classifier head with a tiny vocabulary gets.
 """
 from __future__ import annotations
 
