@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 DEFAULT_BUDGET = 1 << 21
 _MAX_ROWS = 1024
@@ -184,6 +185,7 @@ class HeadRows(torch.autograd.Function):
         return lse_o, zy
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_lse_o, g_zy):
         h, W, b, y, lse_o = ctx.saved_tensors
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

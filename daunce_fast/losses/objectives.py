@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import api
 from .chunked import compute_dtype
@@ -102,6 +103,7 @@ class RowDot(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         (u,) = ctx.saved_tensors
         B, J = g.shape
