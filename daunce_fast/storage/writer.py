@@ -22,7 +22,8 @@ import os
 import numpy as np
 
 from . import dtypes as _dt
-from ._views import array_view, torch_view
+from ._io import pwrite_box
+from ._views import Sink, array_view, torch_view
 from .errors import CorruptFileError, FileLockedError, LayoutMismatchError, StorageError
 from .format import check_metadata, encode_header, plan_layout, read_header
 from .journal import Journal, check_key, fingerprint, fsync_dir
@@ -61,6 +62,7 @@ class Writer:
         self._fp = fingerprint(self._hdr)
         self._closed = True
         self._views: dict = {}
+        self._sinks: list = []
         self._lock_fd = _lock(self.partial_path)
         self._fd = None
         self._mm = None
@@ -149,8 +151,28 @@ class Writer:
         self._check_open()
         v = self._views.get(name)
         if v is None:
-            v = self._views[name] = array_view(self._mm, self._info(name), 8 + self._hlen, self.partial_path, "r+")
+            info = self._info(name)
+            v = self._views[name] = array_view(self._mm, info, 8 + self._hlen, self.partial_path, "r+")
+            if info.nbytes:
+                v._st_sink = Sink(self._fd, 8 + self._hlen + info.begin, info.shape, v.dtype)
+                self._sinks.append(v._st_sink)
         return v
+
+    def write(self, name: str, index, value) -> None:
+        """``writer[name][index] = value`` with one pwrite per contiguous run (e.g. per row of a
+        column tile) when ``index`` is a unit-step box of basic indices: no page faults, so fresh
+        tiles go 2-3x faster than through the map. bfloat16 tensors accept floating values (rounded
+        to bf16 bits here) as well as uint16 bits. Same durability rules as the map (mark_done/close)."""
+        self._check_open()
+        info = self._info(name)
+        dt = _dt.numpy_dtype(info.dtype)
+        value = np.asarray(value)
+        if info.dtype == "BF16" and value.dtype.kind == "f":
+            value = _dt.float32_to_bf16_bits(value.astype(np.float32, copy=False))
+        elif _dt.is_raw_bits(info.dtype) and value.dtype != dt:
+            raise TypeError(f"tensor {name!r} is {info.dtype}: write its raw bits as {dt}")
+        if not pwrite_box(self._fd, 8 + self._hlen + info.begin, info.shape, dt, index, value):
+            self[name][index] = value
 
     def torch(self, name: str):
         """torch tensor sharing memory with ``writer[name]``, with the real dtype (bfloat16 included)."""
@@ -239,6 +261,8 @@ class Writer:
     def _release(self) -> None:
         self._closed = True
         self._views = {}
+        for sink in self._sinks:
+            sink.fd = None  # arrays still alive keep working through the map
         if self._journal is not None:
             self._journal.close()
         if self._mm is not None:
