@@ -109,3 +109,13 @@ def test_setitem_fast_path_is_used_and_falls_back(tmp_path, monkeypatch):
         assert (a[:, :512] == 1).all() and a[0, 600] == 5 and a[2, 600] == 5 and a[1, 600] == 0
         assert (a[3, 700:710] == 7).all()
     x[0, 0] = 3  # after close the map still works (the file is complete; no crash)
+
+
+def test_open_with_advice(tmp_path):
+    with st.create(tmp_path / "a.safetensors", {"x": ((3, 4), "float32")}) as w:
+        w["x"][...] = 2
+    for advice in ("random", "sequential", "normal", "willneed"):
+        with st.open(tmp_path / "a.safetensors", advice=advice) as r:
+            assert (r["x"] == 2).all()
+    with pytest.raises(ValueError, match="advice"):
+        st.open(tmp_path / "a.safetensors", advice="fast")
