@@ -206,7 +206,7 @@ class _Layout:
 class ShardedWriter(_Layout):
     """Handle on a sharded store being written; create each shard with ``create_shard(i)``."""
 
-    def create_shard(self, i: int, resume: bool = False) -> Writer:
+    def create_shard(self, i: int, resume: bool = False, durable: bool = True, preallocate: bool = False) -> Writer:
         """Writer of shard ``i``: ``w[name]`` is its [.., size_i, ..] block (logical rows
         shard_range(i) along the axis). Independent of other shards (any process may call it)."""
         if not 0 <= i < self.num_shards:
@@ -215,7 +215,7 @@ class ShardedWriter(_Layout):
         meta = dict(self.metadata)
         meta.update({"daunce_fast.shard": f"{i}/{self.num_shards}", "daunce_fast.shard_range": f"{start}:{stop}",
                      "daunce_fast.shard_axis": str(self.axis), "daunce_fast.logical_shape": json.dumps(self.shape)})
-        return Writer(self.shard_files[i], {self.name: (self.shard_shape(i), self.dtype_code)}, meta, resume)
+        return Writer(self.shard_files[i], {self.name: (self.shard_shape(i), self.dtype_code)}, meta, resume, durable, preallocate)
 
     def complete_shards(self) -> list[int]:
         """Indices of shards whose final file exists."""
