@@ -79,6 +79,9 @@ def runs(ranges, shape, itemsize):
 
 def plan(key, shape, itemsize):
     """A pread/pwrite plan for ``key`` or None (use the memory map)."""
+    if not shape:  # 0-d: nothing to gain
+        normalize(key, shape)
+        return None
     box = unit_box(key, shape)
     if box is None:
         return None

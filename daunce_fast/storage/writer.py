@@ -62,6 +62,7 @@ class Writer:
         self.path = os.fspath(path)
         self.durable = bool(durable)
         self.preallocate = bool(preallocate)
+        self.resumed = False
         self.partial_path = self.path + PARTIAL_SUFFIX
         self.journal_path = self.path + JOURNAL_SUFFIX
         layout = plan_layout(tensors)
