@@ -36,8 +36,9 @@ def _encode(key) -> bytes:
 
 
 class Journal:
-    def __init__(self, path: str, fp: str, keys: set, fd: int, sync: bool = True):
+    def __init__(self, path: str, fp: str, keys: set, fd: int, sync: bool = True, new: bool = False):
         self.sync = sync
+        self._dir_pending = new and sync  # the journal's directory entry is made durable at the first add
         self.path = path
         self.fp = fp
         self.keys = keys
@@ -62,13 +63,10 @@ class Journal:
             tmp = path + ".tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.write(fd, f"{MAGIC} {fp}\n".encode())
-            if sync:
-                os.fsync(fd)
             os.close(fd)
-            os.replace(tmp, path)
-            if sync:
-                fsync_dir(path)
+            os.replace(tmp, path)  # never a journal without its first line
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            return cls(path, fp, keys, fd, sync, new=True)
         return cls(path, fp, keys, fd, sync)
 
     @staticmethod
@@ -103,6 +101,9 @@ class Journal:
             data = data[os.write(self._fd, data):]
         if self.sync:
             os.fsync(self._fd)
+            if self._dir_pending:
+                fsync_dir(self.path)
+                self._dir_pending = False
         self.keys.update(new)
 
     def close(self) -> None:

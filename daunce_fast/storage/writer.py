@@ -7,10 +7,11 @@ Life of a file ``path``:
              (sparse: no disk or memory is used until tiles are written); ``path.partial.journal``
              holds the keys of completed tiles.
   write      ``writer[name]`` is a writable np.memmap; tiles may be assigned in any order.
-  mark_done  flushes the data (msync + fsync), then appends the key to the journal (fsync).
+  mark_done  flushes the data (fsync), then appends the key to the journal (fsync).
              (durable=False skips the fsyncs: still safe against a killed process, not power loss.)
-  close      flush, rewrite the header in place at the same length with the marker "1", fsync,
-             rename ``path.partial`` -> ``path`` (atomic), fsync the directory, delete the journal.
+  close      rewrite the header in place at the same length with the marker "1", fsync (data and
+             header), rename ``path.partial`` -> ``path`` (atomic), fsync the directory, delete the
+             journal.
 A crash at any point leaves either no ``path`` (only the partial + journal, resumable) or a
 complete one: a reader never sees a half-written file under the final name.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import sys
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from .errors import CorruptFileError, FileLockedError, LayoutMismatchError, Stor
 from .format import check_metadata, encode_header, plan_layout, read_header
 from .journal import Journal, check_key, fingerprint, fsync_dir
 
+_LINUX = sys.platform.startswith("linux")
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_SUFFIX = ".partial.journal"
 
@@ -127,20 +130,20 @@ class Writer:
                                       ". Use resume=False to discard it, or pass the original layout.")
         if not old.complete:  # usual case; a crash between close's header rewrite and rename flips it back
             return True
-        os.pwrite(self._fd, self._hdr, 0)
-        if self.durable:
-            os.fsync(self._fd)
+        os.pwrite(self._fd, self._hdr, 0)  # made durable by the next flush, like everything else
         return True
 
     def _fresh(self) -> None:
         if os.path.exists(self.journal_path):
             os.remove(self.journal_path)
+            if self.durable:  # the old keys must not outlive the data they describe
+                fsync_dir(self.journal_path)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, self._hdr, 0)
         os.ftruncate(self._fd, self._size)  # sparse preallocation
-        if self.durable:
-            os.fsync(self._fd)
-            fsync_dir(self.partial_path)
+        # No fsync here: nothing refers to this file until the first mark_done, whose flush makes
+        # header and size durable before any key is journaled (a power loss before that leaves at
+        # worst an unreadable partial file, which resume discards).
 
     # ------------------------------------------------------------------------------- tensors
     def names(self) -> list[str]:
@@ -206,15 +209,19 @@ class Writer:
 
     # ---------------------------------------------------------------------------- durability
     def flush(self) -> None:
-        """Write dirty pages to disk and wait (msync + fsync); nothing to do when durable=False
+        """Write dirty pages to disk and wait (fsync; msync too off Linux); nothing to do when durable=False
         (the page cache already holds every write, safe from a crash of this process)."""
         self._check_open()
         self._sync()
 
     def _sync(self) -> None:
-        if self.durable:
+        if not self.durable:
+            return
+        if not _LINUX:
+            # POSIX wants msync for stores through the map; on Linux the shared map's pages are
+            # page-cache pages, tracked dirty, and fsync writes them (msync would be a second fsync).
             self._mm.flush()
-            os.fsync(self._fd)
+        os.fsync(self._fd)
 
     def mark_done(self, key, *more) -> None:
         """Record that tile ``key`` (str or int; several may be given) is written: flushes the data
@@ -240,13 +247,14 @@ class Writer:
 
     # ---------------------------------------------------------------------------------- end
     def close(self) -> None:
-        """Finish: flush, mark complete in place, fsync, rename into ``path``, remove the journal."""
+        """Finish: mark complete in place, fsync, rename into ``path`` (atomic), remove the journal."""
         if self._closed:
             return
-        self._sync()  # the data is on disk before the header says complete
         os.pwrite(self._fd, encode_header(list(self._layout.values()), self._meta, True, self._hlen), 0)
-        if self.durable:
-            os.fsync(self._fd)
+        # One fsync for data and header: whatever order they reach the disk in, the file is only
+        # renamed to its final name after both are there (a partial file saying "complete" is
+        # harmless: it is still a .partial, and resume marks it incomplete again).
+        self._sync()
         os.replace(self.partial_path, self.path)
         if self.durable:
             fsync_dir(self.path)
