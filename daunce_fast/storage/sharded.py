@@ -215,7 +215,8 @@ class ShardedWriter(_Layout):
         meta = dict(self.metadata)
         meta.update({"daunce_fast.shard": f"{i}/{self.num_shards}", "daunce_fast.shard_range": f"{start}:{stop}",
                      "daunce_fast.shard_axis": str(self.axis), "daunce_fast.logical_shape": json.dumps(self.shape)})
-        return Writer(self.shard_files[i], {self.name: (self.shard_shape(i), self.dtype_code)}, meta, resume, durable, preallocate)
+        return Writer(self.shard_files[i], {self.name: (self.shard_shape(i), self.dtype_code)}, meta, resume,
+                      durable, preallocate)
 
     def complete_shards(self) -> list[int]:
         """Indices of shards whose final file exists."""
@@ -261,7 +262,8 @@ class ShardedArray(_Layout):
             r = Reader(path)
         except IncompleteFileError as exc:
             raise IncompleteFileError(f"{who} is incomplete: {exc}") from None
-        if self.name not in r or r.shape(self.name) != self.shard_shape(i) or r.dtype_code(self.name) != self.dtype_code:
+        if (self.name not in r or r.shape(self.name) != self.shard_shape(i)
+                or r.dtype_code(self.name) != self.dtype_code):
             got = (r.dtype_code(self.name), r.shape(self.name)) if self.name in r else f"tensors {r.names()}"
             r.close()
             raise CorruptFileError(f"{who} does not hold {self.name!r} {self.dtype_code}{list(self.shard_shape(i))} "

@@ -157,8 +157,8 @@ def mutated_file(draw):
     return bytes(blob)
 
 
-@settings(max_examples=int(os.environ.get("DAUNCE_FAST_FUZZ_EXAMPLES", "600")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("DAUNCE_FAST_FUZZ_EXAMPLES", "600")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(blob=mutated_file())
 def test_fuzz_mutated_files(tmp_path, blob):
     """Any mutation either opens (and every tensor then reads within the file, agreeing with the

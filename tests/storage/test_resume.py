@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -47,13 +46,13 @@ print("closed", flush=True)
 
 def _run_child_and_kill(path, mode, stop_at, kill_after_done=None, durable=True):
     env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), mode, str(stop_at), "1" if durable else "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    argv = [sys.executable, "-c", CHILD, str(path), mode, str(stop_at), "1" if durable else "0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen = []
     try:
         for line in proc.stdout:
             seen.append(line.strip())
-            if line.startswith("midwrite") or (kill_after_done is not None and line.strip() == f"done {kill_after_done}"):
+            if line.startswith("midwrite") or line.strip() == f"done {kill_after_done}":
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait(timeout=60)
