@@ -61,18 +61,38 @@ def _strs(s: str) -> list[str]:
     return [v for v in s.split(",") if v]
 
 
-def _lds(gt, scores) -> tuple[float, int]:
+def _lds(gt, scores) -> tuple[float, int, int]:
+    """(mean LDS, test examples with NaN LDS, non-finite scores zeroed).
+
+    Non-finite scores (DAUNCE's Pearson/covariance give NaN for an example whose recorded loss is
+    identical in every model) are replaced by 0, "no evidence", before the LDS: kept, dattri's
+    rule would void every test column that meets a NaN training row. Their count is reported.
+    """
     if hasattr(scores, "detach"):
         scores = scores.detach().cpu().numpy()
     scores = np.asarray(scores, dtype=np.float64)
+    bad = ~np.isfinite(scores)
+    n_bad = int(bad.sum())
+    if n_bad:
+        scores = np.where(bad, 0.0, scores)
     per, mean = lds(scores, gt["subsets"], gt["targets"])
-    return mean, int(np.isnan(per).sum())
+    return mean, int(np.isnan(per).sum()), n_bad
+
+
+def _kv(s: str) -> tuple[str, object]:
+    import json
+
+    k, _, v = s.partition("=")
+    try:
+        return k, json.loads(v)
+    except ValueError:
+        return k, v
 
 
 def _row(dataset, method, params, score, wall, extra=0.0, **more):
-    val, nan = score
+    val, nan, n_bad = score
     return {"dataset": dataset, "method": method, "params": params, "lds": val, "nan_tests": nan,
-            "wall_s": wall, "extra_s": extra, **more}
+            "nonfinite_scores": n_bad, "wall_s": wall, "extra_s": extra, **more}
 
 
 def plain_train_seconds(gt) -> float:
@@ -90,8 +110,10 @@ def plain_train_seconds(gt) -> float:
 
 
 def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float, gamma: float, optimizer: str,
-               lr: float, epochs: int, batch_size: int, seed: int, score_methods: list[str]) -> dict:
+               lr: float, epochs: float, batch_size: int, seed: int, score_methods: list[str],
+               extra: dict | None = None) -> dict:
     """One DAUNCE fit through the library's pipeline, scored with each of ``score_methods``.
+    ``extra``: further Daunce keywords (e.g. schedule, antithetic, weight_decay, steps).
 
     Returns {"fit_s": seconds, method: (scores [N_train, N_test], seconds of that scores() call)}.
     """
@@ -105,7 +127,8 @@ def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float, ga
     with tempfile.TemporaryDirectory(prefix="daunce_lds_") as workdir:
         t0 = time.perf_counter()
         d = Daunce(model, num_models=K, ratio=ratio, objective=objective, rho=rho, gamma=gamma, rank="full",
-                   optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, workdir=workdir)
+                   optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, workdir=workdir,
+                   **(extra or {}))
         d.fit(train)
         out["fit_s"] = time.perf_counter() - t0
         for m in score_methods:
@@ -151,15 +174,18 @@ def bench_dataset(name: str, a) -> list[dict]:
             rows.append(_row(name, "if-dattri", f"reg={d:g}", _lds(gt, s), t))
             print(rows[-1], flush=True)
     if "daunce" in methods:
-        grid = itertools.product(_ints(a.K), _strs(a.objective), _floats(a.rho), _ints(a.epochs), _floats(a.lr),
+        extra = dict(_kv(v) for v in a.daunce_opt)
+        grid = itertools.product(_ints(a.K), _strs(a.objective), _floats(a.rho), _floats(a.epochs), _floats(a.lr),
                                  _strs(a.optimizer), _floats(a.ratio), _floats(a.gamma))
         for K, obj, rho, ep, lr, opt, ratio, gamma in grid:
             res = run_daunce(gt, K=K, ratio=ratio, objective=obj, rho=rho, gamma=gamma, optimizer=opt, lr=lr,
-                             epochs=ep, batch_size=a.batch_size, seed=a.seed, score_methods=_strs(a.score_method))
+                             epochs=ep, batch_size=a.batch_size, seed=a.seed, score_methods=_strs(a.score_method),
+                             extra=extra)
             for sm in _strs(a.score_method):
                 s, ts = res[sm]
-                params = (f"K={K} obj={obj} rho={rho:g} gamma={gamma:g} epochs={ep} lr={lr:g} opt={opt} "
-                          f"ratio={ratio:g} bs={a.batch_size} score={sm}")
+                params = (f"K={K} obj={obj} rho={rho:g} gamma={gamma:g} epochs={ep:g} lr={lr:g} opt={opt} "
+                          f"ratio={ratio:g} bs={a.batch_size} score={sm}"
+                          + "".join(f" {k}={v}" for k, v in extra.items()))
                 rows.append(_row(name, "daunce", params, _lds(gt, s), res["fit_s"] + ts, fit_s=res["fit_s"],
                                  score_s=ts))
                 print(rows[-1], flush=True)
@@ -201,6 +227,8 @@ def main(argv=None):
     g.add_argument("--ratio", default="0.5", help="subset ratio r")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--daunce-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other Daunce keyword, repeatable (e.g. schedule=constant, antithetic=true)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     _quiet_tqdm()
@@ -208,7 +236,7 @@ def main(argv=None):
     for name in a.dataset or ["digits", "breast_cancer"]:
         rows += bench_dataset(name, a)
     print()
-    print_table(rows, ["dataset", "method", "params", "lds", "nan_tests", "wall_s", "extra_s"])
+    print_table(rows, ["dataset", "method", "params", "lds", "nan_tests", "nonfinite_scores", "wall_s", "extra_s"])
     if not a.no_record:
         print(f"recorded in {record('lds', rows)}")
     return rows

@@ -52,7 +52,19 @@ def test_batched_forward_and_losses():
     torch.testing.assert_close(batched_forward(p, x), want)  # shared input
     torch.testing.assert_close(batched_forward(p, x.expand(2, *x.shape)), want)  # per-model input
     ce = torch.stack([torch.nn.functional.cross_entropy(m(x), y, reduction="none") for m in models])
-    torch.testing.assert_close(per_example_loss(p, x, y), ce.detach())
+    torch.testing.assert_close(per_example_loss(p, x, y).float(), ce.detach())
+
+
+def test_stable_ce_keeps_confident_losses():
+    from lds_data import stable_ce
+
+    z = torch.tensor([[30.0, 0.0, -5.0], [0.1, 0.2, 0.3]])
+    y = torch.tensor([0, 2])
+    got = stable_ce(z, y)
+    assert torch.nn.functional.cross_entropy(z, y, reduction="none")[0] == 0  # fp32 rounds it away
+    want = torch.log1p(torch.exp(torch.tensor([-30.0, -30.0 - 5.0], dtype=torch.float64)).sum())
+    assert got[0] == pytest.approx(want.item(), rel=1e-12) and got[0] > 0
+    assert got[1].item() == pytest.approx(torch.nn.functional.cross_entropy(z[1:], y[1:]).item(), rel=1e-6)
 
 
 def test_subsets_exact_half():
