@@ -13,8 +13,10 @@ per test example across subsets, mean ignoring NaN (daunce_fast.metrics.lds). Ev
 scores are [N_train, N_test] with positive = helpful.
 
 Prints one table row per method and hyper-parameter setting (dataset, method, params, lds,
-wall_s, extra_s) and appends the rows to bench/out/results.jsonl (bench/_harness.record).
-wall_s is the attribution itself (θ0 is given); extra_s is what the method needs on top, here the
+lds_all, nan_tests, nonfinite_scores, wall_s, extra_s; see _lds) and appends the rows to
+bench/out/results.jsonl (bench/_harness.record).
+wall_s is the attribution itself (θ0 is given), cpu_s its CPU seconds (all threads; robust to
+other processes sharing the cores, which inflate wall_s); extra_s is what the method needs on top, here the
 plain sequential training (examples.train_classifier) of TRAK's extra checkpoints.
 Hyper-parameters (TRAK/IF damping, DAUNCE settings) are chosen on the same ground truth they are
 scored on, for every method alike: best-of-grid numbers are mildly optimistic for all of them.
@@ -62,7 +64,7 @@ def _strs(s: str) -> list[str]:
 
 
 def _lds(gt, scores) -> tuple[float, int, int]:
-    """(mean LDS, test examples with NaN LDS, non-finite scores zeroed).
+    """(mean LDS, test examples with NaN LDS, non-finite scores zeroed, lds_all).
 
     Non-finite scores (DAUNCE's Pearson/covariance give NaN for an example whose recorded loss is
     identical in every model) are replaced by 0, "no evidence", before the LDS: kept, dattri's
@@ -76,7 +78,13 @@ def _lds(gt, scores) -> tuple[float, int, int]:
     if n_bad:
         scores = np.where(bad, 0.0, scores)
     per, mean = lds(scores, gt["subsets"], gt["targets"])
-    return mean, int(np.isnan(per).sum()), n_bad
+    # lds_all: over every test example whose ground truth varies, a NaN (the method gave that test
+    # example constant scores, e.g. DAUNCE when its recorded loss rounds to the same value in every
+    # model) counting as 0. The dattri-style mean skips them, so two methods' `lds` can be means over
+    # different test sets; lds_all is always over the same ones.
+    defined = np.asarray(gt["targets"], dtype=np.float64).std(0) > 0
+    lds_all = float(np.nan_to_num(per[defined], nan=0.0).mean())
+    return mean, int(np.isnan(per).sum()), n_bad, lds_all
 
 
 def _kv(s: str) -> tuple[str, object]:
@@ -90,23 +98,23 @@ def _kv(s: str) -> tuple[str, object]:
 
 
 def _row(dataset, method, params, score, wall, extra=0.0, **more):
-    val, nan, n_bad = score
-    return {"dataset": dataset, "method": method, "params": params, "lds": val, "nan_tests": nan,
-            "nonfinite_scores": n_bad, "wall_s": wall, "extra_s": extra, **more}
+    val, nan, n_bad, val_all = score
+    return {"dataset": dataset, "method": method, "params": params, "lds": val, "lds_all": val_all,
+            "nan_tests": nan, "nonfinite_scores": n_bad, "wall_s": wall, "extra_s": extra, **more}
 
 
-def plain_train_seconds(gt) -> float:
-    """Seconds for one plain sequential training with the ground truth's recipe (what a TRAK user
+def plain_train_seconds(gt) -> tuple[float, float]:
+    """(wall, CPU) seconds for one plain sequential training with the ground truth's recipe (what a TRAK user
     pays per extra checkpoint)."""
     from daunce_fast.examples import mlp, train_classifier
 
     r = gt["recipe"]
     task = load_task(gt)
     m = mlp(task.x_train.shape[1], task.num_classes, r["hidden"], r["depth"], seed=r["seed"] + 100)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     train_classifier(m, task.x_train, task.y_train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"],
                      weight_decay=r["weight_decay"], seed=r["seed"] + 100, optimizer=r["optimizer"])
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float, gamma: float, optimizer: str,
@@ -125,16 +133,16 @@ def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float, ga
     model = copy.deepcopy(model_from_state(gt))
     out = {}
     with tempfile.TemporaryDirectory(prefix="daunce_lds_") as workdir:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         d = Daunce(model, num_models=K, ratio=ratio, objective=objective, rho=rho, gamma=gamma, rank="full",
                    optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, workdir=workdir,
                    **(extra or {}))
         d.fit(train)
-        out["fit_s"] = time.perf_counter() - t0
+        out["fit_s"], out["fit_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         for m in score_methods:
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             s = d.scores(train, test, method=m)
-            out[m] = (s, time.perf_counter() - t1)
+            out[m] = (s, time.perf_counter() - t1, time.process_time() - c1)
     return out
 
 
@@ -150,28 +158,32 @@ def bench_dataset(name: str, a) -> list[dict]:
         if m not in METHODS:
             raise SystemExit(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
     if "graddot" in methods:
+        c0 = time.process_time()
         s, t = grad_dot(gt)
-        rows.append(_row(name, "graddot", "", _lds(gt, s), t))
+        rows.append(_row(name, "graddot", "", _lds(gt, s), t, cpu_s=time.process_time() - c0))
         print(rows[-1], flush=True)
-    extra_per_ckpt = plain_train_seconds(gt) if "trak5" in methods else 0.0
+    extra_per_ckpt, extra_cpu_per_ckpt = plain_train_seconds(gt) if "trak5" in methods else (0.0, 0.0)
     for nc, key in ((1, "trak1"), (5, "trak5")):
         if key not in methods:
             continue
         for reg in _floats(a.trak_reg):
+            c0 = time.process_time()
             s, t = trak(gt, num_ckpts=nc, regularization=reg, proj_dim=a.trak_proj_dim)
             rows.append(_row(name, key, f"reg={reg:g} proj={a.trak_proj_dim}", _lds(gt, s), t,
-                             extra=(nc - 1) * extra_per_ckpt))
+                             cpu_s=time.process_time() - c0,
+                             extra=(nc - 1) * extra_per_ckpt, extra_cpu_s=(nc - 1) * extra_cpu_per_ckpt))
             print(rows[-1], flush=True)
     if "if" in methods:
         ex = ExactIF(gt, cache=CACHE / f"hessian_{name}.pt")
         for d in _floats(a.if_damping):
             s, t = ex.scores(d)
-            rows.append(_row(name, "if", f"damping={d:g} (exact H, eigh)", _lds(gt, s), t))
+            rows.append(_row(name, "if", f"damping={d:g} (exact H, eigh)", _lds(gt, s), t, cpu_s=ex.last_cpu_s))
             print(rows[-1], flush=True)
     if "if-dattri" in methods:
         for d in _floats(a.if_dattri_damping):
+            c0 = time.process_time()
             s, t = if_dattri(gt, regularization=d)
-            rows.append(_row(name, "if-dattri", f"reg={d:g}", _lds(gt, s), t))
+            rows.append(_row(name, "if-dattri", f"reg={d:g}", _lds(gt, s), t, cpu_s=time.process_time() - c0))
             print(rows[-1], flush=True)
     if "daunce" in methods:
         extra = dict(_kv(v) for v in a.daunce_opt)
@@ -182,11 +194,12 @@ def bench_dataset(name: str, a) -> list[dict]:
                              epochs=ep, batch_size=a.batch_size, seed=a.seed, score_methods=_strs(a.score_method),
                              extra=extra)
             for sm in _strs(a.score_method):
-                s, ts = res[sm]
+                s, ts, cs = res[sm]
                 params = (f"K={K} obj={obj} rho={rho:g} gamma={gamma:g} epochs={ep:g} lr={lr:g} opt={opt} "
                           f"ratio={ratio:g} bs={a.batch_size} score={sm}"
                           + "".join(f" {k}={v}" for k, v in extra.items()))
                 rows.append(_row(name, "daunce", params, _lds(gt, s), res["fit_s"] + ts, fit_s=res["fit_s"],
+                                 cpu_s=res["fit_cpu_s"] + cs,
                                  score_s=ts))
                 print(rows[-1], flush=True)
     return rows
@@ -236,7 +249,8 @@ def main(argv=None):
     for name in a.dataset or ["digits", "breast_cancer"]:
         rows += bench_dataset(name, a)
     print()
-    print_table(rows, ["dataset", "method", "params", "lds", "nan_tests", "nonfinite_scores", "wall_s", "extra_s"])
+    print_table(rows, ["dataset", "method", "params", "lds", "lds_all", "nan_tests", "nonfinite_scores", "wall_s", "cpu_s",
+                       "extra_s", "extra_cpu_s"])
     if not a.no_record:
         print(f"recorded in {record('lds', rows)}")
     return rows
