@@ -134,12 +134,12 @@ def test_triton_kernels_write_every_output_element():
 
     x, W, b, A, B, dy = _inputs(2, 3, 21, 13, 3)
     h = poison(torch.empty(6, 3))
-    tl_._shrink(x, A, h, 3, 1.0, "ieee", A.stride(0), A.stride(2), A.stride(1))
+    tl_._shrink(x, A, h, 3, 0.5, "ieee", A.stride(0), A.stride(2), A.stride(1))
     y = poison(torch.empty(6, 13))
-    tl_._gemm_expand(x, W, W.stride(0), W.stride(1), b, h, B, B.stride(0), B.stride(1), B.stride(2), y, 3, 0.5,
+    tl_._gemm_expand(x, W, W.stride(0), W.stride(1), b, h, B, B.stride(0), B.stride(1), B.stride(2), y, 3, 1.0,
                      "ieee", "ieee")
     dB = poison(torch.empty_like(B))
-    tl_._outer(h, dy, dB, dB.stride(0), dB.stride(2), dB.stride(1), 3, 0.5, "ieee")
+    tl_._outer(h, dy, dB, dB.stride(0), dB.stride(2), dB.stride(1), 3, 1.0, "ieee")
     ref_y, ref_h = forward_torch(x, W, b, A, B, 0.5)
     ref = backward_torch(dy, x, ref_h, W, A, B, 0.5)
     assert_close_to_reference(h, ref_h.double(), "float32", scale=4, name="h")
