@@ -112,9 +112,13 @@ def test_chunked_training_equals_training_all_adapters_at_once(rank):
         state = lora.adapter_state(chunked)
         for name, t in state.items():
             err = (t - everything[name][k0:k0 + K_c]).abs().max().item()
-            assert err <= 1e-6 * max(1.0, everything[name].abs().max().item()), (name, k0, err)
+            print(f"chunk {k0} {name}: max abs diff {err:.1e}")
+            # Bit for bit on this CPU: every row's products are computed independently of how many
+            # other rows share the GEMM. (A BLAS that splits the inner dimension differently for
+            # another row count would show ~1e-7 here; the math is the same.)
+            assert err == 0.0, (name, k0, err)
         with torch.no_grad():
-            torch.testing.assert_close(chunked(x_eval[rows]), out_all[rows], rtol=1e-6, atol=1e-6)
+            assert torch.equal(chunked(x_eval[rows]), out_all[rows])
 
 
 def test_seeded_init_depends_only_on_seed_id_and_layer():
