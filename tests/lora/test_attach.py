@@ -144,3 +144,39 @@ def test_adapter_state_round_trip_and_full_rank_refuses_peft(tmp_path):
     lora.attach(full, 2, "full", 1.0, ["0"])
     with pytest.raises(NotImplementedError):
         lora.save_peft(full, 0, str(tmp_path))
+
+
+def test_layer_sequence_inputs_dropout_and_full_rank():
+    base = nn.Linear(6, 5)
+    K, m, T = 2, 3, 4
+    x = torch.randn(K * m, T, 6)
+    lay = lora.MultiLoRALinear(base, K, 3, 6.0, dropout=0.5, seed=0)
+    with torch.no_grad():
+        lay.lora_B.normal_()
+    lay.eval()  # no dropout: [K*m, T, d] rows of adapter k are rows [k*m*T, (k+1)*m*T) of the flat view
+    y = lay(x)
+    assert y.shape == (K * m, T, 5)
+    for k in range(K):
+        xs = x[k * m:(k + 1) * m]
+        want = base(xs) + 2.0 * (xs @ lay.lora_A[k].T) @ lay.lora_B[k].T
+        torch.testing.assert_close(y[k * m:(k + 1) * m], want, rtol=1e-5, atol=1e-5)
+    lay.train()
+    torch.manual_seed(0)
+    y_drop = lay(x.requires_grad_())
+    assert not torch.allclose(y_drop, y)
+    y_drop.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(lay.lora_A.grad).all()
+    # Full rank: dense per-adapter deltas of weight and bias.
+    full = lora.MultiLoRALinear(base, K, "full", 1.0)
+    with torch.no_grad():
+        full.delta_weight.normal_()
+        full.delta_bias.normal_()
+    yf = full(x.detach())
+    for k in range(K):
+        xs = x.detach()[k * m:(k + 1) * m]
+        want = xs @ (base.weight + full.delta_weight[k]).T + base.bias + full.delta_bias[k]
+        torch.testing.assert_close(yf[k * m:(k + 1) * m], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rank"):
+        lora.MultiLoRALinear(base, K, 0, 1.0)
+    with pytest.raises(TypeError):
+        lora.MultiLoRALinear(nn.Conv2d(1, 1, 1), K, 2, 1.0)

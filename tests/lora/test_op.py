@@ -162,3 +162,37 @@ def test_triton_gpu_half_precision(shape, dtype):
     s = max(d_in, d_out, m) ** 0.5 / 4
     for a, r_, n in ((y, ref, "y"), (gx, rx, "dx"), (gA, rA, "dA"), (gB, rB, "dB")):
         assert_close_to_reference(a, r_, "bfloat16", scale=s, name=n)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(K=st.integers(1, 5), m=st.integers(1, 7), d_in=st.integers(1, 40), d_out=st.integers(1, 40),
+       r=st.integers(1, 20), bias=st.booleans(), scale=st.floats(-4, 4))
+def test_torch_path_random_shapes(K, m, d_in, d_out, r, bias, scale):
+    x, W, b, A, B, dy = _inputs(K, m, d_in, d_out, r, bias=bias)
+    leaves = [t.clone().requires_grad_() for t in (x, A, B)]
+    y = multilora_linear(leaves[0], W, b, leaves[1], leaves[2], scale)
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref, rgrads = _reference_grads(x, W, b, A, B, dy, scale)
+    s = 4 * max(d_in, d_out, m, 4) ** 0.5 * max(1.0, abs(scale))
+    assert_close_to_reference(y, ref, "float32", scale=s, name="y")
+    for a, r_ in zip(grads, rgrads):
+        assert_close_to_reference(a, r_, "float32", scale=s, name="grad")
+
+
+@pytest.mark.triton
+@settings(max_examples=6, deadline=None)
+@given(K=st.integers(1, 3), m=st.integers(1, 20), d_in=st.integers(1, 40), d_out=st.integers(1, 40),
+       r=st.integers(1, 17))
+def test_triton_random_shapes(K, m, d_in, d_out, r):
+    x, W, b, A, B, dy = _inputs(K, m, d_in, d_out, r)
+    leaves = [t.clone().requires_grad_() for t in (x, A, B)]
+    y = multilora_linear(leaves[0], W, b, leaves[1], leaves[2], 1.5, backend="triton")
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref, rgrads = _reference_grads(x, W, b, A, B, dy, 1.5)
+    s = 4 * max(d_in, d_out, m, 4) ** 0.5
+    assert_close_to_reference(y, ref, "float32", scale=s, name="y")
+    for a, r_ in zip(grads, rgrads):
+        assert_close_to_reference(a, r_, "float32", scale=s, name="grad")
