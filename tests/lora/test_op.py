@@ -148,20 +148,21 @@ def test_triton_kernels_write_every_output_element():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(4, 64, 2049, 1000, 16), (2, 1, 256, 512, 128), (1, 130, 512, 384, 1)])
-def test_triton_gpu_half_precision(shape, dtype):
+def test_gpu_half_precision(shape, dtype, backend):
     K, m, d_in, d_out, r = shape
     x, W, b, A, B, dy = [t.cuda() if t is not None else None for t in _inputs(K, m, d_in, d_out, r, dtype)]
     A, B = A.to(dtype).requires_grad_(), B.to(dtype).requires_grad_()
     x.requires_grad_()
-    y = multilora_linear(x, W, b, A, B, 2.0, backend="triton")
+    y = multilora_linear(x, W, b, A, B, 2.0, backend=backend)
     gx, gA, gB = torch.autograd.grad(y, (x, A, B), dy)
     ref, (rx, rA, rB) = _reference_grads(x, W, b, A, B, dy, 2.0)
-    # Peers' practice for bf16: rtol/atol ~ 2e-2 to 6e-2, widened by the reduction length.
-    s = max(d_in, d_out, m) ** 0.5 / 4
+    # Peers' practice for bf16/fp16: rtol ~2e-2, with atol relative to the tensor's magnitude
+    # (outputs and the saved h are rounded to 16 bits; accumulation is fp32).
     for a, r_, n in ((y, ref, "y"), (gx, rx, "dx"), (gA, rA, "dA"), (gB, rB, "dB")):
-        assert_close_to_reference(a, r_, "bfloat16", scale=s, name=n)
+        assert_close_to_reference(a, r_, "bfloat16", rtol=2e-2, atol=1e-2 * float(r_.abs().max()), name=n)
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
@@ -196,3 +197,32 @@ def test_triton_random_shapes(K, m, d_in, d_out, r):
     assert_close_to_reference(y, ref, "float32", scale=s, name="y")
     for a, r_ in zip(grads, rgrads):
         assert_close_to_reference(a, r_, "float32", scale=s, name="grad")
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_model_with_fp32_adapters_matches_peft(tmp_path):
+    # PEFT's layout on a GPU: bf16 base, fp32 adapters; both backends against PEFT's own forward.
+    peft = pytest.importorskip("peft")
+    import copy
+
+    from daunce_fast import lora
+
+    from ._models import LLAMA_TARGETS, llama
+
+    base = llama().cuda().to(torch.bfloat16)
+    ids = torch.randint(0, 64, (2, 9), device="cuda")
+    for backend in ("torch", "triton"):
+        model = copy.deepcopy(base)
+        lora.attach(model, 2, 4, 8.0, LLAMA_TARGETS, seed=0, backend=backend)
+        with torch.no_grad():
+            for _, m in lora.lora_modules(model):
+                assert m.lora_A.dtype == torch.float32
+                m.lora_B.normal_(0, 0.1)
+            ours = model(input_ids=ids).logits
+        lora.save_peft(model, 1, str(tmp_path / backend))
+        pm = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / backend)).eval()
+        with torch.no_grad():
+            theirs = pm(input_ids=ids[1:]).logits[0]
+        err = (ours[1].float() - theirs.float()).abs().max().item()
+        print(backend, "max abs diff vs PEFT (bf16 logits)", err)
+        assert err <= 3e-2 * theirs.float().abs().max().item()
