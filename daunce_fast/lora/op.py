@@ -14,7 +14,11 @@ from torch import Tensor
 from .._backends import select_backend
 from .reference import backward_torch, forward_torch
 
-IMPLEMENTED = ("triton", "torch")
+# Preference order. The torch path (cuBLAS GEMMs + batched bmm, with the frozen GEMM accumulating
+# into the low-rank output) comes first on CUDA as well, because the Triton kernels have only run
+# under the interpreter so far; pass backend="triton" (or DAUNCE_FAST_BACKEND=triton) to use them,
+# and swap this order once bench/bench_multilora.py has timed them on a GPU.
+IMPLEMENTED = ("torch", "triton")
 
 
 def _resolve(backend: str, device: torch.device) -> str:
@@ -68,10 +72,13 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, xa, h, weight, A, B)
     ctx.scale, ctx.backend = scale, backend
     ctx.mark_non_differentiable(h)
+    ctx.set_materialize_grads(False)  # h's gradient is never used: do not fill zeros for it
 
 
 def _backward(ctx, dy, _dh):
     x, xa, h, weight, A, B = ctx.saved_tensors
+    if dy is None:  # y took no part in the loss
+        return (None,) * 8
     nx, nxa, _nw, _nb, nA, nB = ctx.needs_input_grad[:6]
     dx, dxa, dA, dB = _bwd(dy.contiguous(), x, xa, h, weight, A, B, ctx.scale, bool(nx), bool(nxa and xa is not None),
                            bool(nA), bool(nB), ctx.backend)
@@ -93,7 +100,7 @@ def multilora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tenso
         y[k*m:(k+1)*m] = x_k @ weight.T + bias + scale * (x_lora_k @ A[k].T) @ B[k].T
 
     Gradients flow to x, x_lora, A and B; never to weight or bias (they must not require grad).
-    ``backend``: None (auto: Triton on CUDA, torch on CPU), 'torch' or 'triton'.
+    ``backend``: None (auto: the torch path; see IMPLEMENTED), 'torch' or 'triton'.
     """
     if x.dim() != 2 or A.dim() != 3 or B.dim() != 3 or weight.dim() != 2:
         raise ValueError(f"multilora_linear: want x [N, d_in], weight [d_out, d_in], A [K, r, d_in], B [K, d_out, r]; "

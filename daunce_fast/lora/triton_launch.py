@@ -88,11 +88,11 @@ def forward_triton(x, weight, bias, A, B, scale: float, xa=None):
     if N == 0:
         return y, h
     pl = _prec(A.dtype, x.device)
-    # h[n, c] = sum_j xa[n, j] * A[k, c, j]
-    _shrink(src, A, h, m, 1.0, pl, A.stride(0), A.stride(2), A.stride(1))
-    # y[n, j] = sum_i x[n, i] W[j, i] + bias[j] + scale * sum_c h[n, c] B[k, j, c]
+    # h[n, c] = scale * sum_j xa[n, j] * A[k, c, j]
+    _shrink(src, A, h, m, scale, pl, A.stride(0), A.stride(2), A.stride(1))
+    # y[n, j] = sum_i x[n, i] W[j, i] + bias[j] + sum_c h[n, c] B[k, j, c]
     _gemm_expand(x, weight, weight.stride(0), weight.stride(1), bias, h, B, B.stride(0), B.stride(1), B.stride(2),
-                 y, m, scale, _prec(x.dtype, x.device), pl)
+                 y, m, 1.0, _prec(x.dtype, x.device), pl)
     return y, h
 
 
@@ -111,10 +111,10 @@ def backward_triton(dy, x, h, weight, A, B, scale: float, xa=None, need_dx=True,
         if N:
             _shrink(dy, B, g, m, scale, pl, B.stride(0), B.stride(1), B.stride(2))
     if need_dB:
-        # dB[k, j, c] = scale * sum_i h[i, c] * dy[i, j]
+        # dB[k, j, c] = sum_i h[i, c] * dy[i, j]   (h holds the scale)
         dB = torch.empty_like(B, memory_format=torch.contiguous_format)
         if N:
-            _outer(h, dy, dB, dB.stride(0), dB.stride(2), dB.stride(1), m, scale, pl)
+            _outer(h, dy, dB, dB.stride(0), dB.stride(2), dB.stride(1), m, 1.0, pl)
         else:
             dB.zero_()
     if need_dA:
