@@ -26,6 +26,7 @@ from .._backends import select_backend
 from ._prep import Source, check_options, check_pair, nonfinite_error, out_torch_dtype
 
 IMPLEMENTED = ("cuda", "triton", "cpu", "torch")
+_MARK_EVERY = 256 << 20  # out=PATH: make written tiles durable (msync + fsync + journal) every this many bytes
 
 
 class ConstantColumnWarning(UserWarning):
@@ -221,10 +222,10 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
             skip = (lambda j0, j1: writer.is_done(f"{j0}:{j1}")) if writer is not None else None
             for j0, j1, st in _train_tiles(engine, tr, device, nan_policy, progress, "correlate", skip):
                 engine.full_tile(st.z, target[j0:j1])
-                if writer is not None:  # durable every ~256 MiB: one msync + fsync per batch of tiles
+                if writer is not None:  # durable every _MARK_EVERY bytes: one msync + fsync per batch
                     pending.append(f"{j0}:{j1}")
                     pending_bytes += (j1 - j0) * M * target.element_size()
-                    if pending_bytes >= 256 << 20:
+                    if pending_bytes >= _MARK_EVERY:
                         writer.mark_done(*pending)
                         pending, pending_bytes = [], 0
         else:
