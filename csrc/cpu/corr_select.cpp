@@ -49,6 +49,7 @@ inline float order_float(uint32_t o) {
   return v;
 }
 inline uint64_t make_key(float v, int64_t idx) {
+  v += 0.0f;  // -0 -> +0: equal scores must get equal keys (then the index decides)
   return (static_cast<uint64_t>(float_order(v)) << 32) | static_cast<uint64_t>(0xffffffffu - static_cast<uint32_t>(idx));
 }
 inline float key_value(uint64_t key) { return order_float(static_cast<uint32_t>(key >> 32)); }
@@ -222,14 +223,15 @@ void df_bind_corr_select(py::module_& m) {
   m.def(
       "corr_select_tile",
       [](const py::array& scores, int64_t row0, int64_t col0, py::array& thr, py::array& cnt, py::array& keys,
-         int64_t k) {
+         int64_t k, int isa_force) {
         auto s = df::view2d<float>(scores, "scores");
         if (s.s1 != 1) throw py::value_error("corr_select_tile: scores rows must be contiguous (stride 1 along columns)");
         auto c = check_state(thr, cnt, keys, k);
         if (col0 < 0 || col0 + s.cols > c.M) throw py::value_error("corr_select_tile: columns out of range of the state");
         if (row0 < 0 || row0 + s.rows > static_cast<int64_t>(0xffffffffu))
           throw py::value_error("corr_select_tile: train indices must fit in 32 bits");
-        const int isa = isa_level();
+        // isa_force (tests): -1 = best available; 0 scalar, 1 AVX2, 2 AVX-512, capped at what the CPU has.
+        const int isa = isa_force < 0 ? isa_level() : std::min(isa_force, isa_level());
         py::gil_scoped_release release;
         State st = c.st;
         const int64_t cols = s.cols;
@@ -253,10 +255,11 @@ void df_bind_corr_select(py::module_& m) {
         }
       },
       py::arg("scores"), py::arg("row0"), py::arg("col0"), py::arg("thr"), py::arg("cnt"), py::arg("keys"),
-      py::arg("k"),
+      py::arg("k"), py::arg("isa") = -1,
       "corr_select_tile(scores [rows, cols] f32 (rows contiguous), row0, col0, thr f32[M], cnt i32[M],\n"
       "keys u64[M, B], k): feed scores[r, c] (train index row0 + r, test column col0 + c) into the running\n"
-      "top-k of each column. Initialise thr = -inf, cnt = 0; B >= k + 1 (2k is a good choice).");
+      "top-k of each column. Initialise thr = -inf, cnt = 0; B >= k + 1 (2k is a good choice).\n"
+      "isa: -1 best available (default); 0/1/2 force the scalar / AVX2 / AVX-512 scan (tests).");
   m.def(
       "corr_select_finish",
       [](py::array& thr, py::array& cnt, py::array& keys, int64_t k, py::array& values, py::array& indices) {
