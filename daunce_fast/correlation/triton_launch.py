@@ -71,8 +71,23 @@ class TritonEngine:
         self._launch_tile(z, buf, clip=False)
         return buf
 
+    def _direct_out_ok(self, out: torch.Tensor) -> bool:
+        return out.device == self.device and out.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+    def _launch_filter(self, z: torch.Tensor, j0: int) -> None:
+        import triton
+
+        from .triton_kernels import corr_filter_kernel
+
+        n = z.shape[1]
+        c = self.cfg
+        grid = (triton.cdiv(n, c["BLOCK_N"]), triton.cdiv(self.M, c["BLOCK_M"]))
+        corr_filter_kernel[grid](z, self.zb, self.thr, self.cnt, self.cand_v, self.cand_i, j0, n, self.M, self.K,
+                                 self.C, z.stride(0), z.stride(1), self.zb.stride(0), self.zb.stride(1),
+                                 PREC=self.prec, **c)
+
     def full_tile(self, z: torch.Tensor, out: torch.Tensor) -> None:
-        if out.device == self.device and out.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        if self._direct_out_ok(out):
             self._launch_tile(z, out, clip=self.pearson)
         else:
             s = self._scores(z)
@@ -122,17 +137,8 @@ class TritonEngine:
         if not self.started:
             self.started = True
             return self._select_unfused(z, j0)
-        import triton
-
-        from .triton_kernels import corr_filter_kernel
-
-        n = z.shape[1]
         before = self.cnt.clone()
-        c = self.cfg
-        grid = (triton.cdiv(n, c["BLOCK_N"]), triton.cdiv(self.M, c["BLOCK_M"]))
-        corr_filter_kernel[grid](z, self.zb, self.thr, self.cnt, self.cand_v, self.cand_i, j0, n, self.M, self.K,
-                                 self.C, z.stride(0), z.stride(1), self.zb.stride(0), self.zb.stride(1),
-                                 PREC=self.prec, **c)
+        self._launch_filter(z, j0)
         if int(self.cnt.max()) > self.C:  # some column overflowed its buffer: redo this tile unfused
             self.cnt.copy_(before)
             return self._select_unfused(z, j0)
