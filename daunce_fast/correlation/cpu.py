@@ -13,13 +13,14 @@ import torch
 from .._ext import C
 from ._prep import TileStats
 
-# Score tile of about 1 MiB: big enough for an efficient sgemm (256 rows at M = 1000), small enough to stay
-# in L2/L3 for the selection pass that follows (4 MiB tiles made the selection ~30% slower here).
-_TILE_BYTES = 1 << 20
-# Train columns read and standardised per chunk (several score tiles): ~4 MiB of float32. Fewer,
-# larger calls: each OpenMP region costs a wake-up of the other threads, which on a shared,
-# oversubscribed machine can be a whole scheduler time slice.
-_CHUNK_BYTES = 4 << 20
+# Score tile of about 16 MiB (4096 rows at M = 1000), standardised chunk of about 16 MiB. Every
+# sgemm / selection call is an OpenMP region, and on a shared, oversubscribed machine each region
+# costs a wait for the other thread's core (libgomp workers spin between regions): measured here
+# at load ~9 on 2 cores, N = 50,000: 1 MiB tiles 6.6 s, 4 MiB 4.0 s, 16 MiB 1.4 s. Unloaded,
+# 1 MiB tiles were ~5% faster (the selection reads the tile from L2 instead of L3/DRAM), so the
+# larger tiles trade a little best-case speed for robustness.
+_TILE_BYTES = 16 << 20
+_CHUNK_BYTES = 16 << 20
 
 
 def tile_rows(M: int) -> int:
