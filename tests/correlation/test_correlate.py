@@ -171,3 +171,16 @@ def test_cupy_in_cupy_out(rng):
     s = daunce_fast.correlate(cupy.asarray(a), cupy.asarray(b))
     assert isinstance(s, cupy.ndarray)
     assert_close_to_reference(cupy.asnumpy(s), correlate_reference(a, b).numpy(), "tf32", rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_views_as_inputs(rng, backend):
+    """[N, K] data passed transposed (a non-contiguous view), and a column-sliced view."""
+    x = rng.standard_normal((300, 11)).astype(np.float32)  # [N, K] as users often hold it
+    y = rng.standard_normal((11, 40)).astype(np.float32)[:, ::3]
+    s = daunce_fast.correlate(x.T, y, backend=backend, tile=64)
+    assert_close_to_reference(s, correlate_reference(x.T.copy(), y.copy()).numpy(), "float32", rtol=0, atol=1e-6)
+    v, i = daunce_fast.topk(x.T, y, 5, backend=backend, tile=64)
+    from ._helpers import assert_topk_matches
+
+    assert_topk_matches(v, i, correlate_reference(x.T.copy(), y.copy()).numpy(), 5, tol=1e-5)
