@@ -239,9 +239,9 @@ def main():
     if not args.gpu_only:
         if not args.skip_cpu:
             cpu_section(args, rows)
-        print_table([r for r in rows if r["case"].startswith("CPU")],
-                    ["what", "median_s", "ratio_to_matmul", "ours_speedup", "cpu_s", "cpu_ratio_to_matmul",
-                     "cpu_ours_speedup", "value"])
+            print_table([r for r in rows if r["case"].startswith("CPU")],
+                        ["what", "median_s", "ratio_to_matmul", "ours_speedup", "cpu_s", "cpu_ratio_to_matmul",
+                         "cpu_ours_speedup", "value"])
         if not args.skip_disk:
             disk_section(args, rows)
             print_table([r for r in rows if r["case"].startswith("disk")],
