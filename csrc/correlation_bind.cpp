@@ -13,10 +13,12 @@ namespace py = pybind11;
 
 void df_bind_corr_standardise(py::module_& m);  // csrc/cpu/corr_standardise.cpp
 void df_bind_corr_select(py::module_& m);       // csrc/cpu/corr_select.cpp
+void df_bind_corr_fused(py::module_& m);        // csrc/cpu/corr_select.cpp (product + selection per thread)
 
 void df_bind_correlation(py::module_& m) {
   df_bind_corr_standardise(m);
   df_bind_corr_select(m);
+  df_bind_corr_fused(m);
 #ifdef DF_WITH_CUDA
   m.def(
       "corr_tile_cuda",

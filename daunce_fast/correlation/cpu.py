@@ -7,6 +7,10 @@ also the layout of the full [N, M] output, so full mode multiplies straight into
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+
 import numpy as np
 import torch
 
@@ -29,6 +33,45 @@ def tile_rows(M: int) -> int:
 
 def chunk_cols(K: int, tile: int) -> int:
     return tile * max(1, _CHUNK_BYTES // (4 * K * tile))
+
+
+# Fused top-k (C.corr_topk_fused): per-thread blocks of about 1 MiB of scores, kept in L2.
+_FUSED_BYTES = 1 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def blas_sgemm() -> int:
+    """Address of the Fortran-ABI ``sgemm_`` of torch's own BLAS (MKL exports it, 32-bit ints), or 0.
+
+    Set DAUNCE_FAST_CORR_FUSED=0 to disable the fused path (then the product runs through
+    torch.matmul per tile and the selection in its own OpenMP region).
+    """
+    if os.environ.get("DAUNCE_FAST_CORR_FUSED", "1") == "0":
+        return 0
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        addr = ctypes.cast(lib.sgemm_, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError):
+        return 0
+    if addr and not _fused_self_check(addr):
+        return 0
+    return addr
+
+
+def _fused_self_check(addr: int) -> bool:
+    """Run the fused kernel once on a small problem and compare with torch: guards against a BLAS
+    whose sgemm_ has another ABI (e.g. 64-bit integers)."""
+    g = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(5, 300, generator=g), torch.randn(5, 7, generator=g)
+    k, T = 3, torch.get_num_threads()
+    thr = np.full((T, 7), -np.inf, np.float32)
+    cnt = np.zeros((T, 7), np.int32)
+    keys = np.zeros((T, 7, 2 * k + 16), np.uint64)
+    C.corr_topk_fused(za.numpy(), zb.numpy(), 0, thr, cnt, keys, k, 64, addr)
+    v, i = np.empty((7, k), np.float32), np.empty((7, k), np.int64)
+    C.corr_topk_merge(thr, cnt, keys, k, v, i)
+    ref = torch.topk((za.T @ zb).T, k, dim=1)
+    return bool(np.allclose(v, ref.values.numpy(), atol=1e-5))
 
 
 class CpuEngine:
@@ -94,14 +137,35 @@ class CpuEngine:
         self.k = k
         # Candidate buffer of 2k keys per column: a reduction (nth_element) every k passes.
         B = max(2 * k, k + 16)
+        self.sgemm = blas_sgemm()
+        if self.sgemm:  # one selection state per thread, merged at the end
+            T = torch.get_num_threads()
+            self.fused_rows = int(min(4096, max(64, _FUSED_BYTES // (4 * self.M))))
+            self.thr = np.full((T, self.M), -np.inf, np.float32)
+            self.cnt = np.zeros((T, self.M), np.int32)
+            self.keys = np.zeros((T, self.M, B), np.uint64)
+            return
         self.thr = np.full(self.M, -np.inf, np.float32)
         self.cnt = np.zeros(self.M, np.int32)
         self.keys = np.zeros((self.M, B), np.uint64)
+        self._seeded = False
 
     def select_tile(self, z: np.ndarray, j0: int) -> None:
         if z.dtype != np.float32:
             z = z.astype(np.float32)
-        for r0, r1 in self._subtiles(z.shape[1]):
+        if self.sgemm:
+            C.corr_topk_fused(z, self.zb.numpy(), j0, self.thr, self.cnt, self.keys, self.k, self.fused_rows,
+                              self.sgemm)
+            return
+        subtiles = list(self._subtiles(z.shape[1]))
+        if not self._seeded:
+            # The first rows go through the column-wise seeding path (every score passes while a
+            # column holds fewer than k): keep that piece small, then thresholds filter the rest.
+            self._seeded = True
+            first = min(z.shape[1], max(2 * self.k, 256))
+            if first < subtiles[0][1]:
+                subtiles = [(0, first), (first, subtiles[0][1])] + subtiles[1:]
+        for r0, r1 in subtiles:
             buf = self._tile_buffer(r1 - r0)
             self._product(z[:, r0:r1], buf)  # then select while the tile is still in cache
             C.corr_select_tile(buf.numpy(), j0 + r0, 0, self.thr, self.cnt, self.keys, self.k)
@@ -109,5 +173,8 @@ class CpuEngine:
     def finish_topk(self):
         values = np.empty((self.M, self.k), np.float32)
         indices = np.empty((self.M, self.k), np.int64)
+        if self.sgemm:
+            C.corr_topk_merge(self.thr, self.cnt, self.keys, self.k, values, indices)
+            return torch.from_numpy(values), torch.from_numpy(indices)
         C.corr_select_finish(self.thr, self.cnt, self.keys, self.k, values, indices)
         return torch.from_numpy(values), torch.from_numpy(indices)
