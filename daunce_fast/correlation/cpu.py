@@ -1,6 +1,12 @@
-"""CPU backend: compiled standardisation (C.colstats + C.corr_standardise), the tile product by
-torch (MKL/oneDNN sgemm) into a preallocated tile buffer, and the compiled streaming top-k
-selection (C.corr_select_tile) run right after each tile's product, while the tile is in cache.
+"""CPU backend: compiled standardisation (C.colstats + C.corr_standardise) per chunk of train
+columns, then
+  topk:  C.corr_topk_fused: every thread multiplies its own blocks of ~1 MiB of scores with the
+         BLAS sgemm_ that torch's MKL exports and feeds them, still in its L2, to its own running
+         top-k (C++ threshold scan); one OpenMP region per chunk; per-thread states merged at the
+         end (C.corr_topk_merge). Without that symbol (another BLAS), or with
+         DAUNCE_FAST_CORR_FUSED=0: torch.matmul per tile into a preallocated buffer, then
+         C.corr_select_tile (OpenMP over test columns) on it.
+  full:  torch.matmul of the chunk straight into the output rows (or via a tile buffer + cast).
 
 Tile layout: scores[n, M] = Za[:, j0:j1].T @ Zb (train rows, test columns contiguous), which is
 also the layout of the full [N, M] output, so full mode multiplies straight into the output rows.
