@@ -36,13 +36,14 @@ class _FileRows:
     so the product of the next rows overlaps the write of the previous ones. No page faults inside
     the product either (stores into a fresh shared file map fault once per page)."""
 
-    def __init__(self, mm, rows: int, M: int, dtype: torch.dtype):
+    def __init__(self, mm, rows: int, M: int, dtype: torch.dtype, clip: bool):
         from concurrent.futures import ThreadPoolExecutor
 
         self.fd = os.open(mm.filename, os.O_WRONLY)
         self.bufs = [torch.empty((rows, M), dtype=dtype) for _ in range(2)]
         self.futs = [None, None]
         self.turn = 0
+        self.clip = clip  # pearson: clip to [-1, 1] here, in the writer thread, off the product's path
         self.base, self.row_bytes = int(mm.offset), M * self.bufs[0].element_size()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daunce_fast-write")
 
@@ -64,6 +65,12 @@ class _FileRows:
         self.turn ^= 1
 
     def _write(self, row0: int, block: torch.Tensor) -> None:
+        if self.clip:
+            if block.dtype == torch.bfloat16:
+                block.clamp_(-1.0, 1.0)
+            else:
+                a = block.numpy()
+                np.clip(a, -1.0, 1.0, out=a)  # single-threaded, releases the GIL; keeps NaN
         if block.dtype == torch.bfloat16:
             block = block.view(torch.int16)
         view = memoryview(block.numpy()).cast("B")
@@ -267,7 +274,7 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
         target = writer.torch("scores")
         if N and M:
             step = max(1, _WRITE_BYTES // (M * target.element_size()))
-            rows = _FileRows(writer["scores"], min(step, engine.tile, N), M, odt)
+            rows = _FileRows(writer["scores"], min(step, engine.tile, N), M, odt, clip=method == "pearson")
     elif out is not None:
         target = out if isinstance(out, torch.Tensor) else torch.from_numpy(np.asarray(out)) if isinstance(out, np.ndarray) else torch.from_dlpack(out)
         if tuple(target.shape) != (N, M):
@@ -290,7 +297,7 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
                     for r0 in range(0, j1 - j0, rows.rows):
                         r1 = min(j1 - j0, r0 + rows.rows)
                         buf = rows.buffer(r1 - r0)
-                        engine.full_tile(st.z[:, r0:r1], buf)
+                        engine.full_tile(st.z[:, r0:r1], buf, clip=False)
                         rows.submit(j0 + r0, buf)
                     # durable every _MARK_EVERY bytes: one fsync + journal entry per batch of tiles
                     pending.append(f"{j0}:{j1}")

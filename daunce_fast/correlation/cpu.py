@@ -122,17 +122,18 @@ class CpuEngine:
             yield r0, min(n, r0 + self.sub)
 
     # --------------------------------------------------------------- full matrix
-    def full_tile(self, z: np.ndarray, out: torch.Tensor) -> None:
-        """out[n, M] (a CPU tensor view of the result rows) = scores of this chunk."""
+    def full_tile(self, z: np.ndarray, out: torch.Tensor, clip: bool | None = None) -> None:
+        """out[n, M] (a CPU tensor view of the result rows) = scores of this chunk (clip: None = pearson)."""
+        clip = self.pearson if clip is None else clip
         if out.dtype == self.zb.dtype and out.is_contiguous():
             self._product(z, out)  # one sgemm straight into the result rows
-            if self.pearson:
+            if clip:
                 out.clamp_(-1.0, 1.0)
             return
         for r0, r1 in self._subtiles(z.shape[1]):
             buf = self._tile_buffer(r1 - r0)
             self._product(z[:, r0:r1], buf)
-            if self.pearson:
+            if clip:
                 buf.clamp_(-1.0, 1.0)
             out[r0:r1].copy_(buf)
 

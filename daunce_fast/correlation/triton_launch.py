@@ -86,12 +86,13 @@ class TritonEngine:
                                  self.C, z.stride(0), z.stride(1), self.zb.stride(0), self.zb.stride(1),
                                  PREC=self.prec, **c)
 
-    def full_tile(self, z: torch.Tensor, out: torch.Tensor) -> None:
+    def full_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool | None = None) -> None:
+        clip = self.pearson if clip is None else clip
         if self._direct_out_ok(out):
-            self._launch_tile(z, out, clip=self.pearson)
+            self._launch_tile(z, out, clip=clip)
         else:
             s = self._scores(z)
-            if self.pearson:
+            if clip:
                 s.clamp_(-1.0, 1.0)
             out.copy_(s)
 
