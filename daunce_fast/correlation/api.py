@@ -400,4 +400,42 @@ def _topk(tr, te, k, device, backend, precision, out_kind, method, largest, prog
     return TopKResult(_to_kind(values, out_kind), _to_kind(indices, out_kind), const_train, const_test)
 
 
-__all__ = ["correlate", "topk", "TopKResult", "ConstantColumnWarning"]
+
+
+# ---------------------------------------------------------------------------------- merge
+def merge_topk(parts, k: int | None = None, *, largest: bool = True) -> TopKResult:
+    """Merge top-k results of disjoint train shards (e.g. one per rank) into one.
+
+    parts: sequence of ``(values [M, k_p], indices [M, k_p])`` (numpy or torch; indices already
+    global, i.e. shard offset added; -1 / NaN slots are empty). Returns the best ``k`` (default:
+    the largest k_p) per test column, best first, ties to the lower train index, as a TopKResult
+    of the first part's kind and device (constant_train / constant_test are empty here).
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("merge_topk needs at least one (values, indices) pair")
+    kind = "torch" if isinstance(parts[0][0], torch.Tensor) else "numpy"
+    dev = parts[0][0].device if kind == "torch" else torch.device("cpu")
+    vals = [torch.as_tensor(np.asarray(v) if kind == "numpy" else v).to(dev, torch.float32) for v, _ in parts]
+    idxs = [torch.as_tensor(np.asarray(i) if kind == "numpy" else i).to(dev, torch.int64) for _, i in parts]
+    M = vals[0].shape[0]
+    if any(v.shape[0] != M or v.shape != i.shape for v, i in zip(vals, idxs)):
+        raise ValueError("every part must be (values [M, k_p], indices [M, k_p]) with the same M")
+    k = max(v.shape[1] for v in vals) if k is None else int(k)
+    v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
+    if k > v.shape[1]:
+        raise ValueError(f"k={k} exceeds the {v.shape[1]} candidates per column")
+    empty = (i < 0) | torch.isnan(v)
+    key = torch.where(empty, torch.full_like(v, float("-inf")), v if largest else -v)
+    # order by index first, then a stable sort by score: ties keep the lower index first
+    o1 = torch.argsort(torch.where(empty, torch.full_like(i, torch.iinfo(torch.int64).max), i), dim=1, stable=True)
+    key, v, i, empty = (torch.gather(t, 1, o1) for t in (key, v, i, empty))
+    o2 = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
+    v, i, empty = (torch.gather(t, 1, o2) for t in (v, i, empty))
+    v = torch.where(empty, torch.full_like(v, float("nan")), v)
+    i = torch.where(empty, torch.full_like(i, -1), i)
+    none = np.zeros(0, np.int64)
+    return TopKResult(*(_to_kind(t, kind) if kind == "numpy" else t for t in (v, i)), none, none)
+
+
+__all__ = ["correlate", "topk", "merge_topk", "TopKResult", "ConstantColumnWarning"]

@@ -142,3 +142,25 @@ def test_cpu_fused_and_unfused_paths_agree(rng, monkeypatch):
     assert_topk_matches(v1, i1, correlate_reference(a, b).numpy(), 13, tol=1e-5)
     near = np.abs(v1 - v2) <= 1e-6
     assert near.all() and (i1 == i2).mean() > 0.99  # identical except swaps of float-rounding ties
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_merge_topk_of_train_shards_equals_whole(rng, largest):
+    """topk per train shard (indices offset to global) then merge_topk == topk of the whole."""
+    from daunce_fast.correlation import merge_topk
+
+    a = rng.standard_normal((6, 300)).astype(np.float32)
+    a[:, 150:160] = a[:, 0:10]  # exact ties across shards
+    b = rng.standard_normal((6, 8)).astype(np.float32)
+    whole_v, whole_i = daunce_fast.topk(a, b, 12, largest=largest, backend="torch")
+    parts = []
+    for s0, s1 in ((0, 100), (100, 170), (170, 300)):
+        v, i = daunce_fast.topk(a[:, s0:s1], b, 12, largest=largest, backend="torch")
+        parts.append((v, i + s0))
+    mv, mi = merge_topk(parts, 12, largest=largest)
+    np.testing.assert_array_equal(mi, whole_i)
+    np.testing.assert_allclose(mv, whole_v, atol=1e-6)
+    tv, ti = merge_topk([(torch.from_numpy(v), torch.from_numpy(i)) for v, i in parts], 5, largest=largest)
+    assert isinstance(tv, torch.Tensor) and torch.equal(ti, torch.from_numpy(whole_i[:, :5]))
+    with pytest.raises(ValueError, match="exceeds"):
+        merge_topk(parts, 37)
