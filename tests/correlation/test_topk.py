@@ -164,3 +164,17 @@ def test_merge_topk_of_train_shards_equals_whole(rng, largest):
     assert isinstance(tv, torch.Tensor) and torch.equal(ti, torch.from_numpy(whole_i[:, :5]))
     with pytest.raises(ValueError, match="exceeds"):
         merge_topk(parts, 37)
+
+
+def test_torch_library_ops(rng):
+    from daunce_fast.correlation import ops  # noqa: F401  (registers the ops)
+
+    a = torch.from_numpy(rng.standard_normal((5, 40)).astype(np.float32))
+    b = torch.from_numpy(rng.standard_normal((5, 6)).astype(np.float32))
+    v, i = torch.ops.daunce_fast.corr_topk(a, b, 4, "pearson", True)
+    rv, ri = daunce_fast.topk(a, b, 4)
+    assert torch.equal(i, ri) and torch.equal(v, rv)
+    s = torch.ops.daunce_fast.correlate(a, b, "covariance")
+    assert s.shape == (40, 6)
+    torch.library.opcheck(torch.ops.daunce_fast.corr_topk.default, (a, b, 4, "pearson", False),
+                          test_utils=("test_schema", "test_faketensor"))
