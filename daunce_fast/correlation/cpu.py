@@ -23,7 +23,8 @@ import torch
 from .._ext import C
 from ._prep import TileStats
 
-# Score tile of about 16 MiB (4096 rows at M = 1000), standardised chunk of about 16 MiB. Every
+# Unfused path / full mode: score tile of about 16 MiB (4096 rows at M = 1000), standardised chunk
+# of about 16 MiB. Every
 # sgemm / selection call is an OpenMP region, and on a shared, oversubscribed machine each region
 # costs a wait for the other thread's core (libgomp workers spin between regions): measured here
 # at load ~9 on 2 cores, N = 50,000: 1 MiB tiles 6.6 s, 4 MiB 4.0 s, 16 MiB 1.4 s. Unloaded,
