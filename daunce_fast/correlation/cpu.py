@@ -24,8 +24,7 @@ from .._ext import C
 from ._prep import TileStats
 
 # Unfused path / full mode: score tile of about 16 MiB (4096 rows at M = 1000), standardised chunk
-# of about 16 MiB. Every
-# sgemm / selection call is an OpenMP region, and on a shared, oversubscribed machine each region
+# of about 16 MiB. Every sgemm / selection call is an OpenMP region, and on a shared, oversubscribed machine each region
 # costs a wait for the other thread's core (libgomp workers spin between regions): measured here
 # at load ~9 on 2 cores, N = 50,000: 1 MiB tiles 6.6 s, 4 MiB 4.0 s, 16 MiB 1.4 s. Unloaded,
 # 1 MiB tiles were ~5% faster (the selection reads the tile from L2 instead of L3/DRAM), so the
