@@ -49,6 +49,7 @@ inline float order_float(uint32_t o) {
   return v;
 }
 inline uint64_t make_key(float v, int64_t idx) {
+  v += 0.0f;  // -0 -> +0: equal scores must get equal keys (then the index decides)
   return (static_cast<uint64_t>(float_order(v)) << 32) | static_cast<uint64_t>(0xffffffffu - static_cast<uint32_t>(idx));
 }
 inline float key_value(uint64_t key) { return order_float(static_cast<uint32_t>(key >> 32)); }
@@ -222,14 +223,15 @@ void df_bind_corr_select(py::module_& m) {
   m.def(
       "corr_select_tile",
       [](const py::array& scores, int64_t row0, int64_t col0, py::array& thr, py::array& cnt, py::array& keys,
-         int64_t k) {
+         int64_t k, int isa_force) {
         auto s = df::view2d<float>(scores, "scores");
         if (s.s1 != 1) throw py::value_error("corr_select_tile: scores rows must be contiguous (stride 1 along columns)");
         auto c = check_state(thr, cnt, keys, k);
         if (col0 < 0 || col0 + s.cols > c.M) throw py::value_error("corr_select_tile: columns out of range of the state");
         if (row0 < 0 || row0 + s.rows > static_cast<int64_t>(0xffffffffu))
           throw py::value_error("corr_select_tile: train indices must fit in 32 bits");
-        const int isa = isa_level();
+        // isa_force (tests): -1 = best available; 0 scalar, 1 AVX2, 2 AVX-512, capped at what the CPU has.
+        const int isa = isa_force < 0 ? isa_level() : std::min(isa_force, isa_level());
         py::gil_scoped_release release;
         State st = c.st;
         const int64_t cols = s.cols;
@@ -253,10 +255,11 @@ void df_bind_corr_select(py::module_& m) {
         }
       },
       py::arg("scores"), py::arg("row0"), py::arg("col0"), py::arg("thr"), py::arg("cnt"), py::arg("keys"),
-      py::arg("k"),
+      py::arg("k"), py::arg("isa") = -1,
       "corr_select_tile(scores [rows, cols] f32 (rows contiguous), row0, col0, thr f32[M], cnt i32[M],\n"
       "keys u64[M, B], k): feed scores[r, c] (train index row0 + r, test column col0 + c) into the running\n"
-      "top-k of each column. Initialise thr = -inf, cnt = 0; B >= k + 1 (2k is a good choice).");
+      "top-k of each column. Initialise thr = -inf, cnt = 0; B >= k + 1 (2k is a good choice).\n"
+      "isa: -1 best available (default); 0/1/2 force the scalar / AVX2 / AVX-512 scan (tests).");
   m.def(
       "corr_select_finish",
       [](py::array& thr, py::array& cnt, py::array& keys, int64_t k, py::array& values, py::array& indices) {
@@ -294,4 +297,132 @@ void df_bind_corr_select(py::module_& m) {
       "ties to the lower train index; slots with no candidate get NaN / -1.");
   m.def("corr_select_isa", []() { return isa_level() == 2 ? "avx512" : isa_level() == 1 ? "avx2" : "scalar"; },
         "Which vector path corr_select_tile uses on this CPU.");
+}
+
+// ------------------------------------------------------------------------------------------
+// Fused path: product and selection in ONE OpenMP region per chunk of train rows. Each thread
+// takes blocks of `sub` train rows (dynamic, so in increasing order per thread), multiplies them
+// with a caller-supplied BLAS sgemm (the Fortran `sgemm_` that torch's MKL exports, called from
+// inside the parallel region, where MKL runs single-threaded) into its own L2-sized tile, and
+// feeds that tile into its own selection state (thr/cnt/keys [T, M, ...]); corr_topk_merge merges
+// the T states at the end. One region per chunk instead of two per tile: on an oversubscribed
+// machine each region costs a wait for a core, and the tile never leaves the thread's cache.
+namespace {
+using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                          const int*, const float*, const int*, const float*, float*, const int*);
+}
+
+void df_bind_corr_fused(py::module_& m) {
+  m.def(
+      "corr_topk_fused",
+      [](const py::array& za, const py::array& zb, int64_t row0, py::array& thr, py::array& cnt, py::array& keys,
+         int64_t k, int64_t sub, uintptr_t sgemm_addr) {
+        auto a = df::view2d<float>(za, "za");
+        auto b = df::view2d<float>(zb, "zb");
+        if (a.s1 != 1 || b.s1 != 1) throw py::value_error("corr_topk_fused: za and zb rows must be contiguous");
+        if (a.rows != b.rows) throw py::value_error("corr_topk_fused: za and zb need the same K");
+        if (keys.ndim() != 3 || thr.ndim() != 2 || cnt.ndim() != 2) throw py::value_error("corr_topk_fused: state must be thr [T,M], cnt [T,M], keys [T,M,B]");
+        const int64_t T = keys.shape(0), M = keys.shape(1), B = keys.shape(2);
+        if (M != b.cols || thr.shape(0) != T || thr.shape(1) != M || cnt.shape(0) != T || cnt.shape(1) != M)
+          throw py::value_error("corr_topk_fused: state shapes do not match [T, M]");
+        if (k < 1 || B < k + 1) throw py::value_error("corr_topk_fused: need 1 <= k < B");
+        if (!(keys.flags() & py::array::c_style) || keys.dtype().kind() != 'u' || keys.itemsize() != 8 ||
+            !(thr.flags() & py::array::c_style) || !thr.dtype().is(py::dtype::of<float>()) ||
+            !(cnt.flags() & py::array::c_style) || !cnt.dtype().is(py::dtype::of<int32_t>()))
+          throw py::type_error("corr_topk_fused: thr f32, cnt i32, keys u64, all C-contiguous");
+        if (sub < 1 || sgemm_addr == 0) throw py::value_error("corr_topk_fused: bad sub or sgemm pointer");
+        if (a.rows > 0x7fffffff || M > 0x7fffffff || a.s0 > 0x7fffffff || b.s0 > 0x7fffffff)
+          throw py::value_error("corr_topk_fused: sizes must fit in 32-bit BLAS ints");
+        if (row0 < 0 || row0 + a.cols > static_cast<int64_t>(0xffffffffu))
+          throw py::value_error("corr_topk_fused: train indices must fit in 32 bits");
+        float* pthr = static_cast<float*>(thr.mutable_data());
+        int32_t* pcnt = static_cast<int32_t*>(cnt.mutable_data());
+        uint64_t* pkeys = static_cast<uint64_t*>(keys.mutable_data());
+        const auto sgemm = reinterpret_cast<sgemm_fn>(sgemm_addr);
+        const int isa = isa_level();
+        const int64_t n = a.cols, K = a.rows, nblocks = (n + sub - 1) / sub;
+        py::gil_scoped_release release;
+#pragma omp parallel num_threads(static_cast<int>(T))
+        {
+          int t = 0;
+#ifdef DF_WITH_OPENMP
+          t = omp_get_thread_num();
+#endif
+          State st{pthr + t * M, pcnt + t * M, pkeys + t * M * B, B, k};
+          std::vector<float> tile(static_cast<size_t>(sub * M));
+          std::vector<uint64_t> tmp;
+          const char tn = 'N', tt = 'T';
+          const float one = 1.0f, zero = 0.0f;
+          const int im = static_cast<int>(M), ik = static_cast<int>(K), ldb = static_cast<int>(b.s0),
+                    lda = static_cast<int>(a.s0), ldc = static_cast<int>(M);
+#pragma omp for schedule(dynamic, 1)
+          for (int64_t blk = 0; blk < nblocks; ++blk) {
+            const int64_t r0 = blk * sub, rows = std::min(sub, n - r0);
+            const int in = static_cast<int>(rows);
+            // column-major view: tile^T [M x rows] = zb^T [M x K] * (za block)^T... i.e. tile[i, j] = sum_k za[k, r0+i] zb[k, j]
+            sgemm(&tn, &tt, &im, &in, &ik, &one, b.data, &ldb, a.data + r0, &lda, &zero, tile.data(), &ldc);
+            constexpr int64_t CB = 64;
+            for (int64_t c0 = 0; c0 < M; c0 += CB) {
+              const int64_t c1 = std::min(M, c0 + CB);
+              bool full = true;
+              for (int64_t c = c0; c < c1; ++c) full = full && st.cnt[c] >= k;
+              if (full)
+                scan(tile.data(), M, rows, row0 + r0, 0, c0, c1, st, isa);
+              else
+                seed_block(tile.data(), M, rows, row0 + r0, 0, c0, c1, st, tmp);
+            }
+          }
+        }
+      },
+      py::arg("za"), py::arg("zb"), py::arg("row0"), py::arg("thr"), py::arg("cnt"), py::arg("keys"), py::arg("k"),
+      py::arg("sub"), py::arg("sgemm"),
+      "corr_topk_fused(za f32 [K, n], zb f32 [K, M] (rows contiguous), row0, thr f32 [T, M], cnt i32 [T, M],\n"
+      "keys u64 [T, M, B], k, sub, sgemm): scores = za.T @ zb by blocks of `sub` rows with the BLAS `sgemm_` at\n"
+      "address `sgemm` (Fortran ABI, 32-bit ints), each thread t selecting into state t. T threads.");
+  m.def(
+      "corr_topk_merge",
+      [](py::array& thr, py::array& cnt, py::array& keys, int64_t k, py::array& values, py::array& indices) {
+        if (keys.ndim() != 3 || !(keys.flags() & py::array::c_style) || keys.itemsize() != 8)
+          throw py::value_error("corr_topk_merge: keys must be C-contiguous u64 [T, M, B]");
+        const int64_t T = keys.shape(0), M = keys.shape(1), B = keys.shape(2);
+        if (cnt.ndim() != 2 || cnt.shape(0) != T || cnt.shape(1) != M || !cnt.dtype().is(py::dtype::of<int32_t>()) ||
+            !(cnt.flags() & py::array::c_style))
+          throw py::value_error("corr_topk_merge: cnt must be C-contiguous i32 [T, M]");
+        (void)thr;
+        if (values.ndim() != 2 || values.shape(0) != M || values.shape(1) != k || !values.dtype().is(py::dtype::of<float>()) ||
+            !(values.flags() & py::array::c_style) || indices.ndim() != 2 || indices.shape(0) != M ||
+            indices.shape(1) != k || !indices.dtype().is(py::dtype::of<int64_t>()) || !(indices.flags() & py::array::c_style))
+          throw py::value_error("corr_topk_merge: values f32 [M, k] and indices i64 [M, k], C-contiguous");
+        const uint64_t* pk = static_cast<const uint64_t*>(keys.data());
+        const int32_t* pc = static_cast<const int32_t*>(cnt.data());
+        float* pv = static_cast<float*>(values.mutable_data());
+        int64_t* pi = static_cast<int64_t*>(indices.mutable_data());
+        py::gil_scoped_release release;
+#pragma omp parallel
+        {
+          std::vector<uint64_t> all;
+#pragma omp for schedule(static)
+          for (int64_t m = 0; m < M; ++m) {
+            all.clear();
+            for (int64_t t = 0; t < T; ++t) {
+              const uint64_t* b = pk + (t * M + m) * B;
+              all.insert(all.end(), b, b + pc[t * M + m]);
+            }
+            const int64_t n = std::min<int64_t>(static_cast<int64_t>(all.size()), k);
+            if (static_cast<int64_t>(all.size()) > k)
+              std::nth_element(all.begin(), all.begin() + (k - 1), all.end(), std::greater<uint64_t>());
+            std::sort(all.begin(), all.begin() + n, std::greater<uint64_t>());
+            for (int64_t i = 0; i < n; ++i) {
+              pv[m * k + i] = key_value(all[i]);
+              pi[m * k + i] = key_index(all[i]);
+            }
+            for (int64_t i = n; i < k; ++i) {
+              pv[m * k + i] = std::numeric_limits<float>::quiet_NaN();
+              pi[m * k + i] = -1;
+            }
+          }
+        }
+      },
+      py::arg("thr"), py::arg("cnt"), py::arg("keys"), py::arg("k"), py::arg("values"), py::arg("indices"),
+      "Merge the per-thread states of corr_topk_fused: the k best of each column, best first (ties: lower index).");
 }

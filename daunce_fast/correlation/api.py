@@ -26,6 +26,74 @@ from .._backends import select_backend
 from ._prep import Source, check_options, check_pair, nonfinite_error, out_torch_dtype
 
 IMPLEMENTED = ("cuda", "triton", "cpu", "torch")
+_MARK_EVERY = 1 << 30  # out=PATH: make written tiles durable (fsync + journal) every this many bytes
+_WRITE_BYTES = 64 << 20  # out=PATH: rows computed into a reusable host buffer, then pwrite()n, per step
+
+
+class _FileRows:
+    """Writes row blocks of the file's [N, M] tensor with pwrite() through the map's file and
+    offset (np.memmap.filename / .offset), from two rotating host buffers and one writer thread,
+    so the product of the next rows overlaps the write of the previous ones. No page faults inside
+    the product either (stores into a fresh shared file map fault once per page)."""
+
+    def __init__(self, mm, rows: int, M: int, dtype: torch.dtype, clip: bool):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fd = os.open(mm.filename, os.O_WRONLY)
+        self.bufs = [torch.empty((rows, M), dtype=dtype) for _ in range(2)]
+        self.futs = [None, None]
+        self.turn = 0
+        self.clip = clip  # pearson: clip to [-1, 1] here, in the writer thread, off the product's path
+        self.base, self.row_bytes = int(mm.offset), M * self.bufs[0].element_size()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daunce_fast-write")
+
+    @property
+    def rows(self) -> int:
+        return self.bufs[0].shape[0]
+
+    def buffer(self, n: int) -> torch.Tensor:
+        """The next free host buffer (waits for its previous write)."""
+        fut = self.futs[self.turn]
+        if fut is not None:
+            self.futs[self.turn] = None
+            fut.result()
+        return self.bufs[self.turn][:n]
+
+    def submit(self, row0: int, block: torch.Tensor) -> None:
+        """Write ``block`` (the buffer just returned by buffer()) at row ``row0``, in the background."""
+        self.futs[self.turn] = self.pool.submit(self._write, row0, block)
+        self.turn ^= 1
+
+    def _write(self, row0: int, block: torch.Tensor) -> None:
+        if self.clip:
+            if block.dtype == torch.bfloat16:
+                block.clamp_(-1.0, 1.0)
+            else:
+                a = block.numpy()
+                np.clip(a, -1.0, 1.0, out=a)  # single-threaded, releases the GIL; keeps NaN
+        if block.dtype == torch.bfloat16:
+            block = block.view(torch.int16)
+        view = memoryview(block.numpy()).cast("B")
+        pos = self.base + row0 * self.row_bytes
+        while len(view):
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
+
+    def drain(self) -> None:
+        """Wait until every submitted block is in the file (before marking tiles done)."""
+        for i, fut in enumerate(self.futs):
+            if fut is not None:
+                self.futs[i] = None
+                fut.result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self.pool.shutdown(wait=True)
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
 
 
 class ConstantColumnWarning(UserWarning):
@@ -196,7 +264,7 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
                      compute64=(odt == torch.float64), tile=tile)
     const_test = _load_test(engine, te, device, _factors(method, K), nan_policy) if M else np.zeros(0, np.int64)
 
-    writer = None
+    writer = rows = None
     if to_path:
         from .. import storage
 
@@ -204,6 +272,9 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
                 "layout": "train x test", "test_sha1": _sha1(te)}
         writer = storage.create(out, {"scores": ((N, M), str(odt).replace("torch.", ""))}, metadata=meta, resume=resume)
         target = writer.torch("scores")
+        if N and M:
+            step = max(1, _WRITE_BYTES // (M * target.element_size()))
+            rows = _FileRows(writer["scores"], min(step, engine.tile, N), M, odt, clip=method == "pearson")
     elif out is not None:
         target = out if isinstance(out, torch.Tensor) else torch.from_numpy(np.asarray(out)) if isinstance(out, np.ndarray) else torch.from_dlpack(out)
         if tuple(target.shape) != (N, M):
@@ -220,16 +291,26 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
         if M:
             skip = (lambda j0, j1: writer.is_done(f"{j0}:{j1}")) if writer is not None else None
             for j0, j1, st in _train_tiles(engine, tr, device, nan_policy, progress, "correlate", skip):
-                engine.full_tile(st.z, target[j0:j1])
-                if writer is not None:  # durable every ~256 MiB: one msync + fsync per batch of tiles
+                if writer is None:
+                    engine.full_tile(st.z, target[j0:j1])
+                else:
+                    for r0 in range(0, j1 - j0, rows.rows):
+                        r1 = min(j1 - j0, r0 + rows.rows)
+                        buf = rows.buffer(r1 - r0)
+                        engine.full_tile(st.z[:, r0:r1], buf, clip=False)
+                        rows.submit(j0 + r0, buf)
+                    # durable every _MARK_EVERY bytes: one fsync + journal entry per batch of tiles
                     pending.append(f"{j0}:{j1}")
                     pending_bytes += (j1 - j0) * M * target.element_size()
-                    if pending_bytes >= 256 << 20:
+                    if pending_bytes >= _MARK_EVERY:
+                        rows.drain()
                         writer.mark_done(*pending)
                         pending, pending_bytes = [], 0
         else:
             engine.constant_train = np.zeros(0, np.int64)
         if writer is not None:
+            if rows is not None:
+                rows.close()
             if pending:
                 writer.mark_done(*pending)
             writer.close()
@@ -241,6 +322,9 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
         if writer is not None:
             writer.abort(keep=True)  # interrupted: PATH.partial + journal stay for a resume
         raise
+    finally:
+        if rows is not None:
+            rows.close()
     _warn_constants(method, engine.constant_train, const_test, stacklevel=4)
     if to_path:
         from .. import storage
@@ -316,4 +400,42 @@ def _topk(tr, te, k, device, backend, precision, out_kind, method, largest, prog
     return TopKResult(_to_kind(values, out_kind), _to_kind(indices, out_kind), const_train, const_test)
 
 
-__all__ = ["correlate", "topk", "TopKResult", "ConstantColumnWarning"]
+
+
+# ---------------------------------------------------------------------------------- merge
+def merge_topk(parts, k: int | None = None, *, largest: bool = True) -> TopKResult:
+    """Merge top-k results of disjoint train shards (e.g. one per rank) into one.
+
+    parts: sequence of ``(values [M, k_p], indices [M, k_p])`` (numpy or torch; indices already
+    global, i.e. shard offset added; -1 / NaN slots are empty). Returns the best ``k`` (default:
+    the largest k_p) per test column, best first, ties to the lower train index, as a TopKResult
+    of the first part's kind and device (constant_train / constant_test are empty here).
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("merge_topk needs at least one (values, indices) pair")
+    kind = "torch" if isinstance(parts[0][0], torch.Tensor) else "numpy"
+    dev = parts[0][0].device if kind == "torch" else torch.device("cpu")
+    vals = [torch.as_tensor(np.asarray(v) if kind == "numpy" else v).to(dev, torch.float32) for v, _ in parts]
+    idxs = [torch.as_tensor(np.asarray(i) if kind == "numpy" else i).to(dev, torch.int64) for _, i in parts]
+    M = vals[0].shape[0]
+    if any(v.shape[0] != M or v.shape != i.shape for v, i in zip(vals, idxs)):
+        raise ValueError("every part must be (values [M, k_p], indices [M, k_p]) with the same M")
+    k = max(v.shape[1] for v in vals) if k is None else int(k)
+    v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
+    if k > v.shape[1]:
+        raise ValueError(f"k={k} exceeds the {v.shape[1]} candidates per column")
+    empty = (i < 0) | torch.isnan(v)
+    key = torch.where(empty, torch.full_like(v, float("-inf")), v if largest else -v)
+    # order by index first, then a stable sort by score: ties keep the lower index first
+    o1 = torch.argsort(torch.where(empty, torch.full_like(i, torch.iinfo(torch.int64).max), i), dim=1, stable=True)
+    key, v, i, empty = (torch.gather(t, 1, o1) for t in (key, v, i, empty))
+    o2 = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
+    v, i, empty = (torch.gather(t, 1, o2) for t in (v, i, empty))
+    v = torch.where(empty, torch.full_like(v, float("nan")), v)
+    i = torch.where(empty, torch.full_like(i, -1), i)
+    none = np.zeros(0, np.int64)
+    return TopKResult(*(_to_kind(t, kind) if kind == "numpy" else t for t in (v, i)), none, none)
+
+
+__all__ = ["correlate", "topk", "merge_topk", "TopKResult", "ConstantColumnWarning"]

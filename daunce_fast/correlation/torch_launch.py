@@ -32,9 +32,9 @@ class TorchEngine:
         self.zb = st.z
         return st
 
-    def full_tile(self, z: torch.Tensor, out: torch.Tensor) -> None:
+    def full_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool | None = None) -> None:
         s = z.T @ self.zb
-        if self.pearson:
+        if self.pearson if clip is None else clip:
             s = s.clamp(-1.0, 1.0)
         out.copy_(s)
 

@@ -1,0 +1,47 @@
+"""cuda backend: the hand-written kernels of csrc/cuda/corr_tile.cu (64 x 64 tiles, SIMT fp32 or
+WMMA tensor cores for tf32 / bf16; no cuBLAS), driven like the triton backend: a fused product +
+threshold filter appends candidates to per-column buffers, merged into the running top-k with
+torch.topk after each tile; the first tile (and any tile that overflows a buffer) goes unfused.
+Operands stay float32 in memory; the kernel rounds them to tf32 / bf16 when staging them.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._ext import C
+from .triton_launch import TritonEngine
+
+_PREC = {"fp32": 0, "tf32": 1, "bf16": 2}
+
+
+class CudaEngine(TritonEngine):
+    def __init__(self, K: int, M: int, *, method: str, device, precision: str, tile: int | None = None):
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise ValueError("the cuda backend needs CUDA tensors")
+        super().__init__(K, M, method=method, device=device, precision="fp32", tile=tile)
+        self.prec_code = _PREC[precision]
+
+    def _stream(self) -> int:
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+    @staticmethod
+    def _operand(z: torch.Tensor) -> torch.Tensor:
+        z = z.to(torch.float32)
+        return z if z.stride(1) == 1 else z.contiguous()
+
+    def _direct_out_ok(self, out: torch.Tensor) -> bool:
+        return out.device == self.device and out.dtype == torch.float32 and out.stride(1) == 1
+
+    def _launch_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool) -> None:
+        z = self._operand(z)
+        with torch.cuda.device(self.device):
+            C.corr_tile_cuda(z.data_ptr(), z.stride(0), self.zb.data_ptr(), self.zb.stride(0), z.shape[1], self.M,
+                             self.K, out.data_ptr(), out.stride(0), clip, self.prec_code, self._stream())
+
+    def _launch_filter(self, z: torch.Tensor, j0: int) -> None:
+        z = self._operand(z)
+        with torch.cuda.device(self.device):
+            C.corr_filter_cuda(z.data_ptr(), z.stride(0), self.zb.data_ptr(), self.zb.stride(0), z.shape[1], self.M,
+                               self.K, self.thr.data_ptr(), self.cnt.data_ptr(), self.cand_v.data_ptr(),
+                               self.cand_i.data_ptr(), self.C, j0, self.prec_code, self._stream())
