@@ -256,8 +256,10 @@ class Daunce:
             raise ValueError(f"Daunce: {index} holds targets of another dataset or run; remove it or use another name")
         files = [index.parent / s["file"] for s in idx["shards"]]
         rank, world = self._rank_world()
+        if all(f.exists() for f in files):  # complete, whichever number of ranks wrote it
+            return True
         if world == 1:
-            return all(f.exists() for f in files)
+            return False
         if [s["size"] for s in idx["shards"]] != self._shard_sizes():
             raise ValueError(f"Daunce: {index} was written by a run over {len(files)} ranks with other shards; "
                              f"rerun with that many ranks, or remove it to record again over {world}")
@@ -288,7 +290,7 @@ class Daunce:
         pending = {n: v for n, v in sets.items() if not self._store_complete(n, v[1])}
         if not pending:
             return self
-        base = self.head.base_tables(self.model, ex, self.config.row_budget)
+        base = None  # θ0's outputs over the training set: computed when a chunk needs training
         writers = {n: self._open_store(n, len(e), f) for n, (e, f) in pending.items()}
         chunks, off = self.my_chunks(), self._row_offset()
         try:
@@ -304,6 +306,8 @@ class Daunce:
                             plan = ChunkPlan(self.config, ids, len(ex))
                             with _progress(self.progress, total=plan.total_steps, desc=f"chunk {c}", unit="step",
                                            leave=False) as steps:
+                                if base is None:
+                                    base = self.head.base_tables(self.model, ex, self.config.row_budget)
                                 train_chunk(model, params, ex, plan, base, self.head, progress=steps)
                             self._save_adapters(c, model)
                         for n in todo:
