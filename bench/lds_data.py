@@ -7,8 +7,9 @@ Writes bench/out/lds_<dataset>.pt (torch.save of a dict):
     theta0        state_dict of the model trained on the full training set (seed recipe["seed"])
     extra_ckpts   list of state_dicts: more full-data models (seeds 1, 2, ...), for TRAK ensembles
     subsets       [S, N_train] bool, subsets[s, i] = training example i in subset s (exactly N//2 each)
-    targets       [S, N_test] float32, NEGATIVE cross-entropy of retrained model s on test example j
-                  (higher = better, dattri's convention), averaged over runs_per_subset seeds
+    targets       [S, N_test] float64, NEGATIVE cross-entropy of retrained model s on test example j
+                  (higher = better, dattri's convention), averaged over runs_per_subset seeds;
+                  computed stably (stable_ce) so that confident examples do not round to 0
     model_seeds   [S, runs_per_subset] int64, init + minibatch seed of every retrained model
     info          timings, accuracies
 
@@ -143,12 +144,22 @@ def train_batched(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, 
     return [p.detach() for p in params]
 
 
+def stable_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy [..., C] -> [...] in float64 as softplus(logsumexp_{c != y} z_c - z_y)
+    = log1p(sum_{c != y} exp(z_c - z_y)). Same value as F.cross_entropy, but a confident example keeps
+    its tiny loss instead of rounding to exactly 0 (fp32 logsumexp(z) - z_y does for margins > ~17),
+    which would make its target constant across subsets and its LDS undefined."""
+    z = logits.double()
+    zy = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    others = z.masked_fill(torch.arange(z.shape[-1]) == y.unsqueeze(-1), float("-inf"))
+    return F.softplus(torch.logsumexp(others, dim=-1) - zy)
+
+
 @torch.no_grad()
 def per_example_loss(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """[S, M] cross-entropy of every stacked model on every example of (x [M, d], y [M])."""
-    logits = batched_forward(params, x)
-    S, M, C = logits.shape
-    return F.cross_entropy(logits.reshape(S * M, C), y.repeat(S), reduction="none").view(S, M)
+    """[S, M] float64 cross-entropy of every stacked model on every example of (x [M, d], y [M])."""
+    logits = batched_forward(params, x)  # [S, M, C]
+    return stable_ce(logits, y.expand(logits.shape[0], -1))
 
 
 def train_many(task, recipe: Recipe, seeds, rows: torch.Tensor) -> list[torch.Tensor]:
@@ -209,7 +220,7 @@ def build(recipe: Recipe, num_subsets: int = 100, runs_per_subset: int = 1, extr
     info["torch_threads"] = torch.get_num_threads()
     return {
         "recipe": asdict(recipe), "theta0": states[0], "extra_ckpts": states[1:], "subsets": subsets,
-        "targets": (-loss).float(), "model_seeds": seeds, "runs_per_subset": runs_per_subset,
+        "targets": -loss, "model_seeds": seeds, "runs_per_subset": runs_per_subset,
         "subset_seed": subset_seed, "info": info,
     }
 

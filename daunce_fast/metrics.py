@@ -22,7 +22,7 @@ def _np(a, name: str) -> np.ndarray:
 
 
 def _as_2d(a: np.ndarray) -> tuple[np.ndarray, bool]:
-    """[N] -> [N, 1] (returns whether it was 1-D, to squeeze the answer back)."""
+    """[N] -> [N, 1] (and whether the input was 1-D)."""
     if a.ndim == 1:
         return a[:, None], True
     if a.ndim != 2:
@@ -63,8 +63,9 @@ def lds(scores, subsets, targets) -> tuple[np.ndarray, float]:
 
     Returns:
         (per_test, mean): per_test[j] = spearman(pred[:, j], targets[:, j]) over the S subsets,
-        [N_test] float64, NaN where either column is constant; mean = nanmean(per_test)
-        (NaN if every entry is NaN).
+        [N_test] float64, NaN where either column is constant or scores[:, j] holds a non-finite
+        value (dattri gives NaN there too); mean = nanmean(per_test) (NaN if every entry is NaN).
+        Count the NaNs of per_test when comparing methods: the mean is over the others.
 
     Equivalent to ``dattri.metric.lds(scores, (targets, indices))[0]`` with
     ``indices[s] = subsets[s].nonzero()``.
@@ -91,10 +92,12 @@ def lds(scores, subsets, targets) -> tuple[np.ndarray, float]:
         raise ValueError(f"targets must be [S={m.shape[0]}, N_test={n_test}], got {t.shape}")
     if m.shape[0] < 3:
         raise ValueError("need at least 3 subsets for a rank correlation")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain non-finite values")
+    bad = ~np.isfinite(s).all(0)  # e.g. Pearson scores of a test example whose loss never varies
+    if bad.any():
+        s = np.where(np.isfinite(s), s, 0.0)
     pred = m.astype(np.float64) @ s  # [S, N_test]: predicted output of each subset
     per_test = _column_pearson(_column_ranks(pred), _column_ranks(t))
+    per_test[bad] = np.nan  # as dattri: a non-finite score makes that test example's LDS NaN
     finite = ~np.isnan(per_test)
     mean = float(per_test[finite].mean()) if finite.any() else float("nan")
     return per_test, mean

@@ -20,25 +20,36 @@ import torch
 import torch.nn.functional as F
 
 
+def _label_and_rest(z: torch.Tensor, y: torch.Tensor):
+    """(z_y, logsumexp of the other logits) per row; ignored labels read class 0 (masked later)."""
+    yy = y.clamp_min(0).unsqueeze(-1)
+    zy = z.gather(-1, yy).squeeze(-1)
+    rest = torch.logsumexp(z.scatter(-1, yy, float("-inf")), dim=-1)
+    return zy, rest
+
+
+def _token_mean(x: torch.Tensor, y: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    valid = (y != ignore_index).to(x.dtype)
+    return (x * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+
+
 def cross_entropy_per_example(z: torch.Tensor, y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """[B, C] logits, [B] labels -> [B]; or [B, T, V], [B, T] -> token-averaged [B] (0 if no valid token)."""
-    if z.dim() == 2:
-        return F.cross_entropy(z, y, reduction="none")
-    tok = F.cross_entropy(z.flatten(0, -2), y.reshape(-1), reduction="none", ignore_index=ignore_index).view(y.shape)
-    valid = (y != ignore_index).to(tok.dtype)
-    return (tok * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+    """[B, C] logits, [B] labels -> [B]; or [B, T, V], [B, T] -> token-averaged [B] (0 if no valid token).
+
+    Computed as softplus(logsumexp_{c != y} z_c - z_y), which equals logsumexp(z) - z_y but keeps
+    full relative precision for confident examples: the plain form rounds every loss below about
+    6e-8 to exactly 0 in float32, which turns those examples into constant columns across models.
+    """
+    zy, rest = _label_and_rest(z, y)
+    tok = F.softplus(rest - zy)
+    return tok if z.dim() == 2 else _token_mean(tok, y, ignore_index)
 
 
 def margin_per_example(z: torch.Tensor, y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """z_y - logsumexp of the other logits; [B, C] -> [B], or token-averaged for [B, T, V]."""
-    yy = y.clamp_min(0)
-    zy = z.gather(-1, yy.unsqueeze(-1)).squeeze(-1)
-    others = z.scatter(-1, yy.unsqueeze(-1), float("-inf"))
-    m = zy - torch.logsumexp(others, dim=-1)
-    if z.dim() == 2:
-        return m
-    valid = (y != ignore_index).to(m.dtype)
-    return (m * valid).sum(-1) / valid.sum(-1).clamp_min(1.0)
+    zy, rest = _label_and_rest(z, y)
+    m = zy - rest
+    return m if z.dim() == 2 else _token_mean(m, y, ignore_index)
 
 
 def neg_margin_per_example(z: torch.Tensor, y: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -221,7 +221,7 @@ class Daunce:
         from .. import storage
 
         meta = {"daunce_fast.target": self.config.target, "daunce_fast.dataset": fingerprint,
-                "daunce_fast.config": self.config.to_json()}
+                "daunce_fast.config": json.dumps(self.config.training_fingerprint(), sort_keys=True)}
         path = self.loss_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         rank, world = self._rank_world()

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .._backends import select_backend
-from .chunked import HeadRows, softplus
+from .._backends import requested_backend, select_backend
+from .chunked import HeadRows, direct_ce, direct_rows, fits_one_tile, softplus
 
 IMPLEMENTED = ("triton", "torch")
 _REDUCTIONS = ("mean", "sum")
@@ -66,12 +66,27 @@ def flatten_rows(hidden, labels, weight, ignore_index, name="hidden") -> Rows:
     return Rows(hidden.reshape(R * T, hidden.shape[-1]), ysafe, valid, R, T)
 
 
-def pick_backend(op, hidden, backend):
-    return select_backend(op, IMPLEMENTED, device_type=hidden.device.type, backend=backend)
+def pick_backend(op, hidden, backend, weight=None):
+    # Unless a backend is forced: float64 (tests, references) goes to the torch path (the Triton
+    # kernels take fp32/fp16/bf16; forced, the launcher raises a clear TypeError), and so does a
+    # problem whose [N, V] logits fit one tile (e.g. a classifier head): plain autograd on them
+    # costs a handful of calls, less than any kernel launch sequence.
+    impl = IMPLEMENTED
+    if requested_backend(backend) is None:
+        n = hidden.numel() // max(1, hidden.shape[-1])
+        if hidden.dtype == torch.float64 or (weight is not None and fits_one_tile(n, weight.shape[0])):
+            impl = ("torch",)
+    return select_backend(op, impl, device_type=hidden.device.type, backend=backend)
+
+
+def _direct(rows: Rows, weight, backend, chunk_size):
+    return backend == "torch" and fits_one_tile(rows.h.shape[0], weight.shape[0], chunk_size)
 
 
 def head_rows(rows: Rows, weight, bias, backend, chunk_size):
-    """(lse_o, zy) per row, differentiable (see chunked.HeadRows)."""
+    """(lse_o, zy) per row, differentiable (chunked.HeadRows; direct autograd for one-tile problems)."""
+    if _direct(rows, weight, backend, chunk_size):
+        return direct_rows(rows.h, weight, bias, rows.y)
     return HeadRows.apply(rows.h, weight, bias, rows.y, backend, chunk_size)
 
 
@@ -108,7 +123,9 @@ def per_example_loss(hidden, weight, labels, *, bias=None, ignore_index=-100, re
     """
     check_head(weight, bias, hidden.shape[-1])
     rows = flatten_rows(hidden, labels, weight, ignore_index)
-    be = pick_backend("losses.per_example_loss", hidden, backend)
+    be = pick_backend("losses.per_example_loss", hidden, backend, weight)
+    if _direct(rows, weight, be, chunk_size):
+        return reduce_rows(direct_ce(rows.h, weight, bias, rows.y), rows.valid, reduction)
     lse_o, zy = head_rows(rows, weight, bias, be, chunk_size)
     return reduce_rows(ce_rows(lse_o, zy), rows.valid, reduction)
 
@@ -122,6 +139,6 @@ def margin(hidden, weight, labels, *, bias=None, ignore_index=-100, reduction="m
     """
     check_head(weight, bias, hidden.shape[-1])
     rows = flatten_rows(hidden, labels, weight, ignore_index)
-    be = pick_backend("losses.margin", hidden, backend)
+    be = pick_backend("losses.margin", hidden, backend, weight)
     lse_o, zy = head_rows(rows, weight, bias, be, chunk_size)
     return reduce_rows(zy - lse_o, rows.valid, reduction)

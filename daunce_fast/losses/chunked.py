@@ -16,18 +16,22 @@ cancellation when z_y is huge), margin = zy - lse_o. Autograd of those elementwi
 gives (go, gy), and :class:`HeadRows` turns them into dh/dW/db by recomputing logits tile by
 tile instead of saving them. The same primitives give the DAUNCE direction u = W.T g at z0.
 
-Tiles: ``rows x vocab <= budget`` elements (default 2**21, 8 MiB in fp32), so peak extra
-memory is a few tiles whatever R*T*V is; with a small problem (R*V <= budget) it is a single
-tile, i.e. the direct path, with only a few torch calls of overhead.
+Tiles: ``rows x vocab <= budget`` elements (default 2**21, 8 MiB in fp32; tall tiles of up to
+1024 rows, the vocabulary chunked), so peak extra memory is a few tiles whatever R*T*V is.
+A problem whose [N, V] logits fit the budget takes the direct path instead (:func:`direct_rows`,
+:func:`direct_ce`: plain autograd on the logits, the same calls as the explicit head), which is
+what a classifier head with a tiny vocabulary gets.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 DEFAULT_BUDGET = 1 << 21
-_MIN_ROWS = 32
+_MAX_ROWS = 1024
+_MIN_VOCAB = 256
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,7 +40,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def tile_shape(n: int, v: int, chunk_size=None) -> tuple[int, int]:
-    """(rows, vocab) per tile. ``chunk_size``: None, an element budget (int), or (rows, vocab)."""
+    """(rows, vocab) per tile. ``chunk_size``: None, an element budget (int), or (rows, vocab).
+
+    With a budget, a problem that fits is one tile; otherwise tiles are tall (up to 1024 rows)
+    and the vocabulary is chunked: a [rows, d] x [d, vocab] product with few rows reads all of
+    W per call and runs several times slower than a tall one.
+    """
     if isinstance(chunk_size, (tuple, list)):
         rc, vc = int(chunk_size[0]), int(chunk_size[1])
         if rc < 1 or vc < 1:
@@ -48,8 +57,8 @@ def tile_shape(n: int, v: int, chunk_size=None) -> tuple[int, int]:
     n = max(n, 1)
     if n * v <= budget:
         return n, v
-    rc = min(n, max(_MIN_ROWS, budget // v))
-    vc = min(v, max(1, budget // rc))
+    vc = min(v, max(_MIN_VOCAB, budget // min(n, _MAX_ROWS)))
+    rc = min(n, max(1, budget // vc))
     return rc, vc
 
 
@@ -68,6 +77,21 @@ def _logits(hc, Wv, bv):
     return z
 
 
+def _lse_(z):
+    """logsumexp over dim 1, destroying z (in place: no temporaries; torch.logsumexp makes
+    several and is ~5x slower on CPU). Rows of -inf give -inf."""
+    mx = z.amax(1)
+    shift = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+    s = z.sub_(shift[:, None]).exp_().sum(1)
+    return s.log_().add_(shift)
+
+
+def _label_column(yc, v0, v1):
+    """(column index clamped into the tile, whether the label lies in the tile) per row."""
+    inside = (yc >= v0) & (yc < v1)
+    return (yc - v0).clamp(0, v1 - v0 - 1).unsqueeze(1), inside.unsqueeze(1)
+
+
 def row_stats(h, W, b, y, chunk_size=None):
     """(lse_o, zy), both [N] in the compute dtype; see the module docstring."""
     n, v = h.shape[0], W.shape[0]
@@ -76,23 +100,26 @@ def row_stats(h, W, b, y, chunk_size=None):
     lse_o = torch.empty(n, dtype=cd, device=h.device)
     zy = torch.zeros(n, dtype=cd, device=h.device)
     rc, vc = tile_shape(n, v, chunk_size)
+    neg_inf = torch.tensor(-math.inf, dtype=cd, device=h.device)
     for r0 in range(0, n, rc):
         r1 = min(n, r0 + rc)
         hc = h[r0:r1].to(cd)
         yc = y[r0:r1]
-        acc = None
+        acc = zyc = None
         for v0 in range(0, v, vc):
             v1 = min(v, v0 + vc)
             z = _logits(hc, Wc[v0:v1], None if bc is None else bc[v0:v1])
-            inside = (yc >= v0) & (yc < v1)
-            if bool(inside.any()):
-                idx = torch.nonzero(inside).squeeze(1)
-                cols = yc[idx] - v0
-                zy[r0 + idx] = z[idx, cols]
-                z[idx, cols] = -math.inf
-            part = torch.logsumexp(z, dim=1)
+            # pick z_y and mask it out of the tile without a host sync (rows whose label lies
+            # elsewhere write their own value back)
+            col, inside = _label_column(yc, v0, v1)
+            zc = z.gather(1, col)
+            part_y = torch.where(inside, zc, torch.zeros_like(zc))
+            zyc = part_y if zyc is None else zyc + part_y
+            z.scatter_(1, col, torch.where(inside, neg_inf, zc))
+            part = _lse_(z)
             acc = part if acc is None else torch.logaddexp(acc, part)
         lse_o[r0:r1] = acc
+        zy[r0:r1] = zyc.squeeze(1)
     return lse_o, zy
 
 
@@ -116,16 +143,15 @@ def row_grad(h, W, b, y, lse_o, go, gy, need_dh=True, need_dw=False, need_db=Fal
         hc = h[r0:r1].to(cd)
         yc = y[r0:r1]
         go_c = go[r0:r1, None]
+        gy_c = gy[r0:r1, None]
         lo_c = lse_o[r0:r1, None]
         for v0 in range(0, v, vc):
             v1 = min(v, v0 + vc)
             z = _logits(hc, Wc[v0:v1], None if bc is None else bc[v0:v1])
-            # dz in place of z: exp(z - lse_o) * go  (<= |go| off the label column)
+            # dz in place of z: exp(z - lse_o) * go (<= |go| off the label column), dz[y] = gy
             z.sub_(lo_c).exp_().mul_(go_c)
-            inside = (yc >= v0) & (yc < v1)
-            if bool(inside.any()):
-                idx = torch.nonzero(inside).squeeze(1)
-                z[idx, yc[idx] - v0] = gy[r0 + idx]
+            col, inside = _label_column(yc, v0, v1)
+            z.scatter_(1, col, torch.where(inside, gy_c, z.gather(1, col)))
             if need_dh:
                 dh[r0:r1].addmm_(z, Wc[v0:v1])
             if need_dw:
@@ -159,6 +185,7 @@ class HeadRows(torch.autograd.Function):
         return lse_o, zy
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_lse_o, g_zy):
         h, W, b, y, lse_o = ctx.saved_tensors
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -179,3 +206,32 @@ class HeadRows(torch.autograd.Function):
 def softplus(x):
     """log(1 + exp(x)) without overflow and without a threshold (exact in float64 too)."""
     return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def fits_one_tile(n: int, v: int, chunk_size=None) -> bool:
+    """Whether the direct path (plain autograd on [N, V] logits) is used: the problem fits the
+    element budget and no explicit (rows, vocab) tiling was asked for."""
+    if isinstance(chunk_size, (tuple, list)):
+        return False
+    budget = DEFAULT_BUDGET if chunk_size is None else int(chunk_size)
+    return n * v <= budget
+
+
+def _direct_logits(h, W, b):
+    cd = compute_dtype(h.dtype)
+    z = h.to(cd) @ W.to(cd).T
+    return z if b is None else z + b.to(cd)
+
+
+def direct_rows(h, W, b, y):
+    """(lse_o, zy) by plain autograd on the [N, V] logits: for small problems (tiny vocabularies,
+    e.g. classifiers), where a handful of torch calls beats the tile machinery."""
+    z = _direct_logits(h, W, b)
+    hit = torch.arange(z.shape[1], device=z.device)[None, :] == y[:, None]  # y = -1 never hits
+    zy = torch.where(hit, z, torch.zeros((), dtype=z.dtype, device=z.device)).sum(1)
+    return torch.logsumexp(z.masked_fill(hit, -math.inf), 1), zy
+
+
+def direct_ce(h, W, b, y):
+    """Per-row cross-entropy (0 on ignored rows, y = -1) by F.cross_entropy on [N, V] logits."""
+    return torch.nn.functional.cross_entropy(_direct_logits(h, W, b), y, ignore_index=-1, reduction="none")

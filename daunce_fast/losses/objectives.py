@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import api
 from .chunked import compute_dtype
@@ -63,7 +64,7 @@ def base_stats(hidden0, weight, labels, *, objective="if", bias=None, ignore_ind
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     api.check_head(weight, bias, hidden0.shape[-1])
     rows = api.flatten_rows(hidden0.detach(), labels, weight, ignore_index, name="hidden0")
-    be = api.pick_backend("losses.base_stats", hidden0, backend)
+    be = api.pick_backend("losses.base_stats", hidden0, backend, weight)
     stats, grad = _prims(be)
     lse_o, zy = stats(rows.h, weight, bias, rows.y, chunk_size=chunk_size)
     loss0 = api.reduce_rows(api.ce_rows(lse_o, zy), rows.valid, reduction)
@@ -80,6 +81,38 @@ def base_stats(hidden0, weight, labels, *, objective="if", bias=None, ignore_ind
         u = u.to(compute_dtype(hidden0.dtype))
         fo0 = (rows.h.to(u.dtype) * u).sum(1).view(rows.R, rows.T).sum(1)
     return BaseStats(loss0, margin0, u, fo0, objective, rows.R, rows.T, reduction)
+
+
+class RowDot(torch.autograd.Function):
+    """out[k, j] = h[k, j, :] . u[j, :] in u's (float32/64) precision, for h [B, J, d] of any float
+    dtype and u [J, d] without gradient; in row chunks, so a half-precision h is never copied whole
+    into float32 (at LLM scale hidden is gigabytes). Gradient w.r.t. h only."""
+
+    CHUNK = 1 << 22  # elements of h per chunk
+
+    @staticmethod
+    def forward(ctx, h, u):
+        B, J, d = h.shape
+        out = torch.empty(B, J, dtype=u.dtype, device=h.device)
+        step = max(1, RowDot.CHUNK // max(1, B * d))
+        for j0 in range(0, J, step):
+            j1 = min(J, j0 + step)
+            out[:, j0:j1] = (h[:, j0:j1].to(u.dtype) * u[j0:j1]).sum(-1)
+        ctx.save_for_backward(u)
+        ctx.h_dtype = h.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (u,) = ctx.saved_tensors
+        B, J = g.shape
+        gh = torch.empty(B, J, u.shape[1], dtype=ctx.h_dtype, device=g.device)
+        step = max(1, RowDot.CHUNK // max(1, B * u.shape[1]))
+        for j0 in range(0, J, step):
+            j1 = min(J, j0 + step)
+            gh[:, j0:j1] = g[:, j0:j1, None] * u[j0:j1]
+        return gh, None
 
 
 def _prims(backend):
@@ -128,6 +161,10 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
                   loss-like margin; with mean-zero c_ik the sign does not change the scores)
       'blackbox': R_k = mean_k(l_ik), FO_k = 0 (no hidden0)
       objective_k = gamma * R_k - FO_k
+    An example with no valid token has l = m = FO = 0 and still counts in the masked mean (mask it
+    out to exclude it). Cost: one streaming pass over the vocabulary for the adapters' rows (plus
+    the backward's recomputation), one forward + one gradient-like pass for the base rows (skip
+    it by passing a BaseStats), and a d-sized dot product per row for FO.
     Differentiable w.r.t. hidden. The head (weight, bias) is treated as frozen: the FO term's
     gradient with respect to it is not implemented, so a head that requires grad raises for the
     non-blackbox objectives.
@@ -145,8 +182,11 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
     grad_head = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
     if grad_head and objective != "blackbox":
         raise NotImplementedError(
-            f"daunce_objective({objective!r}): the output head must be frozen (weight/bias without requires_grad); "
-            "the first-order term's gradient w.r.t. the head is not implemented")
+            f"daunce_objective({objective!r}): the output head must be frozen (weight/bias without requires_grad). "
+            "z0 = f(theta0) is computed here through the same head, which is only the base model's output while "
+            "the head is frozen; a trainable head would need the base head passed separately (not implemented). "
+            "Detach the head, or use per_example_loss (which differentiates w.r.t. the head) for blackbox-style "
+            "training")
     if objective != "blackbox" and (weights_c is None or tuple(weights_c.shape) != (K, m)):
         got = None if weights_c is None else tuple(weights_c.shape)
         raise ValueError(f"weights_c must be [K={K}, m={m}] (None only for 'blackbox'), got {got}")
@@ -165,7 +205,7 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
                          f"got {tuple(labels.shape)}")
 
     rows = api.flatten_rows(hidden, labels_k, weight, ignore_index)
-    be = api.pick_backend("losses.daunce_objective", hidden, backend)
+    be = api.pick_backend("losses.daunce_objective", hidden, backend, weight)
     lse_o, zy = api.head_rows(rows, weight, bias, be, chunk_size)
     losses = api.reduce_rows(api.ce_rows(lse_o, zy), rows.valid, reduction).view(K, m)
     cd = losses.dtype
@@ -201,12 +241,9 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
 
     # FO_ik = sum_t h_ikt . u_it - fo0_i ; u broadcast over adapters when M == m.
     d = hidden.shape[-1]
-    hk = rows.h.view(K, m * T, d) if M == m else rows.h.view(K * m * T, d)
-    u = base.u.to(hidden.device)
-    if hk.dtype != u.dtype:
-        hk = hk.to(u.dtype)
-    fo_rows = torch.linalg.vecdot(hk, u)  # [K, m*T] (broadcast) or [K*m*T]
-    fo_ik = fo_rows.view(K, m, T).sum(2) - (base.fo0.view(1, m) if M == m else base.fo0.view(K, m))
+    hk = rows.h.view(K, m * T, d) if M == m else rows.h.view(1, K * m * T, d)
+    fo_rows = RowDot.apply(hk, base.u.to(hidden.device))  # [K, m*T] or [1, K*m*T]
+    fo_ik = fo_rows.reshape(K, m, T).sum(2) - (base.fo0.view(1, m) if M == m else base.fo0.view(K, m))
     fo = mmean(weights_c.to(device=hidden.device, dtype=cd) * fo_ik.to(cd))
 
     def per_adapter(x):  # base quantities [M] -> [K, m]

@@ -6,12 +6,43 @@ import mmap
 import numpy as np
 
 from . import dtypes as _dt
+from ._io import pwrite_box
 from .format import TensorInfo
+
+
+class Sink:
+    """Where a writer's top-level tensor view sends assignments: pwrite to the open file."""
+
+    __slots__ = ("fd", "start", "shape", "dtype")
+
+    def __init__(self, fd, start, shape, dtype):
+        self.fd, self.start, self.shape, self.dtype = fd, start, shape, dtype
+
+    def write(self, key, value) -> bool:
+        if self.fd is None:  # writer closed: the map still works
+            return False
+        return pwrite_box(self.fd, self.start, self.shape, self.dtype, key, value)
 
 
 class MappedArray(np.memmap):
     """np.memmap over a shared map of the whole file. Its buffer is a memoryview of the map, so
-    the map cannot be unmapped (closed) while any such array is alive: no dangling pointers."""
+    the map cannot be unmapped (closed) while any such array is alive: no dangling pointers.
+
+    On a writer's tensor (not on slices of it), ``arr[box] = value`` for a unit-step box of basic
+    indices goes through pwrite, one call per contiguous run: the same bytes land in the same page
+    cache as through the map, without a page fault per 4 KiB (2-3x faster for fresh tiles)."""
+
+    _st_sink = None
+
+    def __setitem__(self, key, value):
+        sink = self._st_sink
+        if sink is not None and not (isinstance(value, np.ndarray) and np.may_share_memory(value, self)):
+            try:
+                if sink.write(key, value):
+                    return
+            except (TypeError, IndexError, ValueError):
+                pass  # raised before any byte is written: numpy handles it (or raises its own error)
+        super().__setitem__(key, value)
 
     def flush(self):
         mm = getattr(self, "_mmap", None)

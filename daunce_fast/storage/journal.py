@@ -36,14 +36,16 @@ def _encode(key) -> bytes:
 
 
 class Journal:
-    def __init__(self, path: str, fp: str, keys: set, fd: int):
+    def __init__(self, path: str, fp: str, keys: set, fd: int, sync: bool = True, new: bool = False):
+        self.sync = sync
+        self._dir_pending = new and sync  # the journal's directory entry is made durable at the first add
         self.path = path
         self.fp = fp
         self.keys = keys
         self._fd = fd
 
     @classmethod
-    def open(cls, path: str, fp: str, keep: bool) -> "Journal":
+    def open(cls, path: str, fp: str, keep: bool, sync: bool = True) -> "Journal":
         """Open (keep=True: reuse the keys of a journal with the same fingerprint) or start afresh."""
         keys: set = set()
         if keep and os.path.exists(path):
@@ -61,12 +63,11 @@ class Journal:
             tmp = path + ".tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.write(fd, f"{MAGIC} {fp}\n".encode())
-            os.fsync(fd)
             os.close(fd)
-            os.replace(tmp, path)
-            fsync_dir(path)
+            os.replace(tmp, path)  # never a journal without its first line
             fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        return cls(path, fp, keys, fd)
+            return cls(path, fp, keys, fd, sync, new=True)
+        return cls(path, fp, keys, fd, sync)
 
     @staticmethod
     def load(path: str, fp: str | None = None):
@@ -91,14 +92,18 @@ class Journal:
         return keys
 
     def add(self, *keys) -> None:
-        """Record ``keys`` durably (one fsync) and remember them."""
+        """Record ``keys`` (durably: one fsync, unless sync=False) and remember them."""
         new = [k for k in dict.fromkeys(check_key(k) for k in keys) if k not in self.keys]
         if not new:
             return
         data = memoryview(b"".join(_encode(k) for k in new))
         while data:
             data = data[os.write(self._fd, data):]
-        os.fsync(self._fd)
+        if self.sync:
+            os.fsync(self._fd)
+            if self._dir_pending:
+                fsync_dir(self.path)
+                self._dir_pending = False
         self.keys.update(new)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from . import dtypes as _dt
 from .errors import CorruptFileError, IncompleteFileError, LayoutMismatchError, StorageError
 from .format import check_metadata
+from ._io import normalize as _normalize
 from .journal import fsync_dir
 from .reader import Reader
 from .writer import PARTIAL_SUFFIX, Writer
@@ -205,7 +206,7 @@ class _Layout:
 class ShardedWriter(_Layout):
     """Handle on a sharded store being written; create each shard with ``create_shard(i)``."""
 
-    def create_shard(self, i: int, resume: bool = False) -> Writer:
+    def create_shard(self, i: int, resume: bool = False, durable: bool = True, preallocate: bool = False) -> Writer:
         """Writer of shard ``i``: ``w[name]`` is its [.., size_i, ..] block (logical rows
         shard_range(i) along the axis). Independent of other shards (any process may call it)."""
         if not 0 <= i < self.num_shards:
@@ -214,7 +215,8 @@ class ShardedWriter(_Layout):
         meta = dict(self.metadata)
         meta.update({"daunce_fast.shard": f"{i}/{self.num_shards}", "daunce_fast.shard_range": f"{start}:{stop}",
                      "daunce_fast.shard_axis": str(self.axis), "daunce_fast.logical_shape": json.dumps(self.shape)})
-        return Writer(self.shard_files[i], {self.name: (self.shard_shape(i), self.dtype_code)}, meta, resume)
+        return Writer(self.shard_files[i], {self.name: (self.shard_shape(i), self.dtype_code)}, meta, resume,
+                      durable, preallocate)
 
     def complete_shards(self) -> list[int]:
         """Indices of shards whose final file exists."""
@@ -260,7 +262,8 @@ class ShardedArray(_Layout):
             r = Reader(path)
         except IncompleteFileError as exc:
             raise IncompleteFileError(f"{who} is incomplete: {exc}") from None
-        if self.name not in r or r.shape(self.name) != self.shard_shape(i) or r.dtype_code(self.name) != self.dtype_code:
+        if (self.name not in r or r.shape(self.name) != self.shard_shape(i)
+                or r.dtype_code(self.name) != self.dtype_code):
             got = (r.dtype_code(self.name), r.shape(self.name)) if self.name in r else f"tensors {r.names()}"
             r.close()
             raise CorruptFileError(f"{who} does not hold {self.name!r} {self.dtype_code}{list(self.shard_shape(i))} "
@@ -289,7 +292,7 @@ class ShardedArray(_Layout):
         if not isinstance(k, slice):  # one index along the shard axis: one shard
             i = bisect.bisect_right(self.shard_offsets, k) - 1  # last shard starting at or before k: never empty
             local = key[:ax] + (k - self.shard_offsets[i],) + key[ax + 1:]
-            return np.array(self.shard(i)[local])
+            return self._readers[i].read(self.name, local)
         r = range(*k.indices(self.shape[ax]))
         flip = r.step < 0
         if flip:
@@ -305,7 +308,7 @@ class ShardedArray(_Layout):
             sub = r[q0:q1]
             local = key[:ax] + (slice(sub.start - lo, sub.stop - lo, sub.step),) + key[ax + 1:]
             dst = (slice(None),) * out_ax + (slice(q0, q1),)
-            out[dst] = self.shard(i)[local]
+            out[dst] = self._readers[i].read(self.name, local)
         if flip:
             out = np.ascontiguousarray(np.flip(out, axis=out_ax))
         return out
@@ -324,34 +327,6 @@ class ShardedArray(_Layout):
     def __repr__(self) -> str:
         return (f"<ShardedArray {self.index_path!r} {self.name} {self.dtype_code}{list(self.shape)} axis={self.axis} "
                 f"shards={self.num_shards}>")
-
-
-def _normalize(key, shape: tuple[int, ...]) -> tuple:
-    """Basic-indexing key -> tuple of one non-negative int or slice per axis."""
-    if not isinstance(key, tuple):
-        key = (key,)
-    n_ell = sum(k is Ellipsis for k in key)
-    if n_ell > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    if n_ell:
-        at = next(i for i, k in enumerate(key) if k is Ellipsis)
-        fill = len(shape) - (len(key) - 1)
-        key = key[:at] + (slice(None),) * max(fill, 0) + key[at + 1:]
-    if len(key) > len(shape):
-        raise IndexError(f"too many indices: {len(key)} for a {len(shape)}-d array")
-    key = key + (slice(None),) * (len(shape) - len(key))
-    out = []
-    for k, d in zip(key, shape):
-        if isinstance(k, slice):
-            out.append(k)
-        elif isinstance(k, (bool, np.bool_)) or not hasattr(k, "__index__"):
-            raise TypeError(f"sharded arrays support basic indexing only (ints, slices, ...), got {type(k).__name__}")
-        else:
-            j = k.__index__()
-            if not -d <= j < d:
-                raise IndexError(f"index {j} is out of bounds for an axis of size {d}")
-            out.append(j % d)
-    return tuple(out)
 
 
 class ShardedStore:

@@ -60,8 +60,12 @@ def iter_column_tiles(x, tile: int, name: str | None = None, dtype=None) -> Iter
     if isinstance(x, (str, os.PathLike)):
         x = opened = open_any(x)
     try:
+        reader = rname = None
         if isinstance(x, (Reader, ShardedStore)):
+            store = x
             x, code = _pick(x, name)
+            if isinstance(store, Reader):  # pread the exact rows of each tile
+                reader, rname = store, name or store.names()[0]
         elif isinstance(x, ShardedArray):
             code = x.dtype_code
         shape = tuple(x.shape)
@@ -70,7 +74,7 @@ def iter_column_tiles(x, tile: int, name: str | None = None, dtype=None) -> Iter
         n = shape[1]
         for j0 in range(0, n, tile):
             j1 = min(j0 + tile, n)
-            block = x[:, j0:j1]
+            block = reader.read(rname, (slice(None), slice(j0, j1))) if reader is not None else x[:, j0:j1]
             if not isinstance(block, np.ndarray):
                 block = np.asarray(block)
             if code == "BF16":

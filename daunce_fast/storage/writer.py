@@ -7,9 +7,11 @@ Life of a file ``path``:
              (sparse: no disk or memory is used until tiles are written); ``path.partial.journal``
              holds the keys of completed tiles.
   write      ``writer[name]`` is a writable np.memmap; tiles may be assigned in any order.
-  mark_done  flushes the data (msync + fsync), then appends the key to the journal (fsync).
-  close      flush, rewrite the header in place at the same length with the marker "1", fsync,
-             rename ``path.partial`` -> ``path`` (atomic), fsync the directory, delete the journal.
+  mark_done  flushes the data (fsync), then appends the key to the journal (fsync).
+             (durable=False skips the fsyncs: still safe against a killed process, not power loss.)
+  close      rewrite the header in place at the same length with the marker "1", fsync (data and
+             header), rename ``path.partial`` -> ``path`` (atomic), fsync the directory, delete the
+             journal.
 A crash at any point leaves either no ``path`` (only the partial + journal, resumable) or a
 complete one: a reader never sees a half-written file under the final name.
 """
@@ -18,20 +20,24 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import sys
 
 import numpy as np
 
 from . import dtypes as _dt
-from ._views import array_view, torch_view
+from ._io import pwrite_box
+from ._views import Sink, array_view, torch_view
 from .errors import CorruptFileError, FileLockedError, LayoutMismatchError, StorageError
 from .format import check_metadata, encode_header, plan_layout, read_header
 from .journal import Journal, check_key, fingerprint, fsync_dir
 
+_LINUX = sys.platform.startswith("linux")
 PARTIAL_SUFFIX = ".partial"
 JOURNAL_SUFFIX = ".partial.journal"
 
 
-def create(path, tensors: dict, metadata: dict | None = None, resume: bool = False) -> "Writer":
+def create(path, tensors: dict, metadata: dict | None = None, resume: bool = False,
+           durable: bool = True, preallocate: bool = False) -> "Writer":
     """Start (or, with ``resume=True``, continue) writing the safetensors file ``path``.
 
     tensors: {name: (shape, dtype)}; dtype a name ("float32", "bfloat16", "int64", ...), a
@@ -40,15 +46,26 @@ def create(path, tensors: dict, metadata: dict | None = None, resume: bool = Fal
     resume: reopen ``path.partial`` if it exists with the same layout (names, shapes, dtypes and
       metadata), keeping its data and its done keys; a different layout raises LayoutMismatchError;
       no partial file starts afresh. resume=False discards any partial file and journal.
+    durable: fsync data, journal and directory (mark_done, flush, close) so that completed tiles and
+      the finished file survive an OS crash or power loss. durable=False skips every fsync: a
+      killed *process* still loses nothing marked done (its writes sit in the kernel's page cache,
+      in order), and writing costs what numpy.save to the page cache costs.
+    preallocate: reserve the disk blocks now (posix_fallocate) instead of a sparse file: a full disk
+      fails here with ENOSPC rather than later (through the memory map, as SIGBUS), and fresh
+      tiles write ~30% faster; the file then occupies its full size on disk at once.
     Returns a Writer; ``writer[name]`` is a writable memory map of that tensor (bfloat16 and float8
     as their raw bits: uint16 / uint8; ``writer.torch(name)`` has the real dtype).
     """
-    return Writer(path, tensors, metadata, resume)
+    return Writer(path, tensors, metadata, resume, durable, preallocate)
 
 
 class Writer:
-    def __init__(self, path, tensors: dict, metadata: dict | None = None, resume: bool = False):
+    def __init__(self, path, tensors: dict, metadata: dict | None = None, resume: bool = False,
+                 durable: bool = True, preallocate: bool = False):
         self.path = os.fspath(path)
+        self.durable = bool(durable)
+        self.preallocate = bool(preallocate)
+        self.resumed = False
         self.partial_path = self.path + PARTIAL_SUFFIX
         self.journal_path = self.path + JOURNAL_SUFFIX
         layout = plan_layout(tensors)
@@ -61,6 +78,7 @@ class Writer:
         self._fp = fingerprint(self._hdr)
         self._closed = True
         self._views: dict = {}
+        self._sinks: list = []
         self._lock_fd = _lock(self.partial_path)
         self._fd = None
         self._mm = None
@@ -70,7 +88,9 @@ class Writer:
             self.resumed = bool(resume) and self._reopen()
             if not self.resumed:
                 self._fresh()
-            self._journal = Journal.open(self.journal_path, self._fp, keep=self.resumed)
+            if self.preallocate and self._total:
+                os.posix_fallocate(self._fd, 8 + self._hlen, self._total)  # keeps existing data
+            self._journal = Journal.open(self.journal_path, self._fp, keep=self.resumed, sync=self.durable)
             self._mm = mmap.mmap(self._fd, self._size, access=mmap.ACCESS_WRITE)
         except BaseException:
             self._release()
@@ -110,18 +130,20 @@ class Writer:
                                       ". Use resume=False to discard it, or pass the original layout.")
         if not old.complete:  # usual case; a crash between close's header rewrite and rename flips it back
             return True
-        os.pwrite(self._fd, self._hdr, 0)
-        os.fsync(self._fd)
+        os.pwrite(self._fd, self._hdr, 0)  # made durable by the next flush, like everything else
         return True
 
     def _fresh(self) -> None:
         if os.path.exists(self.journal_path):
             os.remove(self.journal_path)
+            if self.durable:  # the old keys must not outlive the data they describe
+                fsync_dir(self.journal_path)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, self._hdr, 0)
         os.ftruncate(self._fd, self._size)  # sparse preallocation
-        os.fsync(self._fd)
-        fsync_dir(self.partial_path)
+        # No fsync here: nothing refers to this file until the first mark_done, whose flush makes
+        # header and size durable before any key is journaled (a power loss before that leaves at
+        # worst an unreadable partial file, which resume discards).
 
     # ------------------------------------------------------------------------------- tensors
     def names(self) -> list[str]:
@@ -149,8 +171,28 @@ class Writer:
         self._check_open()
         v = self._views.get(name)
         if v is None:
-            v = self._views[name] = array_view(self._mm, self._info(name), 8 + self._hlen, self.partial_path, "r+")
+            info = self._info(name)
+            v = self._views[name] = array_view(self._mm, info, 8 + self._hlen, self.partial_path, "r+")
+            if info.nbytes:
+                v._st_sink = Sink(self._fd, 8 + self._hlen + info.begin, info.shape, v.dtype)
+                self._sinks.append(v._st_sink)
         return v
+
+    def write(self, name: str, index, value) -> None:
+        """``writer[name][index] = value`` with one pwrite per contiguous run (e.g. per row of a
+        column tile) when ``index`` is a unit-step box of basic indices: no page faults, so fresh
+        tiles go 2-3x faster than through the map. bfloat16 tensors accept floating values (rounded
+        to bf16 bits here) as well as uint16 bits. Same durability rules as the map (mark_done/close)."""
+        self._check_open()
+        info = self._info(name)
+        dt = _dt.numpy_dtype(info.dtype)
+        value = np.asarray(value)
+        if info.dtype == "BF16" and value.dtype.kind == "f":
+            value = _dt.float32_to_bf16_bits(value.astype(np.float32, copy=False))
+        elif _dt.is_raw_bits(info.dtype) and value.dtype != dt:
+            raise TypeError(f"tensor {name!r} is {info.dtype}: write its raw bits as {dt}")
+        if not pwrite_box(self._fd, 8 + self._hlen + info.begin, info.shape, dt, index, value):
+            self[name][index] = value
 
     def torch(self, name: str):
         """torch tensor sharing memory with ``writer[name]``, with the real dtype (bfloat16 included)."""
@@ -167,9 +209,18 @@ class Writer:
 
     # ---------------------------------------------------------------------------- durability
     def flush(self) -> None:
-        """Write dirty pages to disk and wait (msync + fsync)."""
+        """Write dirty pages to disk and wait (fsync; msync too off Linux); nothing to do when durable=False
+        (the page cache already holds every write, safe from a crash of this process)."""
         self._check_open()
-        self._mm.flush()
+        self._sync()
+
+    def _sync(self) -> None:
+        if not self.durable:
+            return
+        if not _LINUX:
+            # POSIX wants msync for stores through the map; on Linux the shared map's pages are
+            # page-cache pages, tracked dirty, and fsync writes them (msync would be a second fsync).
+            self._mm.flush()
         os.fsync(self._fd)
 
     def mark_done(self, key, *more) -> None:
@@ -196,15 +247,17 @@ class Writer:
 
     # ---------------------------------------------------------------------------------- end
     def close(self) -> None:
-        """Finish: flush, mark complete in place, fsync, rename into ``path``, remove the journal."""
+        """Finish: mark complete in place, fsync, rename into ``path`` (atomic), remove the journal."""
         if self._closed:
             return
-        self._mm.flush()
-        os.fsync(self._fd)
         os.pwrite(self._fd, encode_header(list(self._layout.values()), self._meta, True, self._hlen), 0)
-        os.fsync(self._fd)
+        # One fsync for data and header: whatever order they reach the disk in, the file is only
+        # renamed to its final name after both are there (a partial file saying "complete" is
+        # harmless: it is still a .partial, and resume marks it incomplete again).
+        self._sync()
         os.replace(self.partial_path, self.path)
-        fsync_dir(self.path)
+        if self.durable:
+            fsync_dir(self.path)
         self._journal.close()
         try:
             os.remove(self.journal_path)
@@ -218,8 +271,7 @@ class Writer:
         if self._closed:
             return
         if keep:
-            self._mm.flush()
-            os.fsync(self._fd)
+            self._sync()
         else:
             for p in (self.journal_path, self.partial_path):
                 try:
@@ -239,6 +291,8 @@ class Writer:
     def _release(self) -> None:
         self._closed = True
         self._views = {}
+        for sink in self._sinks:
+            sink.fd = None  # arrays still alive keep working through the map
         if self._journal is not None:
             self._journal.close()
         if self._mm is not None:

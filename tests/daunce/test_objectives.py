@@ -99,3 +99,15 @@ def test_targets_for_sequences_ignore_index():
     big = torch.tensor([[1e4, 0.0, -1e4]], dtype=torch.float64)
     assert torch.isfinite(cross_entropy_per_example(big, torch.tensor([2]))).all()
     assert torch.isfinite(margin_per_example(big, torch.tensor([2]))).all()
+
+
+def test_cross_entropy_keeps_precision_for_confident_examples():
+    z = torch.tensor([[30.0, 0.0, -5.0], [17.0, 0.0, 0.0], [0.0, 2.0, 1.0]])
+    y = torch.tensor([0, 0, 2])
+    ce = cross_entropy_per_example(z, y)
+    ref = torch.nn.functional.cross_entropy(z.double(), y, reduction="none")
+    exact = torch.log1p(torch.exp(torch.logsumexp(z.double()[:2, 1:], 1) - z.double()[:2, 0]))
+    assert (ce[:2] > 0).all(), "confident examples must not round to 0"
+    assert_close_to_reference(ce[:2], exact, "float32", name="confident ce")
+    assert_close_to_reference(ce[2], ref[2], "float32", name="ce")
+    assert torch.nn.functional.cross_entropy(z, y, reduction="none")[0] == 0  # what the plain form gives

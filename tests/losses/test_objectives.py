@@ -22,6 +22,8 @@ def make(K, m, T, d, V, per_adapter=False, seed=0, ignore_frac=0.2):
     b = torch.randn(V, generator=g, dtype=F64)
     y = torch.randint(0, V, (M, *tok), generator=g)
     y = torch.where(torch.rand(y.shape, generator=g) < ignore_frac, torch.full_like(y, -100), y)
+    if ignore_frac > 0:
+        y[1] = -100  # an example without any valid token: l = m = FO = 0
     c = 2 * torch.rand(K, m, generator=g, dtype=F64)
     return h, h0, W, b, y, c
 
@@ -49,9 +51,11 @@ REF_H0 = [None]
 
 @pytest.mark.parametrize("obj", OBJS)
 @pytest.mark.parametrize("per_adapter", [False, True])
-@pytest.mark.parametrize("T", [4, 1, None])
-@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
-def test_objective_matches_reference(obj, per_adapter, T, mask_kind):
+@pytest.mark.parametrize("T,mask_kind,chunk", [
+    *[(T, mk, (5, 4)) for T in (4, 1, None) for mk in (None, "bool", "float")],  # tiled path
+    (4, None, None), (None, "bool", None), (1, "float", None),                    # direct path (one tile)
+])
+def test_objective_matches_reference(obj, per_adapter, T, mask_kind, chunk):
     K, m, d, V = 3, 5, 6, 11
     h, h0, W, b, y, c = make(K, m, T, d, V, per_adapter=per_adapter, seed=hash((obj, per_adapter, T)) % 1000)
     mask = None
@@ -62,7 +66,7 @@ def test_objective_matches_reference(obj, per_adapter, T, mask_kind):
         mask[-1] = False  # an adapter with an empty subset: R = FO = 0
         if mask_kind == "float":
             mask = mask.to(F64) * (0.5 + torch.rand(K, m, generator=g, dtype=F64))
-    o, _ = check(obj, h, None if obj == "blackbox" and per_adapter else h0, W, b, y, c, K, mask=mask)
+    o, _ = check(obj, h, None if obj == "blackbox" and per_adapter else h0, W, b, y, c, K, mask=mask, chunk=chunk)
     if mask is not None:
         assert float(o[-1].detach()) == 0.0
 
@@ -146,3 +150,31 @@ def test_float32_inputs():
         assert o.dtype == torch.float32
         assert_close_to_reference(o, ro, "float32", scale=10, name=obj)
         assert_close_to_reference(l, rl, "float32", scale=10, name=obj)
+
+
+@pytest.mark.parametrize("per_adapter", [False, True])
+def test_first_order_dot_in_small_chunks(monkeypatch, per_adapter):
+    from daunce_fast.losses.objectives import RowDot
+
+    monkeypatch.setattr(RowDot, "CHUNK", 7)  # several row chunks even on tiny shapes
+    K, m, T, d, V = 3, 4, 5, 6, 9
+    h, h0, W, b, y, c = make(K, m, T, d, V, per_adapter=per_adapter, seed=17)
+    for obj in ("if", "margin"):
+        check(obj, h, h0, W, b, y, c, K)
+
+
+def test_bfloat16_hidden_gets_bfloat16_grad():
+    K, m, T, d, V = 2, 3, 4, 8, 12
+    h, h0, W, b, y, c = make(K, m, T, d, V, seed=19)
+    hb = h.bfloat16().requires_grad_(True)
+    o, l = daunce_objective(hb, h0.bfloat16(), W.bfloat16(), y, c, objective="efim", num_adapters=K,
+                            bias=b.bfloat16(), backend="torch", chunk_size=(5, 4))
+    hr = hb.detach().double().requires_grad_(True)
+    ro, rl = ref.daunce_objective(hr, h0.bfloat16().double(), W.bfloat16().double(), y, c, objective="efim",
+                                  num_adapters=K, bias=b.bfloat16().double())
+    assert o.dtype == torch.float32
+    assert_close_to_reference(o, ro, "float32", scale=10, name="efim bf16 inputs")
+    o.sum().backward()
+    ro.sum().backward()
+    assert hb.grad.dtype == torch.bfloat16
+    assert_close_to_reference(hb.grad, hr.grad, "bfloat16", name="efim bf16 dh")

@@ -154,8 +154,9 @@ def test_row_primitives_write_every_row():
 
 @pytest.mark.parametrize("n,v,chunk,expect", [
     (100, 10, None, (100, 10)),             # tiny problem: one tile, direct
-    (4096, 32000, None, (65, 32000)),       # rows x full vocabulary within the budget
-    (4096, 1 << 20, None, (32, 65536)),     # huge vocabulary: vocabulary chunked as well
+    (4096, 32000, None, (1024, 2048)),      # tall tiles, vocabulary chunked
+    (16, 1 << 20, None, (16, 131072)),      # few rows: wide tiles
+    (1 << 20, 10, None, (209715, 10)),      # tiny vocabulary, many rows
     (10, 10, (3, 4), (3, 4)),
 ])
 def test_tile_shape(n, v, chunk, expect):

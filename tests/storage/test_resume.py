@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -24,11 +23,11 @@ CHILD = """
 import sys, time
 import numpy as np
 import daunce_fast.storage as st
-path, mode, stop_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path, mode, stop_at, durable = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 K, N, TILE = {K}, {N}, {TILE}
 def expected(j0, j1):
     return (np.arange(j0, j1)[None, :] * 1000.0 + np.arange(K)[:, None] + 0.5).astype(np.float32)
-w = st.create(path, {{"loss": ((K, N), "float32")}}, metadata={{"job": "crash"}}, resume=True)
+w = st.create(path, {{"loss": ((K, N), "float32")}}, metadata={{"job": "crash"}}, resume=True, durable=durable)
 for t, j0 in enumerate(range(0, N, TILE)):
     j1 = min(j0 + TILE, N)
     if mode == "mid" and t == stop_at:
@@ -45,15 +44,15 @@ print("closed", flush=True)
 """.format(K=K, N=N, TILE=TILE)
 
 
-def _run_child_and_kill(path, mode, stop_at, kill_after_done=None):
+def _run_child_and_kill(path, mode, stop_at, kill_after_done=None, durable=True):
     env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path), mode, str(stop_at)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    argv = [sys.executable, "-c", CHILD, str(path), mode, str(stop_at), "1" if durable else "0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen = []
     try:
         for line in proc.stdout:
             seen.append(line.strip())
-            if line.startswith("midwrite") or (kill_after_done is not None and line.strip() == f"done {kill_after_done}"):
+            if line.startswith("midwrite") or line.strip() == f"done {kill_after_done}":
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait(timeout=60)
@@ -92,10 +91,12 @@ def _check_final(path):
     assert not os.path.exists(str(path) + ".partial.journal")
 
 
-def test_sigkill_mid_tile_then_resume(tmp_path):
+@pytest.mark.parametrize("durable", [True, False])
+def test_sigkill_mid_tile_then_resume(tmp_path, durable):
+    """durable=False skips fsync: a killed process still loses nothing (the page cache survives it)."""
     path = tmp_path / "loss.safetensors"
     stop_at = 5
-    seen = _run_child_and_kill(path, "mid", stop_at)
+    seen = _run_child_and_kill(path, "mid", stop_at, durable=durable)
     assert seen[-1] == "midwrite" and f"done {stop_at - 1}" in seen
     assert not os.path.exists(path)
     with pytest.raises(st.IncompleteFileError, match="partial"):
@@ -263,3 +264,17 @@ def test_close_replaces_an_existing_final_file_atomically(tmp_path):
     with st.open(path) as r:
         np.testing.assert_array_equal(r["a"], [3, 4])
     old.close()
+
+
+def test_preallocate_reserves_blocks_and_resumes(tmp_path):
+    path = tmp_path / "p.safetensors"
+    w = st.create(path, {"a": ((256, 1024), "float32")}, preallocate=True)
+    assert os.stat(str(path) + ".partial").st_blocks * 512 >= 256 * 1024 * 4
+    w["a"][:2] = 1
+    w.mark_done(0)
+    w.abort(keep=True)
+    w = st.create(path, {"a": ((256, 1024), "float32")}, preallocate=True, resume=True)
+    assert w.done_keys() == {0} and (w["a"][:2] == 1).all()  # fallocate keeps written data
+    w.close()
+    with st.open(path) as r:
+        assert r["a"][:2].sum() == 2 * 1024 and not r["a"][2:].any()

@@ -172,6 +172,9 @@ def test_ours_reads_theirs(tmp_path, rng):
 def test_empty_and_scalar_tensors(tmp_path):
     path = str(tmp_path / "e.safetensors")
     with st.create(path, {"empty": ((0, 4), "float32"), "scalar": ((), "float64"), "x": ((2,), "int32")}) as w:
+        w.write("scalar", (), 1.0)
+        w.write("empty", np.s_[:, 1:2], 1.0)
+        assert w["scalar"][()] == 1.0
         w["scalar"][()] = 3.5
         w["x"][:] = [1, 2]
         assert w["empty"].shape == (0, 4)
@@ -179,6 +182,8 @@ def test_empty_and_scalar_tensors(tmp_path):
     assert got["scalar"] == 3.5 and got["empty"].shape == (0, 4)
     with st.open(path) as r:
         assert r["scalar"][()] == 3.5 and r["empty"].shape == (0, 4)
+        assert r.read("scalar") == 3.5 and r.read("empty", np.s_[:, :2]).shape == (0, 2)
+        assert r.torch("scalar").item() == 3.5 and tuple(r.torch("empty").shape) == (0, 4)
 
 
 def test_bad_layouts_rejected(tmp_path):

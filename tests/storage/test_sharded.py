@@ -160,3 +160,34 @@ def test_torch_tensor_input_to_iter_column_tiles(rng):
     x = torch.from_numpy(rng.standard_normal((4, 10)).astype(np.float32))
     for j0, j1, block in st.iter_column_tiles(x, 3):
         np.testing.assert_array_equal(block, x[:, j0:j1].numpy())
+
+
+def test_ranks_write_their_shards_in_parallel_processes(tmp_path):
+    """Each 'rank' (a separate process) calls create_sharded with the same arguments and writes its
+    own rows of a [K, N] matrix; the parent then reads the logical array."""
+    import subprocess
+    import sys
+    import textwrap
+
+    K, N, ranks = 10, 33, 3
+    code = textwrap.dedent(f"""
+        import sys, numpy as np
+        import daunce_fast.storage as st
+        rank = int(sys.argv[1])
+        sw = st.create_sharded({str(tmp_path / 'loss.index.json')!r}, "loss", ({K}, {N}), "float32", num_shards={ranks})
+        lo, hi = sw.shard_range(rank)
+        with sw.create_shard(rank) as w:
+            for j0 in range(0, {N}, 8):
+                j1 = min(j0 + 8, {N})
+                w["loss"][:, j0:j1] = np.arange(lo, hi)[:, None] * 100 + np.arange(j0, j1)[None, :]
+                w.mark_done(j0)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(r)], env=env, stderr=subprocess.PIPE, text=True)
+             for r in range(ranks)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    with st.open_sharded(tmp_path / "loss.index.json") as x:
+        want = np.arange(K)[:, None] * 100.0 + np.arange(N)[None, :]
+        np.testing.assert_array_equal(np.asarray(x), want)
+        np.testing.assert_array_equal(x[:, 30:33], want[:, 30:33])
