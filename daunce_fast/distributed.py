@@ -413,14 +413,6 @@ class RowSlab(tuple):
     scores = property(lambda self: self[2])
 
 
-def _shard_paths(index_path: str, world: int) -> list[str]:
-    from .storage.sharded import _stem
-
-    base = os.path.dirname(os.path.abspath(index_path))
-    stem = _stem(index_path)
-    return [os.path.join(base, f"{stem}-{i:05d}-of-{world:05d}.safetensors") for i in range(world)]
-
-
 def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="float32", backend: str | None = None,
               group=None, nan_policy: str = "raise", precision: str | None = None, tile: int | None = None,
               resume: bool = True):
