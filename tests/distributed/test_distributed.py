@@ -98,6 +98,7 @@ def test_daunce_scores_equal_single_process_scores(runs):
         np.testing.assert_array_equal(z["i"], ref.indices)
         np.testing.assert_allclose(z["v"], ref.values, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(z["full"], df.correlate(z["train"], z["test"]), rtol=1e-5, atol=1e-6)
+        assert "pass out=PATH" in str(z["no_out"])
 
 
 def _same_topk(v, i, ref):
