@@ -7,6 +7,12 @@ continues from the last completed chunk and gives the same result):
     workdir/adapters/chunk_XXXXX.safetensors   adapter weights of each trained chunk of models
     workdir/losses/<name>.safetensors      tensor "targets" [K, N] float32: per-example targets of
                                            every model (row k = model k), streamed chunk by chunk
+
+Under torch.distributed (a process group of W > 1 ranks, see daunce_fast.distributed and
+docs/distributed.md) rank r trains and records a contiguous range of the chunks and writes its own
+shard of each loss store: losses/<name>.index.json over losses/<name>-0000r-of-0000W.safetensors
+(one logical [K, N], rows of rank r's models). Rank 0 writes state.json; the workdir must be on a
+filesystem every rank sees.
 """
 from __future__ import annotations
 
@@ -49,9 +55,12 @@ class Daunce:
     forward_fn: ``forward_fn(model, inputs) -> outputs`` (default: model(*inputs) or
                 model(**inputs), ``.logits`` of Hugging Face outputs)
     progress:   tqdm bars over chunks and steps
+    group:      torch.distributed process group to shard over (default: the default group when one
+                is initialised with more than one rank; otherwise a single-process run)
     """
 
-    def __init__(self, model, *, workdir=None, loss_fn=None, forward_fn=None, progress: bool = False, **config):
+    def __init__(self, model, *, workdir=None, loss_fn=None, forward_fn=None, progress: bool = False, group=None,
+                 **config):
         unknown = set(config) - set(DaunceConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Daunce: unknown option(s) {sorted(unknown)}")
@@ -69,6 +78,7 @@ class Daunce:
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="daunce_"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
+        self.group = group
         self._train_fp: str | None = None
         self._chunk_model = None
 
@@ -84,23 +94,74 @@ class Daunce:
             return self.config.rank
         return "full" if self.head.kind == "logits" else 64
 
+    def _rank_world(self) -> tuple[int, int]:
+        from .. import distributed
+
+        return distributed.rank_world(self.group)
+
     def chunk_size(self) -> int:
         cfg = self.config
         k_c = cfg.adapter_chunk or max(1, cfg.row_budget // cfg.batch_size)
+        world = self._rank_world()[1]
+        if world > 1:  # at most ceil(K / W) models per chunk, so that every rank gets work
+            k_c = min(k_c, -(-self.num_models // world))
         return max(1, min(self.num_models, k_c))
 
     def chunks(self) -> list[tuple[int, list[int]]]:
         kc, K = self.chunk_size(), self.num_models
         return [(c, list(range(k0, min(K, k0 + kc)))) for c, k0 in enumerate(range(0, K, kc))]
 
+    def my_chunks(self) -> list[tuple[int, list[int]]]:
+        """This rank's contiguous range of chunks (all of them in a single process)."""
+        from .. import distributed
+
+        rank, world = self._rank_world()
+        chunks = self.chunks()
+        c0, c1 = distributed.share(len(chunks), rank, world)
+        return chunks[c0:c1]
+
+    def _shard_sizes(self) -> list[int]:
+        """Models (rows of the loss stores) of each rank."""
+        from .. import distributed
+
+        chunks, world = self.chunks(), self._rank_world()[1]
+        sizes, c0 = [], 0
+        for n in distributed.split(len(chunks), world):
+            sizes.append(sum(len(ids) for _, ids in chunks[c0:c0 + n]))
+            c0 += n
+        return sizes
+
     def loss_path(self, name: str) -> Path:
         return self.workdir / "losses" / f"{name}.safetensors"
+
+    def loss_index_path(self, name: str) -> Path:
+        """Index of the sharded loss store written by a distributed run."""
+        return self.workdir / "losses" / f"{name}.index.json"
+
+    def _stored(self, name: str) -> Path | None:
+        """The loss store of ``name``: the single file, else a distributed run's index, else None."""
+        for p in (self.loss_path(name), self.loss_index_path(name)):
+            if p.exists():
+                return p
+        return None
 
     def _adapter_path(self, c: int) -> Path:
         return self.workdir / "adapters" / f"chunk_{c:05d}.safetensors"
 
     # ------------------------------------------------------------------ state
     def _check_state(self, train_fp: str) -> None:
+        from .. import distributed
+
+        rank, world = self._rank_world()
+        if world == 1:
+            return self._check_state_local(train_fp)
+        # rank 0 writes state.json (or checks it), then every rank checks the same file
+        distributed.run_on_all("Daunce: state.json", lambda: rank == 0 and self._check_state_local(train_fp),
+                               self.group)
+        if rank:
+            self._check_state_local(train_fp)
+
+    def _check_state_local(self, train_fp: str) -> None:
         path = self.workdir / "state.json"
         state = {"version": STATE_VERSION, "config": self.config.training_fingerprint(),
                  "num_models": self.num_models, "chunk_size": self.chunk_size(), "train": train_fp}
@@ -163,24 +224,56 @@ class Daunce:
                 "daunce_fast.config": json.dumps(self.config.training_fingerprint(), sort_keys=True)}
         path = self.loss_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        rank, world = self._rank_world()
+        if world > 1:  # every rank writes the same index (race-safe), then its own shard
+            sw = storage.create_sharded(str(self.loss_index_path(name)), "targets", (self.num_models, n), "float32",
+                                        axis=0, shard_sizes=self._shard_sizes(), metadata=meta)
+            return sw.create_shard(rank, resume=True)
         return storage.create(str(path), {"targets": ((self.num_models, n), "float32")}, metadata=meta, resume=True)
 
+    def _row_offset(self) -> int:
+        """Global index of the first model of this rank's shard (row 0 of its loss-store shard)."""
+        mine = self.my_chunks()
+        return mine[0][1][0] if self._rank_world()[1] > 1 and mine else 0
+
     def _store_complete(self, name: str, fingerprint: str) -> bool:
+        """True when the store of ``name`` is complete (distributed: this rank's shard of it)."""
         from .. import storage
 
         path = self.loss_path(name)
-        if not path.exists():
+        if path.exists():
+            with storage.open(str(path)) as r:
+                if r.metadata.get("daunce_fast.dataset") != fingerprint or r.shape("targets")[0] != self.num_models:
+                    raise ValueError(f"Daunce: {path} holds targets of another dataset or run; remove it or use another name")
+            return True
+        index = self.loss_index_path(name)
+        if not index.exists():
             return False
-        with storage.open(str(path)) as r:
-            if r.metadata.get("daunce_fast.dataset") != fingerprint or r.shape("targets")[0] != self.num_models:
-                raise ValueError(f"Daunce: {path} holds targets of another dataset or run; remove it or use another name")
-        return True
+        from ..storage.sharded import load_index
+
+        idx = load_index(str(index))
+        if idx["metadata"].get("daunce_fast.dataset") != fingerprint or idx["shape"][0] != self.num_models:
+            raise ValueError(f"Daunce: {index} holds targets of another dataset or run; remove it or use another name")
+        files = [index.parent / s["file"] for s in idx["shards"]]
+        rank, world = self._rank_world()
+        if all(f.exists() for f in files):  # complete, whichever number of ranks wrote it
+            return True
+        if world == 1:
+            return False
+        if [s["size"] for s in idx["shards"]] != self._shard_sizes():
+            raise ValueError(f"Daunce: {index} was written by a run over {len(files)} ranks with other shards; "
+                             f"rerun with that many ranks, or remove it to record again over {world}")
+        return files[rank].exists()
 
     # ------------------------------------------------------------------ public API
     def fit(self, train, *, record: dict | None = None) -> "Daunce":
         """Train the K perturbed models on ``train`` chunk by chunk and record the [K, N] targets of
         ``train`` (name "train") and of each dataset in ``record`` ({name: dataset}) right after each
-        chunk trains. Resumes from the last completed chunk of an interrupted run."""
+        chunk trains. Resumes from the last completed chunk of an interrupted run. Distributed: each
+        rank trains and records its own chunks; returns when every rank has finished (a failure on
+        one rank raises on all)."""
+        from .. import distributed
+
         ex = as_examples(train)
         fp = ex.fingerprint()
         self._check_state(fp)
@@ -188,12 +281,18 @@ class Daunce:
         for name, data in (record or {}).items():
             e = as_examples(data)
             sets[name] = (e, e.fingerprint())
+        if self._rank_world()[1] > 1:
+            distributed.run_on_all("Daunce.fit", lambda: self._fit(ex, sets), self.group)
+            return self
+        return self._fit(ex, sets)
+
+    def _fit(self, ex, sets) -> "Daunce":
         pending = {n: v for n, v in sets.items() if not self._store_complete(n, v[1])}
         if not pending:
             return self
-        base = self.head.base_tables(self.model, ex, self.config.row_budget)
+        base = None  # θ0's outputs over the training set: computed when a chunk needs training
         writers = {n: self._open_store(n, len(e), f) for n, (e, f) in pending.items()}
-        chunks = self.chunks()
+        chunks, off = self.my_chunks(), self._row_offset()
         try:
             with _progress(self.progress, total=len(chunks), desc="daunce chunks", unit="chunk") as bar:
                 for c, ids in chunks:
@@ -207,12 +306,14 @@ class Daunce:
                             plan = ChunkPlan(self.config, ids, len(ex))
                             with _progress(self.progress, total=plan.total_steps, desc=f"chunk {c}", unit="step",
                                            leave=False) as steps:
+                                if base is None:
+                                    base = self.head.base_tables(self.model, ex, self.config.row_budget)
                                 train_chunk(model, params, ex, plan, base, self.head, progress=steps)
                             self._save_adapters(c, model)
                         for n in todo:
                             rows = record_chunk(model, pending[n][0], len(ids), self.head,
                                                 row_budget=self.config.row_budget)
-                            writers[n]["targets"][ids[0]:ids[-1] + 1] = rows
+                            writers[n]["targets"][ids[0] - off:ids[-1] + 1 - off] = rows
                             writers[n].mark_done(key)
                     bar.update(1)
             for w in writers.values():
@@ -228,15 +329,25 @@ class Daunce:
 
     def record(self, data, name: str) -> Path:
         """Write the [K, N] targets of ``data`` under ``name`` (the fitted adapters are loaded chunk
-        by chunk from the workdir). Returns the loss file's path."""
+        by chunk from the workdir). Returns the loss file's path (distributed: the index's, once every
+        rank has written its shard)."""
+        from .. import distributed
+
         if self._train_fp is None:
             raise RuntimeError("Daunce.record: call fit() first (it trains the models)")
         ex = as_examples(data)
         fp = ex.fingerprint()
+        if self._rank_world()[1] > 1:
+            distributed.run_on_all("Daunce.record", lambda: self._record(ex, name, fp), self.group)
+            return self.loss_index_path(name)
+        return self._record(ex, name, fp)
+
+    def _record(self, ex, name: str, fp: str) -> Path:
         if self._store_complete(name, fp):
-            return self.loss_path(name)
+            return self._stored(name)
         w = self._open_store(name, len(ex), fp)
-        for c, ids in self.chunks():
+        off = self._row_offset()
+        for c, ids in self.my_chunks():
             key = f"chunk{c}"
             if w.is_done(key):
                 continue
@@ -244,21 +355,25 @@ class Daunce:
                 raise RuntimeError(f"Daunce.record: adapters of chunk {c} are missing; run fit() to completion first")
             model, _ = self._model_for(ids)
             self._load_adapters(c, model)
-            w["targets"][ids[0]:ids[-1] + 1] = record_chunk(model, ex, len(ids), self.head,
+            w["targets"][ids[0] - off:ids[-1] + 1 - off] = record_chunk(model, ex, len(ids), self.head,
                                                             row_budget=self.config.row_budget)
             w.mark_done(key)
         w.close()
-        return self.loss_path(name)
+        return self._stored(name) or self.loss_index_path(name)
 
     def losses(self, name: str = "train") -> np.ndarray:
-        """Read-only memory-mapped [K, N] targets recorded under ``name``."""
+        """Read-only memory-mapped [K, N] targets recorded under ``name`` (a distributed run's
+        sharded store: a ShardedArray, read by slices)."""
         from .. import storage
 
-        return storage.open(str(self.loss_path(name)))["targets"]
+        path = self._stored(name) or self.loss_path(name)
+        if path.name.endswith(".index.json"):
+            return storage.open_sharded(str(path))
+        return storage.open(str(path))["targets"]
 
     def _resolve(self, data) -> str:
         if isinstance(data, str):
-            if not self.loss_path(data).exists():
+            if self._stored(data) is None:
                 raise KeyError(f"Daunce: nothing recorded under {data!r} in {self.workdir}")
             return data
         ex = as_examples(data)
@@ -274,13 +389,27 @@ class Daunce:
         """Attribution scores: [N_train, N_test] (positive = the training example helped), or with
         ``topk=k`` the (values, indices) [N_test, k] of the k most (``largest=False``: least)
         helpful training examples per test example. ``train``/``test``: datasets (recorded on
-        demand) or names of recorded ones. ``out=PATH`` streams the full matrix to a file."""
+        demand) or names of recorded ones. ``out=PATH`` streams the full matrix to a file.
+
+        Under a process group (W > 1 ranks; every rank calls this with the same arguments) the work
+        is split over the train examples with daunce_fast.distributed: top-k lists are merged across
+        ranks (every rank gets the full result); the full matrix needs ``out=PATH`` (an index path,
+        e.g. "scores.index.json") and is written as per-rank row slabs of one sharded store."""
         import daunce_fast as df
+        from .. import distributed
 
         if test is None:
             raise TypeError("Daunce.scores: give the test dataset (or the name of a recorded one)")
         a = self.losses(self._resolve(train))
         b = self.losses(self._resolve(test))
+        if distributed.is_distributed(self.group):
+            if topk is not None:
+                return distributed.topk(a, b, topk, method=method, largest=largest, backend=backend, group=self.group)
+            if out is None:
+                raise ValueError("Daunce.scores: under a process group the full matrix is written as per-rank row "
+                                 "slabs: pass out=PATH (e.g. 'scores.index.json'), or call "
+                                 "daunce_fast.distributed.correlate(..., out=None) for this rank's rows")
+            return distributed.correlate(a, b, method=method, out=out, backend=backend, group=self.group)
         if topk is not None:
             return df.topk(a, b, topk, method=method, largest=largest, backend=backend)
         return df.correlate(a, b, method=method, out=out, backend=backend)

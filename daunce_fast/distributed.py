@@ -1,0 +1,518 @@
+"""DAUNCE across processes (GPUs, nodes) with torch.distributed: launched by torchrun or SLURM,
+gloo on CPU, nccl on GPU. See docs/distributed.md for the launch recipes and the file layout.
+
+How the work is split (W ranks, this one r; every rank calls the same functions with the same
+arguments):
+
+  Daunce.fit / record   the K models are cut into chunks; rank r trains and records a contiguous
+                        range of chunks and writes its own shard (its rows of models) of each
+                        loss store; ``losses/<name>.index.json`` presents one logical [K, N].
+                        (daunce_fast.daunce.pipeline does this when a process group is live.)
+  topk                  rank r takes train columns share(N, r, W), computes its candidates
+                        [M, k] (global indices) with daunce_fast.topk, then the candidates are
+                        all_gathered and merged: result identical to daunce_fast.topk on the
+                        whole matrix (best first, ties to the lower train index, constant
+                        columns never selected). Every rank returns the full result.
+  correlate             rank r computes scores rows share(N, r, W) and writes them as shard r of
+                        one sharded store (``out=PATH.index.json``); every rank returns the
+                        read-only logical [N, M] ShardedArray.
+
+Faults: every collective runs under the process group's timeout (``init_from_env(timeout_s=)``);
+an exception on one rank is reported to all at the next agreement point (each peer raises
+DistributedError naming the failing rank and its error); a rank that dies makes its peers' next
+collective fail (connection closed, or the timeout) with DistributedError. Work that completed
+(adapter chunks, loss-store chunks, score blocks) is journaled on disk, so rerunning the same job
+resumes from it.
+
+Importing this module is cheap (torch.distributed is imported on first use).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import os
+import warnings
+
+import numpy as np
+import torch
+
+DEFAULT_TIMEOUT_S = 1800.0
+# Bound on what one rank reads / writes per block when an input is not a free view (a sharded or
+# bfloat16 store) and on the gathered candidates: keeps memory O(block) whatever N and W are.
+BLOCK_BYTES = 256 << 20
+_INT64_MAX = torch.iinfo(torch.int64).max
+
+
+class DistributedError(RuntimeError):
+    """Another rank failed, died, or did not reach a collective within the process group's timeout."""
+
+
+# ----------------------------------------------------------------------------------- process group
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def is_initialized() -> bool:
+    dist = _dist()
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_world(group=None) -> tuple[int, int]:
+    """(rank, world size) in ``group`` (default: the default group); (0, 1) outside torch.distributed."""
+    if not is_initialized():
+        return 0, 1
+    dist = _dist()
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def is_distributed(group=None) -> bool:
+    """True when a process group with more than one rank is live (what Daunce checks)."""
+    return rank_world(group)[1] > 1
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
+    """Initialise the default process group from the launcher's environment; returns (rank, world).
+
+    torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. Under SLURM (srun, one
+    task per GPU) RANK / WORLD_SIZE / LOCAL_RANK default to SLURM_PROCID / SLURM_NTASKS /
+    SLURM_LOCALID; MASTER_ADDR must be exported by the batch script (first host of the job) and
+    MASTER_PORT defaults to 29500. backend: None -> "nccl" when CUDA is available (and the
+    process's GPU is set to LOCAL_RANK), else "gloo". timeout_s bounds every collective: a dead
+    or stuck rank makes its peers fail after at most this long. Already initialised: a no-op.
+    """
+    dist = _dist()
+    if dist.is_initialized():
+        return rank_world()
+    env = os.environ
+    for ours, slurm in (("RANK", "SLURM_PROCID"), ("WORLD_SIZE", "SLURM_NTASKS"), ("LOCAL_RANK", "SLURM_LOCALID")):
+        if ours not in env and slurm in env:
+            env[ours] = env[slurm]
+    if "SLURM_PROCID" in env:
+        env.setdefault("MASTER_PORT", "29500")
+    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in env]
+    if missing:
+        raise RuntimeError(f"init_from_env: {', '.join(missing)} not set; launch with torchrun (or srun with "
+                           "MASTER_ADDR exported), see docs/distributed.md")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
+    return rank_world()
+
+
+def shutdown() -> None:
+    """Destroy the default process group (if any)."""
+    if is_initialized():
+        _dist().destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------- splits
+def split(n: int, parts: int) -> list[int]:
+    """Sizes of ``parts`` contiguous pieces of ``n`` items, as even as possible (first ones larger)."""
+    q, r = divmod(int(n), int(parts))
+    return [q + (1 if i < r else 0) for i in range(int(parts))]
+
+
+def share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous piece of ``n`` items (see :func:`split`)."""
+    sizes = split(n, world)
+    start = sum(sizes[:rank])
+    return start, start + sizes[rank]
+
+
+# ----------------------------------------------------------------------------------- agreement
+@contextlib.contextmanager
+def _collective(what: str, group=None):
+    try:
+        yield
+    except DistributedError:
+        raise
+    except RuntimeError as exc:  # gloo / nccl: timeout, connection closed by a dead peer, ...
+        rank, world = rank_world(group)
+        raise DistributedError(
+            f"rank {rank} of {world}: {what}: a collective failed, so another rank died, failed outside a collective "
+            f"or did not arrive within the process group's timeout (see that rank's log; rerun the job to resume "
+            f"from the completed work). Cause: {type(exc).__name__}: {str(exc).strip()[:500]}") from exc
+
+
+def _device_for(group=None) -> torch.device:
+    """Where collective buffers must live: the current CUDA device for nccl, else CPU."""
+    if _dist().get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree(what: str, error: BaseException | None = None, group=None) -> None:
+    """Collective: every rank says whether its part of ``what`` succeeded. If one failed, it
+    re-raises its own ``error`` and every other rank raises DistributedError naming it."""
+    rank, world = rank_world(group)
+    if world == 1:
+        if error is not None:
+            raise error
+        return
+    msg = None if error is None else f"{type(error).__name__}: {error}"
+    statuses: list = [None] * world
+    with _collective(what, group):
+        _dist().all_gather_object(statuses, msg, group=group)
+    if error is not None:
+        raise error
+    failed = [(r, m) for r, m in enumerate(statuses) if m is not None]
+    if failed:
+        raise DistributedError(f"rank {rank} of {world}: {what} failed on " +
+                               "; ".join(f"rank {r}: {m}" for r, m in failed))
+
+
+def run_on_all(what: str, fn, group=None):
+    """``fn()`` on this rank, then :func:`agree` on the outcome (so no rank waits on a failed one)."""
+    try:
+        result = fn()
+    except Exception as exc:
+        agree(what, exc, group)
+        raise
+    agree(what, None, group)
+    return result
+
+
+def barrier(what: str = "barrier", group=None, timeout_s: float | None = None) -> None:
+    """A barrier that names the missing ranks (gloo's monitored barrier) or fails with DistributedError."""
+    if not is_distributed(group):
+        return
+    dist = _dist()
+    with _collective(what, group):
+        if dist.get_backend(group) == "gloo" and timeout_s is not None:
+            dist.monitored_barrier(group=group, timeout=datetime.timedelta(seconds=float(timeout_s)))
+        else:
+            dist.barrier(group=group)
+
+
+# ----------------------------------------------------------------------------------- inputs
+class _Matrix:
+    """A [K, n] input read by column blocks: numpy arrays / memmaps and torch tensors are sliced
+    as views (free); sharded or bfloat16 stores are read block by block (``view`` False)."""
+
+    def __init__(self, x, name: str):
+        from . import storage
+
+        self.name, self._opened, self.kind = name, None, "numpy"
+        if isinstance(x, (str, os.PathLike)):
+            x = self._opened = storage.open_any(x)
+        code = None
+        if isinstance(x, (storage.Reader, storage.ShardedStore)):
+            names = x.names()
+            if len(names) != 1:
+                raise ValueError(f"{name}: the store holds {len(names)} tensors {names}; pass the array itself")
+            code, x = x.dtype_code(names[0]), x[names[0]]
+        if isinstance(x, storage.ShardedArray):
+            code = x.dtype_code
+        if isinstance(x, torch.Tensor):
+            self.kind = "torch"
+        elif not isinstance(x, (np.ndarray, storage.ShardedArray)):
+            x = np.asarray(x)
+        self.data, self.bf16 = x, code == "BF16"
+        self.view = not self.bf16 and not isinstance(x, storage.ShardedArray)
+        if len(x.shape) != 2:
+            raise ValueError(f"{name}: expected a 2-D [K models, n examples] matrix, got shape {tuple(x.shape)}")
+        self.K, self.n = int(x.shape[0]), int(x.shape[1])
+
+    def cols(self, j0: int, j1: int, device=None):
+        blk = self.data[:, j0:j1]
+        if self.bf16:
+            from .storage import bf16_bits_to_float32
+
+            blk = bf16_bits_to_float32(np.asarray(blk))
+        if device is not None:
+            blk = torch.as_tensor(blk).to(device)
+        return blk
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
+
+
+def _blocks(start: int, stop: int, width: int) -> list[tuple[int, int]]:
+    width = max(1, int(width))
+    return [(b, min(stop, b + width)) for b in range(start, stop, width)]
+
+
+def _global_error(exc: ValueError, blk, b0: int, name: str) -> ValueError:
+    """daunce_fast's non-finite error names the column within the block; name the global one."""
+    if not str(exc).startswith(f"{name} has a non-finite value"):
+        return exc
+    a = torch.as_tensor(np.asarray(blk) if not isinstance(blk, torch.Tensor) else blk)
+    bad = ~torch.isfinite(a)
+    j = int(torch.nonzero(bad.any(0))[0, 0])
+    k = int(torch.nonzero(bad[:, j])[0, 0])
+    return ValueError(f"{name} has a non-finite value {float(a[k, j])} at model {k}, example {b0 + j} "
+                      f"({name}[{k}, {b0 + j}]); pass nan_policy='propagate' to let NaN flow into the scores")
+
+
+# ----------------------------------------------------------------------------------- top-k merge
+def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int, largest: bool = True):
+    """Best ``k`` of candidate lists along the last axis: values / indices [..., c] (global train
+    indices; index -1 or a NaN value marks an empty slot) -> ([..., k] values, [..., k] indices),
+    best first (largest values with ``largest=True``), ties to the lower index, empty slots last
+    as (NaN, -1). The candidates of disjoint train slices merged this way equal the top-k of the
+    union, which is how per-rank (and per-block) lists are combined."""
+    empty = (indices < 0) | torch.isnan(values)
+    key = torch.where(empty, torch.full_like(values, float("inf")), -values if largest else values)
+    idx_key = torch.where(empty, torch.full_like(indices, _INT64_MAX), indices)
+    o1 = torch.argsort(idx_key, dim=-1, stable=True)          # secondary key: the index
+    o2 = torch.argsort(key.gather(-1, o1), dim=-1, stable=True)  # primary key: the score
+    order = o1.gather(-1, o2)[..., :k]
+    v, i, e = values.gather(-1, order), indices.gather(-1, order), empty.gather(-1, order)
+    v = torch.where(e, torch.full_like(v, float("nan")), v)
+    i = torch.where(e, torch.full_like(i, -1), i)
+    if v.shape[-1] < k:  # fewer candidates than k: pad with empty slots
+        pad = list(v.shape[:-1]) + [k - v.shape[-1]]
+        v = torch.cat([v, torch.full(pad, float("nan"), dtype=v.dtype, device=v.device)], -1)
+        i = torch.cat([i, torch.full(pad, -1, dtype=i.dtype, device=i.device)], -1)
+    return v, i
+
+
+def _gather_merge(values, indices, k, largest, group):
+    """all_gather every rank's [M, k] candidates (in blocks of test columns, so W x block stays
+    under BLOCK_BYTES) and merge them: [M, k] on every rank."""
+    dist = _dist()
+    _, world = rank_world(group)
+    dev = _device_for(group)
+    M = values.shape[0]
+    rows = max(1, BLOCK_BYTES // max(1, world * k * 12))
+    out_v, out_i = torch.empty_like(values), torch.empty_like(indices)
+    for m0, m1 in _blocks(0, M, rows):
+        v, i = values[m0:m1].contiguous().to(dev), indices[m0:m1].contiguous().to(dev)
+        gv, gi = [torch.empty_like(v) for _ in range(world)], [torch.empty_like(i) for _ in range(world)]
+        with _collective("topk: gathering candidates", group):
+            dist.all_gather(gv, v, group=group)
+            dist.all_gather(gi, i, group=group)
+        mv, mi = merge_topk(torch.cat(gv, -1), torch.cat(gi, -1), k, largest)
+        out_v[m0:m1], out_i[m0:m1] = mv.cpu(), mi.cpu()
+    return out_v, out_i
+
+
+def _all_concat(arr: np.ndarray, group) -> np.ndarray:
+    rank, world = rank_world(group)
+    if world == 1:
+        return arr
+    parts: list = [None] * world
+    with _collective("gathering constant columns", group):
+        _dist().all_gather_object(parts, arr, group=group)
+    return np.sort(np.concatenate(parts)).astype(np.int64)
+
+
+def _test_matrix(te: _Matrix, device):
+    """The whole test matrix [K, M], read once (every rank needs all of it)."""
+    t = te.cols(0, te.n, device)
+    return t if isinstance(t, torch.Tensor) else np.ascontiguousarray(t)
+
+
+def _output_kind(*mats: _Matrix):
+    for m in mats:
+        if m.kind == "torch":
+            return m.data.device
+    return None
+
+
+def _warn_constants(method: str, const_train, const_test, rank: int) -> None:
+    from .correlation import ConstantColumnWarning
+
+    if method != "pearson" or rank != 0:
+        return
+    parts = [f"{len(c)} {n} column(s) [{', '.join(map(str, c[:10]))}{', ...' if len(c) > 10 else ''}]"
+             for n, c in (("train", const_train), ("test", const_test)) if len(c)]
+    if parts:
+        warnings.warn("constant across the K models, so their correlation is undefined (NaN, never selected by "
+                      "topk): " + "; ".join(parts), ConstantColumnWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------- topk
+def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, backend: str | None = None,
+         group=None, nan_policy: str = "raise", precision: str | None = None, tile: int | None = None,
+         device=None):
+    """:func:`daunce_fast.topk` over the ranks of ``group``: rank r scores train columns
+    ``share(N, r, W)`` and the [M, k] candidate lists are all_gathered and merged (see
+    :func:`merge_topk`). Every rank must call it with the same arguments; every rank gets the
+    full ``TopKResult(values [M, k] float32, indices [M, k] int64)`` with ``constant_train`` /
+    ``constant_test``. Outside a process group (or with one rank) it is daunce_fast.topk.
+
+    train [K, N] / test [K, M]: numpy arrays or memmaps, torch tensors, storage readers, sharded
+    arrays or paths (a sharded store is read in column blocks: a rank never holds more than its
+    share, in blocks of BLOCK_BYTES). device: move the blocks there (e.g. this rank's GPU) before
+    scoring. Results: torch tensors when an input is one, else numpy (like daunce_fast.topk).
+    """
+    from . import correlation as corr
+
+    rank, world = rank_world(group)
+    tr, te = _Matrix(train, "train"), _Matrix(test, "test")
+    try:
+        if tr.K != te.K:
+            raise ValueError(f"train and test must have the same number of models K (rows): {tr.K} vs {te.K}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        k = int(k)
+        if k < 0 or k > tr.n:
+            raise ValueError(f"k must be in [0, N] = [0, {tr.n}], got k={k}")
+        out_dev = _output_kind(tr, te)
+        n0, n1 = share(tr.n, rank, world)
+
+        def local():
+            test_blk = _test_matrix(te, device)
+            vals = torch.full((te.n, k), float("nan"), dtype=torch.float32)
+            idx = torch.full((te.n, k), -1, dtype=torch.int64)
+            consts, const_test = [], None
+            width = (n1 - n0) if tr.view else BLOCK_BYTES // (8 * tr.K)
+            spans = _blocks(n0, n1, width) or [(n0, n0)]
+            for b0, b1 in spans:
+                if b1 == b0 and const_test is not None:
+                    continue
+                blk = tr.cols(b0, b1, device)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", corr.ConstantColumnWarning)
+                    try:
+                        res = corr.topk(blk, test_blk, min(k, b1 - b0), method=method, largest=largest,
+                                        backend=backend, nan_policy=nan_policy, precision=precision, tile=tile)
+                    except ValueError as exc:
+                        raise _global_error(exc, blk, b0, "train") from None
+                v = torch.as_tensor(res.values).float().cpu()
+                i = torch.as_tensor(res.indices).cpu()
+                i = torch.where(i >= 0, i + b0, i)
+                vals, idx = merge_topk(torch.cat([vals, v], -1), torch.cat([idx, i], -1), k, largest)
+                consts.append(res.constant_train + b0)
+                const_test = res.constant_test
+            return vals, idx, np.concatenate(consts).astype(np.int64), const_test
+
+        vals, idx, const_train, const_test = run_on_all("topk: local candidates", local, group) if world > 1 \
+            else local()
+        if world > 1 and te.n and k:
+            vals, idx = _gather_merge(vals, idx, k, largest, group)
+        const_train = _all_concat(const_train, group)
+    finally:
+        tr.close()
+        te.close()
+    _warn_constants(method, const_train, const_test, rank)
+    if out_dev is not None:
+        vals, idx = vals.to(out_dev), idx.to(out_dev)
+    else:
+        vals, idx = vals.numpy(), idx.numpy()
+    return corr.TopKResult(vals, idx, const_train, const_test)
+
+
+# ----------------------------------------------------------------------------------- correlate
+class RowSlab(tuple):
+    """``(start, stop, scores)``: this rank's rows [start, stop) of the [N, M] score matrix."""
+
+    def __new__(cls, start, stop, scores):
+        return super().__new__(cls, (start, stop, scores))
+
+    start = property(lambda self: self[0])
+    stop = property(lambda self: self[1])
+    scores = property(lambda self: self[2])
+
+
+def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="float32", backend: str | None = None,
+              group=None, nan_policy: str = "raise", precision: str | None = None, tile: int | None = None,
+              resume: bool = True):
+    """:func:`daunce_fast.correlate` over the ranks of ``group``: rank r computes score rows
+    ``share(N, r, W)`` (its train columns) against all M test columns.
+
+    out=PATH (an index path, e.g. ``scores.index.json``): rank r writes shard r of one sharded
+    store (tensor ``scores``, logical [N, M], axis 0; files ``scores-0000r-of-0000W.safetensors``
+    beside the index), journaled per block of rows so an interrupted job resumes (``resume=True``);
+    after every rank finished, each returns the read-only logical ShardedArray (read it by slices).
+    out=None: returns this rank's :class:`RowSlab` ``(start, stop, scores [stop - start, M])``
+    (numpy, or torch when an input is a torch tensor) -- no rank ever holds the whole [N, M].
+    Other arguments as in daunce_fast.correlate; every rank must pass the same ones.
+    """
+    from . import correlation as corr
+    from . import storage
+    from .correlation._prep import out_torch_dtype
+
+    rank, world = rank_world(group)
+    tr, te = _Matrix(train, "train"), _Matrix(test, "test")
+    odt = out_torch_dtype(out_dtype)
+    try:
+        if tr.K != te.K:
+            raise ValueError(f"train and test must have the same number of models K (rows): {tr.K} vs {te.K}")
+        N, M, K = tr.n, te.n, tr.K
+        n0, n1 = share(N, rank, world)
+        osize = torch.empty((), dtype=odt).element_size()
+        width = max(1, BLOCK_BYTES // max(1, M * osize))
+        if not tr.view:
+            width = min(width, BLOCK_BYTES // (8 * K))
+        if out is None:
+            width = max(width, n1 - n0) if tr.view else width
+        test_blk = _test_matrix(te, None)
+
+        def run(target, writer):
+            for b0, b1 in _blocks(n0, n1, width):
+                key = f"{b0}:{b1}"
+                if writer is not None and writer.is_done(key):
+                    continue
+                blk = tr.cols(b0, b1)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", corr.ConstantColumnWarning)
+                    try:
+                        corr.correlate(blk, test_blk, method=method, out=target[b0 - n0:b1 - n0], backend=backend,
+                                       nan_policy=nan_policy, precision=precision, tile=tile)
+                    except ValueError as exc:
+                        raise _global_error(exc, blk, b0, "train") from None
+                if writer is not None:
+                    writer.mark_done(key)
+
+        if out is None:
+            def local():
+                if _output_kind(tr, te) is not None:
+                    target = torch.empty((n1 - n0, M), dtype=odt, device=_output_kind(tr, te))
+                    run(target, None)
+                    return target
+                if odt == torch.bfloat16:
+                    raise ValueError("out_dtype='bfloat16' cannot be returned as a numpy array; pass torch tensors "
+                                     "or out=PATH")
+                target = torch.empty((n1 - n0, M), dtype=odt)
+                run(target, None)
+                return target.numpy()
+
+            slab = run_on_all("correlate", local, group) if world > 1 else local()
+            return RowSlab(n0, n1, slab)
+
+        index_path = os.fspath(out)
+        meta = {"daunce_fast.op": "correlate", "method": method, "K": str(K), "N": str(N), "M": str(M),
+                "layout": "train x test", "test_sha1": _sha1(test_blk)}
+
+        def local():
+            sw = storage.create_sharded(index_path, "scores", (N, M), str(odt).replace("torch.", ""), axis=0,
+                                        shard_sizes=split(N, world), metadata=meta, overwrite=not resume)
+            if resume and os.path.exists(sw.shard_files[rank]):
+                return  # this rank's shard completed in an earlier run
+            w = sw.create_shard(rank, resume=resume)
+            try:
+                run(w.torch("scores"), w)
+                w.close()
+            except ValueError:
+                w.abort(keep=False)  # bad input: nothing to resume
+                raise
+            except BaseException:
+                w.abort(keep=True)  # interrupted: the partial shard and its journal stay for a rerun
+                raise
+
+        run_on_all("correlate: writing row slabs", local, group) if world > 1 else local()
+    finally:
+        tr.close()
+        te.close()
+    return storage.open_sharded(index_path)
+
+
+def _sha1(t) -> str:
+    h = hashlib.sha1()
+    a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+__all__ = ["init_from_env", "shutdown", "is_initialized", "is_distributed", "rank_world", "split", "share",
+           "agree", "run_on_all", "barrier", "merge_topk", "topk", "correlate", "RowSlab", "DistributedError",
+           "DEFAULT_TIMEOUT_S", "BLOCK_BYTES"]
