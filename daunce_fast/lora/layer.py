@@ -129,12 +129,20 @@ class MultiLoRALinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         W, bias = self.base_weight(), self.base.bias
         if self.full:
-            y = F.linear(x2, W, bias)
-            xk = x2.view(K, -1, self.in_features)
-            delta = torch.bmm(xk.to(self.delta_weight.dtype), self.delta_weight.transpose(1, 2))
+            # One bmm with the effective weights W + delta_k instead of the shared GEMM plus a delta
+            # bmm plus an add: half the products and no extra [K*m, d_out] pass, forward and
+            # backward. Forming W + delta costs K*d_out*d_in, never more than one GEMM row block.
+            dt = self.delta_weight.dtype
+            xk = x2.view(K, -1, self.in_features).to(dt)
+            w_eff = W.to(dt).unsqueeze(0) + self.delta_weight
+            b_eff = None if bias is None else bias.to(dt).unsqueeze(0)
             if self.delta_bias is not None:
-                delta = delta + self.delta_bias[:, None, :]
-            y = (y.view(K, -1, self.out_features) + delta.to(y.dtype)).view(-1, self.out_features)
+                b_eff = self.delta_bias if b_eff is None else b_eff + self.delta_bias
+            if b_eff is None:
+                y = torch.bmm(xk, w_eff.transpose(1, 2))
+            else:
+                y = torch.baddbmm(b_eff.unsqueeze(1), xk, w_eff.transpose(1, 2))
+            y = y.to(x2.dtype).view(-1, self.out_features)
         else:
             xa = F.dropout(x2, self.dropout_p, True) if (self.dropout_p > 0 and self.training) else None
             y = multilora_linear(x2, W, bias, self.lora_A, self.lora_B, self.scaling, x_lora=xa, backend=self.backend)
