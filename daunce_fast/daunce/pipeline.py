@@ -177,6 +177,17 @@ class Daunce:
             os.replace(tmp, path)
         self._train_fp = train_fp
 
+    def _fitted(self) -> str | None:
+        """The training set's fingerprint of a finished or started fit in this workdir (this object's,
+        or one read back from state.json when another process ran fit with the same options)."""
+        if self._train_fp is None:
+            path = self.workdir / "state.json"
+            if path.exists():
+                old = json.loads(path.read_text())
+                if old.get("config") == self.config.training_fingerprint() and old.get("num_models") == self.num_models:
+                    self._train_fp = old.get("train")
+        return self._train_fp
+
     def _model_for(self, ids: list[int]):
         """A copy of θ0 carrying adapters for global model ids ``ids`` (reused across chunks)."""
         from .. import lora
@@ -333,8 +344,9 @@ class Daunce:
         rank has written its shard)."""
         from .. import distributed
 
-        if self._train_fp is None:
-            raise RuntimeError("Daunce.record: call fit() first (it trains the models)")
+        if self._fitted() is None:
+            raise RuntimeError("Daunce.record: call fit() first (it trains the models), or use the options of the "
+                               f"fit recorded in {self.workdir / 'state.json'}")
         ex = as_examples(data)
         fp = ex.fingerprint()
         if self._rank_world()[1] > 1:
@@ -378,7 +390,7 @@ class Daunce:
             return data
         ex = as_examples(data)
         fp = ex.fingerprint()
-        if fp == self._train_fp:
+        if fp == self._fitted():
             return "train"
         name = f"data_{fp}"
         self.record(ex, name)
