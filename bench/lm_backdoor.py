@@ -12,7 +12,7 @@ share of poisoned pairs among their top k (should stay near the poison rate).
     PYTHONPATH=$PWD python bench/lm_backdoor.py --gpu                 # H200 throughput section only
 
 A DAUNCE spec is comma-separated key=value pairs over lm_demo.lm_defaults() (K = num_models;
-targets=mlp|all; method=covariance|pearson). Results are appended as JSON lines to --out.
+targets=mlp|all; method=covariance|pearson, default both from one fit). Results are appended as JSON lines to --out.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def parse_spec(spec: str) -> dict:
 
     opts = lm_defaults()
     opts["num_models"] = 64
-    method = L.SCORE_METHOD
+    method = None
     for kv in filter(None, spec.split(",")):
         k, v = kv.split("=", 1)
         if k == "K":
@@ -147,11 +147,13 @@ def main(argv=None) -> int:
             report(ckpt, b, st, sc, time.perf_counter() - t0)
         for spec in specs:
             p = parse_spec(spec)
-            s, t_fit, t_score = daunce_scores(model, train, {"triggered": trig, "clean": clean}, method=p["method"],
+            methods = [p["method"]] if p["method"] else ["pearson", "covariance"]
+            s, t_fit, t_score = daunce_scores(model, train, {"triggered": trig, "clean": clean}, methods=methods,
                                               **p["opts"])
-            label = "daunce " + (spec or "defaults")
-            report(ckpt, label, s["triggered"], s["clean"], t_fit + t_score,
-                   {"fit_s": round(t_fit, 1), "spec": spec})
+            for m in methods:
+                label = f"daunce {spec or 'defaults'} {m}"
+                report(ckpt, label, s[m]["triggered"], s[m]["clean"], t_fit + t_score / len(methods),
+                       {"fit_s": round(t_fit, 1), "spec": spec, "score_method": m})
     return 0
 
 

@@ -35,9 +35,9 @@ def graddot_scores(model, train, queries, *, only: str | None = None) -> np.ndar
     return out
 
 
-def daunce_scores(model, train, queries: dict, *, method: str = "covariance", workdir=None, **opts):
+def daunce_scores(model, train, queries: dict, *, methods=("pearson", "covariance"), workdir=None, **opts):
     """DAUNCE with options ``opts``: fit on ``train`` recording every query set, then scores per set.
-    Returns ({name: scores [N_train, N_q]}, seconds of fit, seconds of scoring)."""
+    Returns ({method: {name: scores [N_train, N_q]}}, seconds of fit, seconds of scoring)."""
     from daunce_fast.daunce import Daunce
 
     wd = workdir or tempfile.mkdtemp(prefix="lm_backdoor_")
@@ -46,5 +46,5 @@ def daunce_scores(model, train, queries: dict, *, method: str = "covariance", wo
     d.fit(train, record=queries)
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = {n: np.asarray(d.scores("train", n, method=method), dtype=np.float64) for n in queries}
+    out = {m: {n: np.asarray(d.scores("train", n, method=m), dtype=np.float64) for n in queries} for m in methods}
     return out, t_fit, time.perf_counter() - t0

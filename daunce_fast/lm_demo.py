@@ -250,12 +250,26 @@ def lm_defaults() -> dict:
 
 def run_lm_demo(budget_s: float = 180.0, progress: bool = True, *, num_train: int = 600, poison_frac: float = 0.03,
                 num_models: int | None = None, num_queries: int = 16, show: int = 10, seed: int = 0,
-                workdir: str | None = None) -> dict:
+                workdir: str | None = None, threads: int | None = 1) -> dict:
     """Backdoor detection end to end on the CPU: corpus, θ0 (trained until the backdoor fires),
     DAUNCE with K models (as many as fit ``budget_s``, at least 32), scores of the training pairs for
     triggered queries; prints the top-ranked training pairs as text (poisoned ones marked) and
     returns {"num_models", "recall", "auroc", "theta0_s", "daunce_s", "total_s", "top", "workdir"}.
+    ``threads``: torch CPU threads during the run (1 by default: the model is tiny, and more threads
+    only contend on a shared CPU); None leaves torch's setting.
     """
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, workdir)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, workdir) -> dict:
     import torch
 
     from .daunce import Daunce

@@ -57,7 +57,7 @@ def test_daunce_finds_poisoned_pairs(backdoored, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        opts = {**L.lm_defaults(), "num_models": 32, "steps": 20, "batch_size": 8, "seed": 0}
+        opts = {**L.lm_defaults(), "num_models": 64, "steps": 20, "batch_size": 8, "seed": 0}
         d = Daunce(model, workdir=tmp_path, **opts).fit(train, record={"trig": trig})
         s = np.asarray(d.scores("train", "trig", method=L.SCORE_METHOD))
     finally:
