@@ -53,7 +53,7 @@ def _daunce(base, ids, labels, chunk):
 
     train = _Dicts(ids, labels)
     d = Daunce(base, num_models=K, rank=RANK, alpha=ALPHA, optimizer="adamw", lr=LR, steps=STEPS, batch_size=BATCH,
-               ratio=0.5, adapter_chunk=chunk, row_budget=chunk * BATCH, extra={"warmup": 0.03},
+               ratio=0.5, adapter_chunk=chunk, row_budget=chunk * BATCH * T, extra={"warmup": 0.03},
                workdir=tempfile.mkdtemp(prefix="lm_gpu_"))
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
