@@ -26,7 +26,7 @@ run_bench() {  # name, timeout, command...
 run_bench correlation 150 python3 bench/bench_correlation.py --gpu-only
 run_bench loss_head 120 python3 bench/bench_loss_head.py --no-cpu
 run_bench multilora 150 python3 bench/bench_multilora.py --skip-cpu
-[ -f bench/lm_backdoor.py ] && run_bench lm 150 python3 bench/lm_backdoor.py --gpu-only
+run_bench lm 200 python3 bench/lm_backdoor.py --gpu
 python3 - "$O" <<'PY'
 import json, sys, pathlib
 p = pathlib.Path(sys.argv[1]) / "results.jsonl"

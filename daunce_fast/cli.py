@@ -72,6 +72,15 @@ def cmd_info(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    args.budget_given = args.budget is not None
+    if args.budget is None:
+        args.budget = 90.0
+    if args.lm:
+        from .lm_demo import run_lm_demo
+
+        run_lm_demo(budget_s=args.budget if args.budget_given else 180.0, progress=not args.quiet,
+                    num_models=args.models, seed=args.seed, workdir=args.workdir)
+        return 0
     from .demo import run
 
     run(budget_s=args.budget, num_models=args.models, num_test=args.num_test, k=args.k, out=args.out,
@@ -140,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     pi.set_defaults(func=cmd_info)
 
     pd = sub.add_parser("demo", help="DAUNCE on the bundled digits data set (no download, CPU)")
-    pd.add_argument("--budget", type=float, default=90.0, help="seconds for the DAUNCE models (chooses K)")
+    pd.add_argument("--lm", action="store_true",
+                    help="the language-model case instead: find backdoor-poisoned training pairs of a small Llama")
+    pd.add_argument("--budget", type=float, default=None,
+                    help="seconds for the DAUNCE models, chooses K (default 90; 180 with --lm)")
     pd.add_argument("--models", type=int, default=None, help="number of perturbed models K (overrides --budget)")
     pd.add_argument("--num-test", type=int, default=4, help="test examples to explain")
     pd.add_argument("-k", type=int, default=5, help="helpful / harmful examples shown per test example")

@@ -239,15 +239,16 @@ def evaluate(scores, poisoned: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the demo
-SCORE_METHOD = "pearson"  # covariance lets high-variance clean pairs outrank the poisoned ones (RESULTS_lm.md)
-
-
 def lm_defaults() -> dict:
-    """DAUNCE options for language models, chosen on this benchmark (bench/RESULTS_lm.md): rank 16 vs
-    64, rho 1.0 vs 0.3, lr 1e-3 vs 3e-4 and 30 vs 60 steps all gave the same aggregated recall; these
-    are the cheapest of the equals. Score with ``method=SCORE_METHOD``."""
-    return dict(objective="if", rank=16, rho=1.0, ratio=0.5, optimizer="adamw", lr=1e-3, steps=30, batch_size=16,
-                extra={"warmup": 0.03})
+    """DAUNCE options for language models, measured on this benchmark (bench/RESULTS.md): the
+    library's LM defaults (daunce_fast.daunce.config.LM_DEFAULTS) spelled out, so benchmark sweeps
+    can vary each of them. Score with ``method=SCORE_METHOD``."""
+    from .daunce.config import LM_DEFAULTS
+
+    return dict(objective="if", ratio=0.5, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in LM_DEFAULTS.items()})
+
+
+SCORE_METHOD = "pearson"  # = daunce_fast.daunce.config.SCORE_METHOD["lm"]
 
 
 def run_lm_demo(budget_s: float = 180.0, progress: bool = True, *, num_train: int = 600, poison_frac: float = 0.03,

@@ -10,6 +10,14 @@ import json
 from dataclasses import dataclass, field
 
 OBJECTIVES = ("if", "efim", "margin", "blackbox")
+
+# Defaults that replace the classifier defaults below when the model is a causal language model
+# (head "lm"), for every option the caller did not give; measured on bench/lm_backdoor.py (see
+# bench/RESULTS.md): rank 16 vs 64, rho 1.0 vs 0.3, lr 1e-3 vs 3e-4, 30 vs 60 steps scored alike,
+# these are the cheapest. Scores of LMs default to Pearson (covariance lets clean sequences with
+# large, high-variance losses outrank the poisoned ones whose loss is near zero).
+LM_DEFAULTS = dict(rank=16, rho=1.0, optimizer="adamw", lr=1e-3, steps=30, batch_size=16, extra={"warmup": 0.03})
+SCORE_METHOD = {"logits": "covariance", "lm": "pearson"}
 TARGETS = ("loss", "margin")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -23,7 +31,7 @@ class DaunceConfig:
     gamma: float = 1.0             # weight of the regulariser R_k
     target: str = "loss"           # recorded per-example target: loss, or -margin
     rank: int | str | None = None  # LoRA rank, or "full" for dense weight deltas (None: "full" for
-                                   # classifiers, 64 for language models)
+                                   # classifiers, LM_DEFAULTS["rank"] for language models)
     head: str = "auto"             # "logits", "lm" (fused loss head of HF causal LMs) or "auto"
     alpha: float | None = None     # LoRA alpha (default: rank, i.e. scaling 1)
     target_modules: list[str] | str | None = None  # None: every nn.Linear

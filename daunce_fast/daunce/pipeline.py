@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DaunceConfig
+from .config import LM_DEFAULTS, SCORE_METHOD, DaunceConfig
 from .data import as_examples
 from .heads import LMHead, LogitsHead, default_targets, is_causal_lm
 from .recorder import record_chunk
@@ -64,11 +64,16 @@ class Daunce:
         unknown = set(config) - set(DaunceConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Daunce: unknown option(s) {sorted(unknown)}")
-        self.config = DaunceConfig(**config).validate()
-        self.model = model
-        head = self.config.head
+        head = config.get("head", "auto")
         if head == "auto":
             head = "lm" if is_causal_lm(model) else "logits"
+        if head == "lm":  # the LM defaults fill every option the caller did not give
+            lm = {k: v for k, v in LM_DEFAULTS.items() if k not in config}
+            if "epochs" in config and "steps" not in config:
+                lm.pop("steps", None)
+            config = {**lm, **config}
+        self.config = DaunceConfig(**config).validate()
+        self.model = model
         if head == "lm":
             if loss_fn is not None or forward_fn is not None:
                 raise ValueError("Daunce: loss_fn/forward_fn apply to the logits head; language models use the fused loss head")
@@ -92,7 +97,7 @@ class Daunce:
         """The adapters' rank: the configured one, else "full" for classifiers and 64 for LMs."""
         if self.config.rank is not None:
             return self.config.rank
-        return "full" if self.head.kind == "logits" else 64
+        return "full" if self.head.kind == "logits" else LM_DEFAULTS["rank"]
 
     def _rank_world(self) -> tuple[int, int]:
         from .. import distributed
@@ -396,18 +401,22 @@ class Daunce:
         self.record(ex, name)
         return name
 
-    def scores(self, train="train", test=None, *, topk: int | None = None, method: str = "covariance",
+    def scores(self, train="train", test=None, *, topk: int | None = None, method: str | None = None,
                largest: bool = True, out=None, backend=None):
         """Attribution scores: [N_train, N_test] (positive = the training example helped), or with
         ``topk=k`` the (values, indices) [N_test, k] of the k most (``largest=False``: least)
         helpful training examples per test example. ``train``/``test``: datasets (recorded on
         demand) or names of recorded ones. ``out=PATH`` streams the full matrix to a file.
+        ``method``: "covariance" or "pearson"; None takes the measured default of the head
+        (covariance for classifiers, Pearson for language models; see config.SCORE_METHOD).
 
         Under a process group (W > 1 ranks; every rank calls this with the same arguments) the work
         is split over the train examples with daunce_fast.distributed: top-k lists are merged across
         ranks (every rank gets the full result); the full matrix needs ``out=PATH`` (an index path,
         e.g. "scores.index.json") and is written as per-rank row slabs of one sharded store."""
         import daunce_fast as df
+
+        method = method or SCORE_METHOD[self.head.kind]
         from .. import distributed
 
         if test is None:

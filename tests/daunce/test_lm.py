@@ -76,3 +76,18 @@ def test_lm_objectives_run(tmp_path, objective):
     d = Daunce(model, num_models=2, steps=2, batch_size=4, lr=1e-3, rank=2, objective=objective,
                target="margin" if objective == "margin" else "loss", workdir=tmp_path)
     assert np.isfinite(np.array(d.fit(ds).losses())).all()
+
+
+def test_lm_defaults_fill_only_what_the_caller_left_out(tmp_path):
+    from daunce_fast.daunce.config import LM_DEFAULTS
+
+    model = tiny("llama")
+    d = Daunce(model, workdir=tmp_path / "a")
+    assert d.head.kind == "lm" and d.config.steps == LM_DEFAULTS["steps"] and d.rank == LM_DEFAULTS["rank"]
+    assert d.config.optimizer == "adamw"
+    d = Daunce(model, workdir=tmp_path / "b", epochs=2, lr=5e-4)
+    assert d.config.steps is None and d.config.epochs == 2 and d.config.lr == 5e-4
+    from daunce_fast.examples import mlp
+
+    c = Daunce(mlp(4, 2), workdir=tmp_path / "c")
+    assert c.head.kind == "logits" and c.config.steps is None and c.rank == "full"
