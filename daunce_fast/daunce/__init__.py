@@ -1,5 +1,6 @@
 """The DAUNCE pipeline: perturbed objectives, batched training of K models, loss recording, scoring."""
 from .config import DaunceConfig
+from .ensemble import ensemble_scores
 from .pipeline import Daunce
 
-__all__ = ["Daunce", "DaunceConfig"]
+__all__ = ["Daunce", "DaunceConfig", "ensemble_scores"]

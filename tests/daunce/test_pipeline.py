@@ -142,3 +142,21 @@ def test_bad_options_raise():
         Daunce(model, num_modles=4)
     with pytest.raises(ValueError, match="num_models"):
         Daunce(model, num_models=1)
+
+
+def test_ensemble_scores_of_checkpoints(tmp_path):
+    from daunce_fast.daunce import ensemble_scores
+    from daunce_fast.examples import mlp, train_classifier
+
+    model, train, test = tiny_task()
+    x, y = train.tensors
+    other = train_classifier(mlp(64, 10, hidden=16, seed=1), x, y, epochs=15, lr=1e-2, seed=1)
+    runs = [Daunce(m, workdir=tmp_path / f"r{i}", **OPTS).fit(train, record={"test": test})
+            for i, m in enumerate((model, other))]
+    s = [np.asarray(r.scores("train", "test"), dtype=np.float64) for r in runs]
+    expect = (s[0] / s[0].std() + s[1] / s[1].std()) / 2
+    np.testing.assert_allclose(ensemble_scores(runs, "train", "test"), expect, rtol=1e-12)
+    one = ensemble_scores(runs[:1], train, test)
+    assert np.array_equal(np.argsort(one, 0, kind="stable"), np.argsort(s[0], 0, kind="stable"))
+    with pytest.raises(ValueError, match="at least one"):
+        ensemble_scores([], "train", "test")
