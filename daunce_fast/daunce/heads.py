@@ -37,6 +37,20 @@ def default_targets(model, lm: bool) -> list[str]:
     return [n for n in names if ".mlp." in f".{n}."] or names
 
 
+@torch.no_grad()
+def base_pass(model, examples, block: int, fn) -> torch.Tensor:
+    """cat of ``fn(model, inputs).float().cpu()`` over blocks of ``block`` examples, the model in
+    eval mode (restored afterwards): the frozen base's outputs over a whole dataset."""
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([fn(model, examples.take(torch.arange(j0, min(len(examples), j0 + block)), device)[0])
+                          .float().cpu() for j0 in range(0, len(examples), block)])
+    finally:
+        model.train(was)
+
+
 class LogitsHead:
     kind = "logits"
 
@@ -50,15 +64,7 @@ class LogitsHead:
     def base_tables(self, model, examples, row_budget: int) -> dict | None:
         if self.cfg.objective == "blackbox":
             return None
-        device = next(model.parameters()).device
-        was = model.training
-        model.eval()
-        outs = []
-        for j0 in range(0, len(examples), row_budget):
-            inputs, _ = examples.take(torch.arange(j0, min(len(examples), j0 + row_budget)), device)
-            outs.append(self.forward(model, inputs).float().cpu())
-        model.train(was)
-        z0 = torch.cat(outs)
+        z0 = base_pass(model, examples, row_budget, self.forward)
         t0, g0 = base_terms(z0, examples.labels, self.train_target)
         return {"z0": z0, "t0": t0, "g0": g0}
 
@@ -104,15 +110,8 @@ class LMHead:
     def base_tables(self, model, examples, row_budget: int) -> dict | None:
         if self.cfg.objective == "blackbox":
             return None
-        device = next(model.parameters()).device
-        was = model.training
-        model.eval()
-        seq = examples.labels.shape[1]
-        block = max(1, row_budget // seq)
-        hs = [self.hidden(model, examples.take(torch.arange(j0, min(len(examples), j0 + block)), device)[0]).cpu()
-              for j0 in range(0, len(examples), block)]
-        model.train(was)
-        return {"h0": torch.cat(hs)}
+        block = max(1, row_budget // examples.labels.shape[1])
+        return {"h0": base_pass(model, examples, block, self.hidden)}
 
     def objective(self, model, inputs, y, flat_idx, c, K: int, base) -> torch.Tensor:
         from .. import losses
