@@ -81,3 +81,19 @@ def torch_view(arr: np.ndarray, code: str):
     if _dt.is_raw_bits(code):
         t = t.view(_dt.torch_dtype(code))
     return t
+
+
+class TensorQueries:
+    """``shape``, ``dtype`` and ``dtype_code`` of a tensor by name, for any class with ``_info(name)``
+    (the Reader and the Writer)."""
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._info(name).shape
+
+    def dtype(self, name: str) -> np.dtype:
+        """numpy dtype of ``obj[name]`` (uint16 for bfloat16, uint8 for float8)."""
+        return _dt.numpy_dtype(self._info(name).dtype)
+
+    def dtype_code(self, name: str) -> str:
+        """safetensors dtype code ("F32", "BF16", ...)."""
+        return self._info(name).dtype

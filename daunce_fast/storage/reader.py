@@ -8,7 +8,7 @@ import numpy as np
 
 from . import dtypes as _dt
 from ._io import pread_box
-from ._views import array_view, torch_view
+from ._views import TensorQueries, array_view, torch_view
 from .errors import IncompleteFileError, StorageError
 from .format import Header, read_header
 from .writer import JOURNAL_SUFFIX, PARTIAL_SUFFIX
@@ -32,7 +32,7 @@ def open(path, advice: str | None = None) -> "Reader":  # noqa: A001 - the modul
     return Reader(path, advice)
 
 
-class Reader:
+class Reader(TensorQueries):
     def __init__(self, path, advice: str | None = None):
         self.path = os.fspath(path)
         if advice is not None and advice not in _ADVICE:
@@ -95,17 +95,6 @@ class Reader:
             return self.header.tensors[name]
         except KeyError:
             raise KeyError(f"no tensor {name!r} in {self.path} (has {self.names()})") from None
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._info(name).shape
-
-    def dtype(self, name: str) -> np.dtype:
-        """numpy dtype of ``reader[name]`` (uint16 for bfloat16, uint8 for float8)."""
-        return _dt.numpy_dtype(self._info(name).dtype)
-
-    def dtype_code(self, name: str) -> str:
-        """safetensors dtype code ("F32", "BF16", ...)."""
-        return self._info(name).dtype
 
     # ---------------------------------------------------------------------------------- data
     def __getitem__(self, name: str) -> np.memmap:

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import dtypes as _dt
 from ._io import pwrite_box
-from ._views import Sink, array_view, torch_view
+from ._views import TensorQueries, Sink, array_view, torch_view
 from .errors import CorruptFileError, FileLockedError, LayoutMismatchError, StorageError
 from .format import check_metadata, encode_header, plan_layout, read_header
 from .journal import Journal, check_key, fingerprint, fsync_dir
@@ -59,7 +59,7 @@ def create(path, tensors: dict, metadata: dict | None = None, resume: bool = Fal
     return Writer(path, tensors, metadata, resume, durable, preallocate)
 
 
-class Writer:
+class Writer(TensorQueries):
     def __init__(self, path, tensors: dict, metadata: dict | None = None, resume: bool = False,
                  durable: bool = True, preallocate: bool = False):
         self.path = os.fspath(path)
@@ -148,17 +148,6 @@ class Writer:
     # ------------------------------------------------------------------------------- tensors
     def names(self) -> list[str]:
         return list(self._layout)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._info(name).shape
-
-    def dtype(self, name: str) -> np.dtype:
-        """numpy dtype of ``writer[name]`` (uint16 for bfloat16, uint8 for float8)."""
-        return _dt.numpy_dtype(self._info(name).dtype)
-
-    def dtype_code(self, name: str) -> str:
-        """safetensors dtype code ("F32", "BF16", ...)."""
-        return self._info(name).dtype
 
     def _info(self, name: str):
         try:
