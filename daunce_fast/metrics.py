@@ -120,11 +120,7 @@ def recall_at_k(scores, relevant, k: int) -> tuple[np.ndarray, float]:
         Ties at the k-th score are broken by the lower training index (a stable sort).
     """
     s, _ = _as_2d(_np(scores, "scores").astype(np.float64))
-    rel = _np(relevant, "relevant").astype(bool)
-    if rel.ndim == 1:
-        rel = np.broadcast_to(rel[:, None], s.shape)
-    if rel.shape != s.shape:
-        raise ValueError(f"relevant has shape {rel.shape}, scores {s.shape}")
+    rel = _column_mask(relevant, "relevant", s.shape)
     n = s.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
@@ -136,6 +132,16 @@ def recall_at_k(scores, relevant, k: int) -> tuple[np.ndarray, float]:
     finite = ~np.isnan(per)
     mean = float(per[finite].mean()) if finite.any() else float("nan")
     return per, mean
+
+
+def _column_mask(mask, name: str, shape) -> np.ndarray:
+    """A bool mask of ``shape`` [N, M]; a 1-D [N] mask is shared by every column."""
+    m = _np(mask, name).astype(bool)
+    if m.ndim == 1:
+        m = np.broadcast_to(m[:, None], shape)
+    if m.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {m.shape}, scores {tuple(shape)}")
+    return m
 
 
 def auroc(scores, labels) -> tuple[np.ndarray, float]:
@@ -150,11 +156,7 @@ def auroc(scores, labels) -> tuple[np.ndarray, float]:
         ranks), as sklearn.metrics.roc_auc_score; NaN for a column with no positive or no negative.
     """
     s, _ = _as_2d(_np(scores, "scores").astype(np.float64))
-    lab = _np(labels, "labels").astype(bool)
-    if lab.ndim == 1:
-        lab = np.broadcast_to(lab[:, None], s.shape)
-    if lab.shape != s.shape:
-        raise ValueError(f"labels has shape {lab.shape}, scores {s.shape}")
+    lab = _column_mask(labels, "labels", s.shape)
     if np.isnan(s).any():
         raise ValueError("scores contain NaN")
     ranks = _column_ranks(s)

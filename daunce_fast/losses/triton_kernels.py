@@ -21,6 +21,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _dot_acc(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b, exact fp32 products when IEEE (else the backend's default, TF32 on GPUs)."""
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
 def _logits_tile(H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w,
                  HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -30,10 +38,7 @@ def _logits_tile(H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w,
         dmask = dk < D
         h = tl.load(H + rows[:, None] * stride_h + dk[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
         w = tl.load(W + cols[:, None] * stride_w + dk[None, :], mask=cmask[:, None] & dmask[None, :], other=0.0)
-        if IEEE:
-            acc = tl.dot(h, tl.trans(w), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(h, tl.trans(w), acc)
+        acc = _dot_acc(h, tl.trans(w), acc, IEEE)
     if HAS_BIAS:
         bias = tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)
         acc = acc + bias[None, :]
@@ -103,10 +108,7 @@ def row_grad_dh_kernel(H, W, B, Y, LSE_O, GO, GY, DH, N, V, D, stride_h, stride_
             ptr = DH + rows[:, None] * stride_dh + dk[None, :]
             omask = rmask[:, None] & dmask[None, :]
             acc = tl.load(ptr, mask=omask, other=0.0)
-            if IEEE:
-                acc = tl.dot(dz, w, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(dz, w, acc)
+            acc = _dot_acc(dz, w, acc, IEEE)
             tl.store(ptr, acc, mask=omask)
 
 
@@ -141,10 +143,7 @@ def row_grad_dw_kernel(H, W, B, Y, LSE_O, GO, GY, DW, DB, N, V, D, stride_h, str
                 ptr = DW + cols[:, None] * stride_dw + dk[None, :]
                 omask = cmask[:, None] & dmask[None, :]
                 acc = tl.load(ptr, mask=omask, other=0.0)
-                if IEEE:
-                    acc = tl.dot(dzt, h, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(dzt, h, acc)
+                acc = _dot_acc(dzt, h, acc, IEEE)
                 tl.store(ptr, acc, mask=omask)
     if NEED_DB:
         tl.store(DB + cols, db, mask=cmask)
