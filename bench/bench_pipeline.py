@@ -30,6 +30,7 @@ from _harness import print_table, record  # noqa: E402
 
 from daunce_fast.daunce import Daunce, DaunceConfig  # noqa: E402
 from daunce_fast.daunce.objectives import base_terms, cross_entropy_per_example, daunce_loss  # noqa: E402
+from daunce_fast.daunce.heads import hessian_direction  # noqa: E402
 from daunce_fast.daunce.trainer import ChunkPlan, lr_factor, make_optimizer  # noqa: E402
 from daunce_fast.examples import load_tabular, mlp, train_classifier  # noqa: E402
 
@@ -45,14 +46,17 @@ def train_one(theta0, task, cfg: DaunceConfig, k: int, workdir: Path) -> None:
         p.requires_grad_(True)
     opt = make_optimizer(cfg, list(model.parameters()))
     plan = ChunkPlan(cfg, [k], len(y))
+    plan.prepare_noise(z0_all.shape[1])
+    sq0 = torch.softmax(z0_all, -1).sqrt()
     model.train()
     for step in range(plan.total_steps):
-        idx, c = plan.batch(step)
+        idx, c, noise = plan.batch(step)
         idx = idx.reshape(-1)
+        g0 = g0_all[idx] if noise is None else g0_all[idx] + hessian_direction(sq0[idx], *noise)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, step, plan.total_steps)
         obj, _ = daunce_loss(model(x[idx]), y[idx], c, num_models=1, objective=cfg.objective, gamma=cfg.gamma,
-                             target_fn=cross_entropy_per_example, z0=z0_all[idx], t0=t0_all[idx], g0=g0_all[idx])
+                             target_fn=cross_entropy_per_example, z0=z0_all[idx], t0=t0_all[idx], g0=g0)
         opt.zero_grad()
         obj.sum().backward()
         opt.step()

@@ -116,7 +116,7 @@ def plain_train_seconds(gt) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float, gamma: float, optimizer: str,
+def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float | None, gamma: float, optimizer: str,
                lr: float, epochs: float, batch_size: int, seed: int, score_methods: list[str],
                extra: dict | None = None) -> dict:
     """One DAUNCE fit through the library's pipeline, scored with each of ``score_methods``.
@@ -138,6 +138,7 @@ def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float, ga
         d = Daunce(model, num_models=K, ratio=ratio, objective=objective, rho=rho, gamma=gamma, rank="full",
                    optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, workdir=workdir,
                    **(extra or {}))
+        out["rho"] = d.config.rho
         d.fit(train)
         out["fit_s"], out["fit_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
         # the first scores() call also records the test set's [K, M] losses (once): time it, then
@@ -195,15 +196,17 @@ def bench_dataset(name: str, a) -> list[dict]:
             print(rows[-1], flush=True)
     if "daunce" in methods:
         extra = dict(_kv(v) for v in a.daunce_opt)
-        grid = itertools.product(_ints(a.K), _strs(a.objective), _floats(a.rho), _floats(a.epochs), _floats(a.lr),
-                                 _strs(a.optimizer), _floats(a.ratio), _floats(a.gamma))
-        for K, obj, rho, ep, lr, opt, ratio, gamma in grid:
+        rhos = [None if v == "default" else float(v) for v in _strs(a.rho)]
+        grid = itertools.product(_ints(a.K), _strs(a.objective), _strs(a.perturbation), rhos, _floats(a.epochs),
+                                 _floats(a.lr), _strs(a.optimizer), _floats(a.ratio), _floats(a.gamma))
+        for K, obj, pert, rho, ep, lr, opt, ratio, gamma in grid:
             res = run_daunce(gt, K=K, ratio=ratio, objective=obj, rho=rho, gamma=gamma, optimizer=opt, lr=lr,
                              epochs=ep, batch_size=a.batch_size, seed=a.seed, score_methods=_strs(a.score_method),
-                             extra=extra)
+                             extra={"perturbation": pert, **extra})
+            rho = res["rho"]
             for sm in _strs(a.score_method):
                 s, ts, cs = res[sm]
-                params = (f"K={K} obj={obj} rho={rho:g} gamma={gamma:g} epochs={ep:g} lr={lr:g} opt={opt} "
+                params = (f"K={K} obj={obj} {pert} rho={rho:g} gamma={gamma:g} epochs={ep:g} lr={lr:g} opt={opt} "
                           f"ratio={ratio:g} bs={a.batch_size} score={sm}"
                           + "".join(f" {k}={v}" for k, v in extra.items()))
                 rows.append(_row(name, "daunce", params, _lds(gt, s), res["fit_s"] + res["record_s"] + ts,
@@ -239,14 +242,15 @@ def main(argv=None):
     g = ap.add_argument_group("daunce (each combination is one fit; score methods share it)")
     g.add_argument("--K", default="256", help="number of perturbed models, comma list (64..2048)")
     g.add_argument("--objective", default="if", help="if,efim")
-    g.add_argument("--score-method", default="pearson,covariance")
-    g.add_argument("--rho", default="1")
+    g.add_argument("--score-method", default="covariance", help="covariance,pearson")
+    g.add_argument("--rho", default="default", help="comma list; 'default': the library's for the perturbation")
     g.add_argument("--gamma", default="1")
-    g.add_argument("--epochs", default="1", help="training epochs of each perturbed model, comma list")
+    g.add_argument("--epochs", default="10", help="training epochs of each perturbed model, comma list")
     g.add_argument("--lr", default="1e-3")
     g.add_argument("--optimizer", default="adam", help="adam,sgd")
     g.add_argument("--ratio", default="0.5", help="subset ratio r")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--perturbation", default="hessian", help="hessian,xi")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--daunce-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other Daunce keyword, repeatable (e.g. schedule=constant, antithetic=true)")

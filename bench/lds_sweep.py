@@ -33,7 +33,11 @@ for vals in itertools.product(*[grid[k] for k in keys]):
     el = time.time() - t0
     res = {}
     for meth in ('covariance', 'pearson'):
-        S = np.asarray(d.scores('train', 'test', method=meth))
+        try:
+            S = np.asarray(d.scores('train', 'test', method=meth))
+        except Exception as e:  # a diverged run: report it and go on with the grid
+            res[meth] = f'error: {e}'[:80]
+            continue
         _, mean = lds(torch.as_tensor(np.nan_to_num(S)), g['subsets'], g['targets'])
         res[meth] = round(float(mean), 4)
     print(json.dumps({**kw, **res, 'time_s': round(el, 1)}), flush=True)

@@ -88,7 +88,8 @@ def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4
     d.fit(train, record={"test": test})
     t_fit = time.perf_counter() - t0
     cfg = d.config
-    print(f"DAUNCE: K={num_models} models (objective={cfg.objective}, ratio={cfg.ratio}, rho={cfg.rho}, "
+    print(f"DAUNCE: K={num_models} models (objective={cfg.objective}, perturbation={cfg.perturbation}, "
+          f"ratio={cfg.ratio}, rho={cfg.rho}, "
           f"{cfg.epochs} epochs, rank={d.rank}) trained and recorded in {t_fit:.1f} s, in chunks of {d.chunk_size()}")
 
     rng = np.random.default_rng(seed)

@@ -10,13 +10,18 @@ import json
 from dataclasses import dataclass, field
 
 OBJECTIVES = ("if", "efim", "margin", "blackbox")
+PERTURBATIONS = ("xi", "hessian")
 
 # Defaults that replace the classifier defaults below when the model is a causal language model
 # (head "lm"), for every option the caller did not give; measured on bench/lm_backdoor.py (see
 # bench/RESULTS.md): rank 16 vs 64, rho 1.0 vs 0.3, lr 1e-3 vs 3e-4, 30 vs 60 steps scored alike,
 # these are the cheapest. Scores of LMs default to Pearson (covariance lets clean sequences with
 # large, high-variance losses outrank the poisoned ones whose loss is near zero).
-LM_DEFAULTS = dict(rank=16, rho=1.0, optimizer="adamw", lr=1e-3, steps=30, batch_size=16, extra={"warmup": 0.03})
+LM_DEFAULTS = dict(rank=16, rho=1.0, perturbation="xi", optimizer="adamw", lr=1e-3, steps=30, batch_size=16,
+                   extra={"warmup": 0.03})
+# rho when none is given, per perturbation (bench/lds_sweep.py on digits and breast_cancer: xi is best
+# at 0.3; "hessian" at 0.03, from 0.001-1; see bench/RESULTS.md)
+RHO_DEFAULTS = {"xi": 0.3, "hessian": 0.03}
 SCORE_METHOD = {"logits": "covariance", "lm": "pearson"}
 TARGETS = ("loss", "margin")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -27,7 +32,14 @@ class DaunceConfig:
     num_models: int = 512          # K perturbed models
     ratio: float = 0.5             # subset ratio r: each model trains on round(r * N) examples
     objective: str = "if"          # see REFERENCE.md §1.1 / daunce_fast.daunce.objectives
-    rho: float = 0.3               # perturbation strength of the per-example weights c_ik
+    rho: float | None = None       # perturbation strength (of the weights c_ik, or of the "hessian"
+                                   # directions); None: RHO_DEFAULTS[perturbation]
+    perturbation: str | None = None  # "hessian": Gaussian first-order directions whose covariance is
+                                   # the cross-entropy's Hessian in the logits (objective "if",
+                                   # built-in loss); "xi": the paper's random weights c_ik on the
+                                   # observed gradient (see perturb.py and heads.py); None: "hessian"
+                                   # for objective "if", else "xi" (language models and custom
+                                   # loss_fn: "xi", set by Daunce)
     gamma: float = 1.0             # weight of the regulariser R_k
     target: str = "loss"           # recorded per-example target: loss, or -margin
     rank: int | str | None = None  # LoRA rank, or "full" for dense weight deltas (None: "full" for
@@ -40,7 +52,7 @@ class DaunceConfig:
     weight_decay: float = 0.0
     epochs: float | None = 10      # passes over each model's subset (ignored when steps is set)
     steps: int | None = None       # optimiser steps per model
-    batch_size: int = 64           # examples per model per step
+    batch_size: int = 128          # examples per model per step
     schedule: str = "cosine"       # "cosine" or "constant"
     max_grad_norm: float | None = None  # per-adapter clipping
     adapter_chunk: int | None = None    # models trained together (None: all, capped by row_budget)
@@ -48,6 +60,12 @@ class DaunceConfig:
     antithetic: bool = False       # pairs of models share a subset and use xi and 1 - xi
     seed: int = 0
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.perturbation is None:
+            self.perturbation = "hessian" if self.objective == "if" else "xi"
+        if self.rho is None and self.perturbation in RHO_DEFAULTS:
+            self.rho = RHO_DEFAULTS[self.perturbation]
 
     def validate(self) -> "DaunceConfig":
         def bad(msg):
@@ -59,6 +77,12 @@ class DaunceConfig:
             bad(f"ratio must be in (0, 1], got {self.ratio}")
         if self.objective not in OBJECTIVES:
             bad(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.perturbation not in PERTURBATIONS:
+            bad(f"perturbation must be one of {PERTURBATIONS}, got {self.perturbation!r}")
+        if self.rho is None or not float(self.rho) > 0:
+            bad(f"rho must be > 0, got {self.rho}")
+        if self.perturbation == "hessian" and self.objective != "if":
+            bad(f"perturbation 'hessian' needs objective 'if' (got {self.objective!r})")
         if self.target not in TARGETS:
             bad(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -51,6 +51,22 @@ def base_pass(model, examples, block: int, fn) -> torch.Tensor:
         model.train(was)
 
 
+def hessian_direction(sq0: torch.Tensor, normals: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Perturbation "hessian": scale_k * (sq0 * n - p0 * <sq0, n>) per row, sq0 = sqrt(p0), p0 = softmax(z0).
+
+    sq0 [K*b, C] square roots of the base's class probabilities (adapter-major rows), normals
+    [K, b, C] standard normals n, scale [K] (rho, signed). With A = diag(p0) - p0 p0ᵀ (the
+    Hessian of the cross-entropy in the logits), (diag(sq0) - p0 sq0ᵀ) n has covariance A exactly
+    (because sum(p0) = 1), so the perturbation's covariance in parameter space is the Gauss-Newton
+    matrix H and the scores estimate g_iᵀ(H+λ)⁻¹g_j rather than the sandwich
+    g_iᵀ(H+λ)⁻¹F(H+λ)⁻¹g_j of the xi weights (F the empirical Fisher; bench/lds_linear.py
+    computes both limits).
+    """
+    n = normals.reshape(sq0.shape).to(device=sq0.device, dtype=sq0.dtype)
+    d = sq0 * n - (sq0 * sq0) * (sq0 * n).sum(-1, keepdim=True)
+    return scale.to(device=sq0.device, dtype=sq0.dtype).repeat_interleave(normals.shape[1])[:, None] * d
+
+
 class LogitsHead:
     kind = "logits"
 
@@ -66,14 +82,21 @@ class LogitsHead:
             return None
         z0 = base_pass(model, examples, row_budget, self.forward)
         t0, g0 = base_terms(z0, examples.labels, self.train_target)
-        return {"z0": z0, "t0": t0, "g0": g0}
+        tables = {"z0": z0, "t0": t0, "g0": g0}
+        if self.cfg.perturbation == "hessian":  # once here, not per step: softmax of [K*b, C] is slow
+            if z0.dim() != 2:
+                raise ValueError(f"perturbation 'hessian' needs outputs [rows, classes], got shape {tuple(z0.shape)}")
+            tables["sq0"] = torch.softmax(z0, dim=-1).sqrt()
+        return tables
 
-    def objective(self, model, inputs, y, flat_idx, c, K: int, base) -> torch.Tensor:
+    def objective(self, model, inputs, y, flat_idx, c, K: int, base, noise=None) -> torch.Tensor:
         z = self.forward(model, inputs)
         if base is None:
             z0 = t0 = g0 = None
         else:
             z0, t0, g0 = (base[k][flat_idx].to(z.device) for k in ("z0", "t0", "g0"))
+            if noise is not None:
+                g0 = g0 + hessian_direction(base["sq0"][flat_idx].to(z.device), *noise).to(g0.dtype)
         obj, _ = daunce_loss(z, y, c, num_models=K, objective=self.cfg.objective, gamma=self.cfg.gamma,
                              target_fn=self.train_target, z0=z0, t0=t0, g0=g0)
         return obj
@@ -113,7 +136,7 @@ class LMHead:
         block = max(1, row_budget // examples.labels.shape[1])
         return {"h0": base_pass(model, examples, block, self.hidden)}
 
-    def objective(self, model, inputs, y, flat_idx, c, K: int, base) -> torch.Tensor:
+    def objective(self, model, inputs, y, flat_idx, c, K: int, base, noise=None) -> torch.Tensor:
         from .. import losses
 
         h = self.hidden(model, inputs)

@@ -8,6 +8,12 @@ xi_ik ~ U(0, 1) for its members; per-example weights of the first-order term:
     "blackbox":            no first-order term (c unused)
 With ``antithetic=True`` models 2j and 2j+1 share D and use xi and 1 - xi (their c are
 reflections around the mean), a variance-reduction option.
+
+perturbation "hessian" (objective "if", cross-entropy): c_ik = 1, and model k's first-order
+direction on member i is g0_i + s_k * rho * u_ik with u_ik ~ N(0, diag(p0_i) - p0_i p0_iᵀ), the
+Hessian of the cross-entropy in the logits at θ0 (see heads.hessian_direction); the normals come
+from ``hashed_normal(seed, k, i)``; s_k = +1, or -1 for the odd model of an antithetic pair (same
+subset, same normals).
 """
 from __future__ import annotations
 
@@ -30,7 +36,14 @@ def subset_and_xi(seed: int, k: int, n: int, ratio: float, antithetic: bool = Fa
     return members.astype(np.int64), xi
 
 
-def weights_c(objective: str, rho: float, xi: np.ndarray) -> np.ndarray:
+def noise_id_and_sign(k: int, antithetic: bool = False) -> tuple[int, float]:
+    """(id whose normals model k uses, sign s_k) for perturbation "hessian"."""
+    return (k - (k % 2), -1.0 if k % 2 else 1.0) if antithetic else (k, 1.0)
+
+
+def weights_c(objective: str, rho: float, xi: np.ndarray, perturbation: str = "xi") -> np.ndarray:
+    if perturbation == "hessian":
+        return np.ones_like(xi)
     if objective == "if":
         return 1.0 + rho * (2.0 * xi - 1.0)
     if objective in ("efim", "margin"):
@@ -41,3 +54,44 @@ def weights_c(objective: str, rho: float, xi: np.ndarray) -> np.ndarray:
 def epoch_order(seed: int, k: int, epoch: int, n_k: int) -> np.ndarray:
     """Order in which model k visits its subset members in ``epoch`` (positions into D_k)."""
     return model_rng(seed, k, 1000 + epoch).permutation(n_k)
+
+
+# splitmix64 constants as signed int64 (torch has no uint64 arithmetic; products wrap mod 2^64)
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_M2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def _lsr(x, s: int):
+    """Logical right shift of int64 (torch's >> is arithmetic: sign bits are masked off)."""
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(x):
+    """splitmix64's finaliser: a bijective scramble of 64-bit keys."""
+    x = x + _GOLDEN
+    x = (x ^ _lsr(x, 30)) * _M1
+    x = (x ^ _lsr(x, 27)) * _M2
+    return x ^ _lsr(x, 31)
+
+
+def hashed_normal(seed: int, model_ids, example_idx, num_classes: int):
+    """Standard normals [K, b, C] float32 that depend on (seed, model id, example index, class) only.
+
+    model_ids [K] int64, example_idx [K, b] int64 (global training-example indices), on any
+    device. Counter-based (splitmix64 hash, Box-Muller), so the draw of model k on example i is
+    the same in every epoch, chunk, process and device, with no [K, N, C] table in memory.
+    """
+    import torch
+
+    dev = example_idx.device
+    key = _mix(_mix(torch.full((), int(seed), dtype=torch.int64, device=dev) + 0x5EED)
+               + model_ids.to(device=dev, dtype=torch.int64))
+    key = _mix(key[:, None] + example_idx.to(torch.int64))
+    cls = torch.arange(num_classes, dtype=torch.int64, device=dev)
+    h = _mix(key[..., None] * num_classes + cls)
+    hi = _lsr(h, 32).to(torch.float64)
+    lo = (h & 0xFFFFFFFF).to(torch.float64)
+    u1 = (hi + 1.0) * 2.0 ** -32  # (0, 1]: log is finite
+    u2 = lo * 2.0 ** -32
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)).to(torch.float32)

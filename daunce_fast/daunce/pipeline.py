@@ -44,7 +44,7 @@ class Daunce:
     """DAUNCE training-data attribution with K perturbed models trained as batched adapters.
 
     ``model`` (θ0) is never modified: adapters are attached to a copy. Every keyword is a field
-    of :class:`DaunceConfig` (num_models, ratio, objective, rho, gamma, target, rank, alpha,
+    of :class:`DaunceConfig` (num_models, ratio, objective, rho, perturbation, gamma, target, rank, alpha,
     target_modules, optimizer, lr, weight_decay, epochs, steps, batch_size, schedule,
     max_grad_norm, adapter_chunk, row_budget, antithetic, seed), plus:
 
@@ -72,13 +72,20 @@ class Daunce:
             if "epochs" in config and "steps" not in config:
                 lm.pop("steps", None)
             config = {**lm, **config}
+        elif loss_fn is not None and "perturbation" not in config:
+            config = {**config, "perturbation": "xi"}  # "hessian" needs the built-in cross-entropy
         self.config = DaunceConfig(**config).validate()
         self.model = model
         if head == "lm":
             if loss_fn is not None or forward_fn is not None:
                 raise ValueError("Daunce: loss_fn/forward_fn apply to the logits head; language models use the fused loss head")
+            if self.config.perturbation == "hessian":
+                raise ValueError("Daunce: perturbation 'hessian' is not available with the fused language-model head")
             self.head = LMHead(self.config)
         else:
+            if self.config.perturbation == "hessian" and loss_fn is not None:
+                raise ValueError("Daunce: perturbation 'hessian' uses the Hessian of the built-in cross-entropy; "
+                                 "it cannot be used with a custom loss_fn")
             self.head = LogitsHead(self.config, forward_fn=forward_fn, loss_fn=loss_fn)
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="daunce_"))
         self.workdir.mkdir(parents=True, exist_ok=True)

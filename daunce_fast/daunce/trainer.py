@@ -15,6 +15,11 @@ import torch
 from . import perturb
 
 
+# Perturbation "hessian": a chunk's normals over its members are drawn once when they fit in this
+# many floats (256 MB), else hashed per step (the same values either way: counter-based draws).
+NOISE_TABLE_MAX = 1 << 26
+
+
 def steps_per_model(cfg, n_k: int) -> int:
     spe = math.ceil(n_k / cfg.batch_size)
     return int(cfg.steps) if cfg.steps is not None else max(1, int(round(cfg.epochs * spe)))
@@ -27,20 +32,47 @@ class ChunkPlan:
         self.cfg, self.ids = cfg, list(ids)
         draws = [perturb.subset_and_xi(cfg.seed, k, n, cfg.ratio, cfg.antithetic) for k in self.ids]
         self.members = torch.from_numpy(np.stack([d[0] for d in draws]))                  # [K_c, n_k]
-        self.c = torch.from_numpy(np.stack([perturb.weights_c(cfg.objective, cfg.rho, d[1]) for d in draws]))
+        self.c = torch.from_numpy(np.stack([perturb.weights_c(cfg.objective, cfg.rho, d[1], cfg.perturbation)
+                                            for d in draws]))
         self.n_k = self.members.shape[1]
+        self.noise = None
+        if cfg.perturbation == "hessian":
+            ns = [perturb.noise_id_and_sign(k, cfg.antithetic) for k in self.ids]
+            self.noise = (torch.tensor([d[0] for d in ns], dtype=torch.int64),
+                          torch.tensor([cfg.rho * d[1] for d in ns], dtype=torch.float32))
+        self._table, self._num_outputs = None, None
         self.spe = math.ceil(self.n_k / cfg.batch_size)
         self.total_steps = steps_per_model(cfg, self.n_k)
         self._orders: dict[int, torch.Tensor] = {}
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(example indices [K_c, b], weights c [K_c, b]) of global ``step``."""
+    def prepare_noise(self, num_outputs: int) -> None:
+        """Set the number of model outputs the "hessian" normals have (no-op for "xi")."""
+        if self.noise is None:
+            return
+        self._num_outputs = int(num_outputs)
+        if len(self.ids) * self.n_k * self._num_outputs <= NOISE_TABLE_MAX:
+            self._table = perturb.hashed_normal(self.cfg.seed, self.noise[0], self.members, self._num_outputs)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+        """(example indices [K_c, b], weights c [K_c, b], noise) of global ``step``; noise is
+        (normals [K_c, b, C], signed scales rho * s_k [K_c]) for perturbation "hessian" (after
+        ``prepare_noise(C)``), else None."""
         epoch, pos = divmod(step, self.spe)
         if epoch not in self._orders:
             self._orders = {epoch: torch.from_numpy(np.stack(
                 [perturb.epoch_order(self.cfg.seed, k, epoch, self.n_k) for k in self.ids]))}
         sel = self._orders[epoch][:, pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
-        return self.members.gather(1, sel), self.c.gather(1, sel)
+        idx = self.members.gather(1, sel)
+        noise = None
+        if self.noise is not None:
+            if self._num_outputs is None:
+                raise RuntimeError("ChunkPlan.prepare_noise(num_outputs) must be called before batch()")
+            if self._table is not None:
+                normals = self._table.gather(1, sel[..., None].expand(-1, -1, self._num_outputs))
+            else:
+                normals = perturb.hashed_normal(self.cfg.seed, self.noise[0], idx, self._num_outputs)
+            noise = (normals, self.noise[1])
+        return idx, self.c.gather(1, sel), noise
 
 
 def make_optimizer(cfg, params):
@@ -75,13 +107,15 @@ def train_chunk(model, params, examples, plan: ChunkPlan, base, head, *, progres
     device = params[0].device
     opt = make_optimizer(cfg, params)
     K = len(plan.ids)
+    if plan.noise is not None:
+        plan.prepare_noise(base["z0"].shape[-1])
     model.train()
     for step in range(plan.total_steps):
-        idx, c = plan.batch(step)
+        idx, c, noise = plan.batch(step)
         inputs, y = examples.take(idx, device)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, step, plan.total_steps)
-        obj = head.objective(model, inputs, y, idx.reshape(-1), c.to(device), K, base)
+        obj = head.objective(model, inputs, y, idx.reshape(-1), c.to(device), K, base, noise=noise)
         opt.zero_grad(set_to_none=True)
         obj.sum().backward()
         if cfg.max_grad_norm is not None:

@@ -84,7 +84,9 @@ def test_lm_defaults_fill_only_what_the_caller_left_out(tmp_path):
     model = tiny("llama")
     d = Daunce(model, workdir=tmp_path / "a")
     assert d.head.kind == "lm" and d.config.steps == LM_DEFAULTS["steps"] and d.rank == LM_DEFAULTS["rank"]
-    assert d.config.optimizer == "adamw"
+    assert d.config.optimizer == "adamw" and d.config.perturbation == "xi" and d.config.rho == LM_DEFAULTS["rho"]
+    with pytest.raises(ValueError, match="not available with the fused language-model head"):
+        Daunce(model, perturbation="hessian")
     d = Daunce(model, workdir=tmp_path / "b", epochs=2, lr=5e-4)
     assert d.config.steps is None and d.config.epochs == 2 and d.config.lr == 5e-4
     from daunce_fast.examples import mlp

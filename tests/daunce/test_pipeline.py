@@ -124,6 +124,38 @@ def test_other_objectives_and_targets_run(tmp_path, objective):
     assert np.isfinite(a).all() and np.isfinite(b).all()
 
 
+def test_hessian_perturbation_deterministic_chunk_equivalent_and_antithetic(tmp_path):
+    kw = dict(perturbation="hessian", rho=0.03)
+    _, a1, b1 = fit_losses(tmp_path, "h1", **kw)
+    _, a2, _ = fit_losses(tmp_path, "h2", **kw)
+    np.testing.assert_array_equal(a1, a2)
+    assert np.isfinite(a1).all() and (a1.std(0) > 0).mean() > 0.9
+    _, a3, b3 = fit_losses(tmp_path, "h3", adapter_chunk=3, **kw)
+    np.testing.assert_allclose(a3, a1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b3, b1, rtol=1e-5, atol=1e-6)
+    _, ax, _ = fit_losses(tmp_path, "xi", perturbation="xi")
+    assert not np.allclose(ax, a1), "the perturbation must change the models"
+    # antithetic pairs share subset and normals with opposite signs: at a small rho the losses
+    # of a pair move in opposite directions from their common centre, so their differences from
+    # the pair mean anti-correlate across examples (independent pairs would not)
+    _, at, _ = fit_losses(tmp_path, "anti", antithetic=True, rho=0.01, perturbation="hessian")
+    dev = at - at.reshape(4, 2, -1).mean(1).repeat(2, 0)
+    for j in range(4):
+        assert np.corrcoef(dev[2 * j], dev[2 * j + 1])[0, 1] < -0.99
+    _, ai, _ = fit_losses(tmp_path, "indep", rho=0.01, perturbation="hessian")
+    assert np.corrcoef(ai[0] - ai[1], ai[2] - ai[3])[0, 1] > -0.9
+
+
+def test_hessian_perturbation_refuses_custom_loss_fn_and_custom_loss_defaults_to_xi():
+    model, _, _ = tiny_task()
+    with pytest.raises(ValueError, match="custom loss_fn"):
+        Daunce(model, loss_fn=lambda z, y: z.sum(1), perturbation="hessian")
+    d = Daunce(model, loss_fn=lambda z, y: z.sum(1))
+    assert d.config.perturbation == "xi" and d.config.rho == 0.3
+    d = Daunce(model)
+    assert d.config.perturbation == "hessian" and d.config.rho == 0.03
+
+
 def test_custom_loss_fn_hook(tmp_path):
     model, train, test = tiny_task()
     calls = []
@@ -160,3 +192,12 @@ def test_ensemble_scores_of_checkpoints(tmp_path):
     assert np.array_equal(np.argsort(one, 0, kind="stable"), np.argsort(s[0], 0, kind="stable"))
     with pytest.raises(ValueError, match="at least one"):
         ensemble_scores([], "train", "test")
+
+
+def test_hessian_noise_table_and_per_step_hashing_agree(tmp_path, monkeypatch):
+    from daunce_fast.daunce import trainer
+
+    _, a_table, _ = fit_losses(tmp_path, "table", perturbation="hessian", rho=0.03)
+    monkeypatch.setattr(trainer, "NOISE_TABLE_MAX", 0)
+    _, a_hash, _ = fit_losses(tmp_path, "hash", perturbation="hessian", rho=0.03)
+    np.testing.assert_array_equal(a_hash, a_table)
