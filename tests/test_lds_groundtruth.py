@@ -1,5 +1,6 @@
 """The batched trainer of bench/lds_data.py is the plain examples.train_classifier run per model."""
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -159,8 +160,9 @@ def test_lds_cli_end_to_end_with_fake_daunce(tiny_gt, tmp_path, monkeypatch):
             calls.append(kw)
             assert isinstance(model, torch.nn.Module)
             assert set(kw) == {"num_models", "ratio", "objective", "rho", "gamma", "rank", "optimizer", "lr",
-                               "epochs", "batch_size", "seed", "workdir"}
+                               "epochs", "batch_size", "seed", "workdir", "perturbation"}
             self.model = model
+            self.config = types.SimpleNamespace(rho=0.03 if kw["rho"] is None else kw["rho"])
 
         def fit(self, train):
             assert isinstance(train, torch.utils.data.TensorDataset)
@@ -176,10 +178,11 @@ def test_lds_cli_end_to_end_with_fake_daunce(tiny_gt, tmp_path, monkeypatch):
     monkeypatch.setitem(vars(daunce_fast), "Daunce", FakeDaunce)  # no lazy import of the real one
     rows = lds_cli.main(["--dataset", "breast_cancer", "--methods", "graddot,trak1,if,daunce", "--trak-reg", "1",
                          "--trak-proj-dim", "16", "--if-damping", "0.1", "--K", "8,16", "--objective", "if",
-                         "--no-record"])
+                         "--score-method", "pearson,covariance", "--no-record"])
     by = {(r["method"], r["params"]): r for r in rows}
     assert len(rows) == 1 + 1 + 1 + 4
     assert [c["num_models"] for c in calls] == [8, 16] and calls[0]["rank"] == "full"
+    assert calls[0]["perturbation"] == "hessian" and calls[0]["rho"] is None  # the library's defaults
     daunce_rows = [r for r in rows if r["method"] == "daunce"]
     graddot = next(r for r in rows if r["method"] == "graddot")
     for r in daunce_rows:  # the stand-in returns grad-dot scores: same LDS
