@@ -201,3 +201,17 @@ def test_hessian_noise_table_and_per_step_hashing_agree(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "NOISE_TABLE_MAX", 0)
     _, a_hash, _ = fit_losses(tmp_path, "hash", perturbation="hessian", rho=0.03)
     np.testing.assert_array_equal(a_hash, a_table)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("perturbation", ["hessian", "xi"])
+def test_fit_on_cuda_matches_cpu(tmp_path, perturbation):
+    """The same models trained on a CUDA device: the same draws (hashed on the CPU), float32 rounding only."""
+    import copy
+
+    model, train, test = tiny_task()
+    _, a_cpu, b_cpu = fit_losses(tmp_path, "cpu", perturbation=perturbation)
+    d = Daunce(copy.deepcopy(model).cuda(), workdir=tmp_path / "gpu", perturbation=perturbation, **OPTS)
+    d.fit(train, record={"test": test})
+    np.testing.assert_allclose(np.array(d.losses("train")), a_cpu, rtol=2e-3, atol=2e-5)
+    np.testing.assert_allclose(np.array(d.losses("test")), b_cpu, rtol=2e-3, atol=2e-5)
