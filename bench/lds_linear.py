@@ -36,6 +36,7 @@ for p in (HERE, HERE.parent):
 
 from lds_data import load_or_build, load_task, model_from_state  # noqa: E402
 
+from daunce_fast.daunce.heads import hessian_direction  # noqa: E402
 from daunce_fast.metrics import lds  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def jacobians(model, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     return torch.cat(out)
 
 
-def monte_carlo(gt, gtr, gte, jtr_flat, rtr, ptr, chol, K: int, kind: str, seed: int = 0) -> float:
+def monte_carlo(gt, gtr, gte, jtr_flat, ptr, chol, K: int, kind: str, seed: int = 0) -> float:
     """LDS of cov_k(g_iᵀδ_k, g_jᵀδ_k) with δ_k = (H+λ)⁻¹ε_k and ε_k drawn as ``kind`` perturbs."""
     gen = torch.Generator().manual_seed(seed)
     n, c = ptr.shape
@@ -63,9 +64,9 @@ def monte_carlo(gt, gtr, gte, jtr_flat, rtr, ptr, chol, K: int, kind: str, seed:
         w = (2 * torch.rand(K, n, generator=gen) - 1) * member  # [K, N] weights on g_l
         eps = w.double() @ gtr
     else:
-        nrm = torch.randn(K, n, c, generator=gen)  # the library's draw: covariance diag p - p pᵀ
-        sq = ptr.sqrt()[None]
-        u = (sq * nrm - ptr[None] * (sq * nrm).sum(-1, keepdim=True)) * member[..., None]
+        nrm = torch.randn(K, n, c, generator=gen)
+        sq = ptr.sqrt().expand(K, n, c).reshape(K * n, c)
+        u = hessian_direction(sq, nrm, torch.ones(K)).view(K, n, c) * member[..., None]  # the library's draw
         eps = (u.reshape(K, -1) @ jtr_flat).double()
     delta = torch.cholesky_solve(eps.T, chol)  # [P, K]
     ltr, lte = gtr @ delta, gte @ delta
@@ -121,8 +122,8 @@ def main(ds: str, threads: int = 2, ks: tuple = ()) -> None:
         lam = best[1]
         chol = torch.linalg.cholesky(h + lam * eye)
         for k in ks:
-            print(f"    Monte Carlo at lambda {lam:g}, K={k}: xi {monte_carlo(gt, gtr, gte, jtr_flat, rtr, ptr, chol, k, 'xi'):.4f}"
-                  f"  hessian {monte_carlo(gt, gtr, gte, jtr_flat, rtr, ptr, chol, k, 'hessian'):.4f}", flush=True)
+            print(f"    Monte Carlo at lambda {lam:g}, K={k}: xi {monte_carlo(gt, gtr, gte, jtr_flat, ptr, chol, k, 'xi'):.4f}"
+                  f"  hessian {monte_carlo(gt, gtr, gte, jtr_flat, ptr, chol, k, 'hessian'):.4f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,14 @@ def model_rng(seed: int, k: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(k), int(stream)]))
 
 
+def pair_base(k: int, antithetic: bool) -> int:
+    """The model whose subset and draws model k shares: itself, or the even model of its pair."""
+    return k - (k % 2) if antithetic else k
+
+
 def subset_and_xi(seed: int, k: int, n: int, ratio: float, antithetic: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(sorted member indices [n_k] int64, xi [n_k] float64) of model k."""
-    base = k - (k % 2) if antithetic else k
-    rng = model_rng(seed, base, 1)
+    rng = model_rng(seed, pair_base(k, antithetic), 1)
     n_k = max(1, int(round(ratio * n)))
     members = np.sort(rng.choice(n, size=n_k, replace=False)) if n_k < n else np.arange(n)
     xi = rng.random(n_k)
@@ -38,7 +42,7 @@ def subset_and_xi(seed: int, k: int, n: int, ratio: float, antithetic: bool = Fa
 
 def noise_id_and_sign(k: int, antithetic: bool = False) -> tuple[int, float]:
     """(id whose normals model k uses, sign s_k) for perturbation "hessian"."""
-    return (k - (k % 2), -1.0 if k % 2 else 1.0) if antithetic else (k, 1.0)
+    return pair_base(k, antithetic), (-1.0 if antithetic and k % 2 else 1.0)
 
 
 def weights_c(objective: str, rho: float, xi: np.ndarray, perturbation: str = "xi") -> np.ndarray:
