@@ -3,7 +3,10 @@
 Work directory (resumable: a run killed at any point and started again with the same workdir
 continues from the last completed chunk and gives the same result):
 
-    workdir/state.json                     the run's configuration and training-set fingerprint
+    workdir/state.json                     content fingerprints of what the contents were computed
+                                           from: θ0's parameters and buffers, the training set in
+                                           full, the training config, K, the chunking, the format
+                                           version (see workdir.py)
     workdir/adapters/chunk_XXXXX.safetensors   adapter weights of each trained chunk of models
     workdir/losses/<name>.safetensors      tensor "targets" [K, N] float32: per-example targets of
                                            every model (row k = model k), streamed chunk by chunk
@@ -13,13 +16,22 @@ docs/distributed.md) rank r trains and records a contiguous range of the chunks 
 shard of each loss store: losses/<name>.index.json over losses/<name>-0000r-of-0000W.safetensors
 (one logical [K, N], rows of rank r's models). Rank 0 writes state.json; the workdir must be on a
 filesystem every rank sees.
+
+Trust: reusing a workdir with another θ0, training set, config or K raises
+:class:`~daunce_fast.daunce.errors.WorkdirError` naming what differs (``overwrite=True`` starts
+afresh instead); every loss store carries the run's fingerprint and its dataset's, checked before
+it is resumed or read (``scores("train", "test")`` by name included). Store names must be plain
+file names (see workdir.check_name). Without ``workdir=`` the run lives in one temporary directory
+that is deleted on ``close()``, at the end of a ``with`` block, when the object is garbage-collected
+or at interpreter exit (success or error), unless ``keep_workdir=True``.
 """
 from __future__ import annotations
 
 import copy
 import json
-import os
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +39,12 @@ import torch
 
 from .config import LM_DEFAULTS, SCORE_METHOD, DaunceConfig
 from .data import as_examples
+from .errors import WorkdirError
 from .heads import LMHead, LogitsHead, default_targets, is_causal_lm
 from .recorder import record_chunk
 from .trainer import ChunkPlan, train_chunk
-
-STATE_VERSION = 1
+from .workdir import (STATE_FILE, STATE_VERSION, check_name, differences, mismatch_error, read_state, run_id,
+                      store_files, wipe, write_state)
 
 
 def _progress(enabled: bool, **kw):
@@ -48,7 +61,15 @@ class Daunce:
     target_modules, optimizer, lr, weight_decay, epochs, steps, batch_size, schedule,
     max_grad_norm, adapter_chunk, row_budget, antithetic, seed), plus:
 
-    workdir:    where losses, adapters and state live (default: a new temporary directory)
+    workdir:    where losses, adapters and state live (default: a new temporary directory
+                ``daunce_*`` under tempfile.gettempdir(), deleted by close(), at the end of a
+                ``with`` block, on garbage collection or at interpreter exit)
+    keep_workdir: keep that temporary directory instead (its path is ``.workdir``); no effect
+                with ``workdir=``
+    overwrite:  when the workdir holds another run (other θ0, training set, config, K, chunking or
+                format version) or a store name holds another dataset's targets, delete them and
+                start afresh instead of raising WorkdirError (only the workdir's state.json,
+                adapters/ and losses/ are deleted)
     loss_fn:    per-example loss ``loss_fn(outputs, labels) -> [B]`` (default: cross-entropy,
                 token-averaged for [B, T, V] outputs); the first-order term's gradient is taken
                 from it by autograd at the base outputs
@@ -60,7 +81,7 @@ class Daunce:
     """
 
     def __init__(self, model, *, workdir=None, loss_fn=None, forward_fn=None, progress: bool = False, group=None,
-                 **config):
+                 overwrite: bool = False, keep_workdir: bool = False, **config):
         unknown = set(config) - set(DaunceConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Daunce: unknown option(s) {sorted(unknown)}")
@@ -87,12 +108,41 @@ class Daunce:
                 raise ValueError("Daunce: perturbation 'hessian' uses the Hessian of the built-in cross-entropy; "
                                  "it cannot be used with a custom loss_fn")
             self.head = LogitsHead(self.config, forward_fn=forward_fn, loss_fn=loss_fn)
-        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="daunce_"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         self.group = group
-        self._train_fp: str | None = None
+        self.overwrite = bool(overwrite)
+        self._state: dict | None = None   # the workdir's state, checked against this object's
+        self._theta0_fp: str | None = None
         self._chunk_model = None
+        self._closed = False
+        self._cleanup = None
+        if workdir is not None:
+            self.workdir = Path(workdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="daunce_"))
+            if not keep_workdir:  # runs at close(), on garbage collection or at exit, whichever first
+                self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Release the adapter copy of θ0 and delete the temporary workdir (one made because no
+        ``workdir=`` was given, unless ``keep_workdir=True``). Idempotent; the object cannot fit,
+        record or score afterwards."""
+        self._closed = True
+        self._chunk_model = None
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> "Daunce":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _live(self) -> None:
+        if self._closed:
+            raise RuntimeError("Daunce: this object was closed (its temporary workdir is gone); make a new one")
 
     # ------------------------------------------------------------------ layout
     @property
@@ -101,7 +151,8 @@ class Daunce:
 
     @property
     def rank(self):
-        """The adapters' rank: the configured one, else "full" for classifiers and 64 for LMs."""
+        """The adapters' rank: the configured one, else "full" for classifiers and
+        ``LM_DEFAULTS["rank"]`` (16) for language models (which get it filled in as a default)."""
         if self.config.rank is not None:
             return self.config.rank
         return "full" if self.head.kind == "logits" else LM_DEFAULTS["rank"]
@@ -120,7 +171,11 @@ class Daunce:
         return max(1, min(self.num_models, k_c))
 
     def chunks(self) -> list[tuple[int, list[int]]]:
-        kc, K = self.chunk_size(), self.num_models
+        """(chunk id, model ids) of every chunk. Once the workdir's state is read, the chunking it
+        records (the one its adapters were saved under), so that recording and scoring work after
+        adapter_chunk, row_budget or the number of ranks changed."""
+        K = self.num_models
+        kc = self._state["chunk_size"] if self._state is not None else self.chunk_size()
         return [(c, list(range(k0, min(K, k0 + kc)))) for c, k0 in enumerate(range(0, K, kc))]
 
     def my_chunks(self) -> list[tuple[int, list[int]]]:
@@ -144,11 +199,12 @@ class Daunce:
         return sizes
 
     def loss_path(self, name: str) -> Path:
-        return self.workdir / "losses" / f"{name}.safetensors"
+        """losses/<name>.safetensors; ValueError for a name that is not a plain file name."""
+        return self.workdir / "losses" / f"{check_name(name)}.safetensors"
 
     def loss_index_path(self, name: str) -> Path:
         """Index of the sharded loss store written by a distributed run."""
-        return self.workdir / "losses" / f"{name}.index.json"
+        return self.workdir / "losses" / f"{check_name(name)}.index.json"
 
     def _stored(self, name: str) -> Path | None:
         """The loss store of ``name``: the single file, else a distributed run's index, else None."""
@@ -161,6 +217,22 @@ class Daunce:
         return self.workdir / "adapters" / f"chunk_{c:05d}.safetensors"
 
     # ------------------------------------------------------------------ state
+    def _theta0(self) -> str:
+        """Digest of θ0's parameters and buffers (computed once per object: θ0 is never modified)."""
+        if self._theta0_fp is None:
+            from ..storage.fingerprint import module_digest
+
+            self._theta0_fp = module_digest(self.model, "daunce.theta0")
+        return self._theta0_fp
+
+    def _new_state(self, train_fp: str | None) -> dict:
+        return {"version": STATE_VERSION, "theta0": self._theta0(), "train": train_fp,
+                "config": json.loads(json.dumps(self.config.training_fingerprint(), default=str)),
+                "num_models": self.num_models, "chunk_size": self.chunk_size()}
+
+    def _run_id(self) -> str:
+        return run_id(self._state)
+
     def _check_state(self, train_fp: str) -> None:
         from .. import distributed
 
@@ -174,31 +246,39 @@ class Daunce:
             self._check_state_local(train_fp)
 
     def _check_state_local(self, train_fp: str) -> None:
-        path = self.workdir / "state.json"
-        state = {"version": STATE_VERSION, "config": self.config.training_fingerprint(),
-                 "num_models": self.num_models, "chunk_size": self.chunk_size(), "train": train_fp}
-        if path.exists():
-            old = json.loads(path.read_text())
-            diff = [k for k in state if old.get(k) != state[k]]
+        """Write state.json, or check that the one there describes this run (WorkdirError naming what
+        differs; with overwrite=True, wipe the workdir's run and start afresh)."""
+        path = self.workdir / STATE_FILE
+        state = self._new_state(train_fp)
+        if path.exists() or path.is_symlink():
+            try:
+                diff = differences(read_state(path), state, chunking=True)
+            except WorkdirError:
+                if not self.overwrite:
+                    raise
+                diff = ["an unreadable state.json"]
+            if diff and not self.overwrite:
+                raise mismatch_error(self.workdir, diff)
             if diff:
-                raise ValueError(f"Daunce: workdir {self.workdir} holds a different run (differs in: {', '.join(diff)}); "
-                                 "use a new workdir or remove it")
-        else:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-        self._train_fp = train_fp
+                wipe(self.workdir)
+        if not path.exists():
+            write_state(path, state)
+        self._state = state
 
     def _fitted(self) -> str | None:
         """The training set's fingerprint of a finished or started fit in this workdir (this object's,
-        or one read back from state.json when another process ran fit with the same options)."""
-        if self._train_fp is None:
-            path = self.workdir / "state.json"
-            if path.exists():
-                old = json.loads(path.read_text())
-                if old.get("config") == self.config.training_fingerprint() and old.get("num_models") == self.num_models:
-                    self._train_fp = old.get("train")
-        return self._train_fp
+        or one read back from state.json when another process ran fit with the same θ0 and options;
+        WorkdirError when state.json holds another run). None when nothing was fitted."""
+        if self._state is None:
+            path = self.workdir / STATE_FILE
+            if not (path.exists() or path.is_symlink()):
+                return None
+            old = read_state(path)
+            diff = differences(old, self._new_state(None), chunking=False)
+            if diff:
+                raise mismatch_error(self.workdir, diff)
+            self._state = old  # its chunking is the one the adapters were saved under
+        return self._state["train"]
 
     def _model_for(self, ids: list[int]):
         """A copy of θ0 carrying adapters for global model ids ``ids`` (reused across chunks)."""
@@ -244,30 +324,72 @@ class Daunce:
         from .. import storage
 
         meta = {"daunce_fast.target": self.config.target, "daunce_fast.dataset": fingerprint,
-                "daunce_fast.config": json.dumps(self.config.training_fingerprint(), sort_keys=True)}
+                "daunce_fast.run": self._run_id(),
+                "daunce_fast.config": json.dumps(self.config.training_fingerprint(), sort_keys=True, default=str)}
         path = self.loss_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         rank, world = self._rank_world()
-        if world > 1:  # every rank writes the same index (race-safe), then its own shard
-            sw = storage.create_sharded(str(self.loss_index_path(name)), "targets", (self.num_models, n), "float32",
-                                        axis=0, shard_sizes=self._shard_sizes(), metadata=meta)
-            return sw.create_shard(rank, resume=True)
-        return storage.create(str(path), {"targets": ((self.num_models, n), "float32")}, metadata=meta, resume=True)
+
+        def create():
+            if world > 1:  # every rank writes the same index (race-safe), then its own shard
+                sw = storage.create_sharded(str(self.loss_index_path(name)), "targets", (self.num_models, n),
+                                            "float32", axis=0, shard_sizes=self._shard_sizes(), metadata=meta)
+                return sw.create_shard(rank, resume=True)
+            return storage.create(str(path), {"targets": ((self.num_models, n), "float32")}, metadata=meta,
+                                  resume=True)
+
+        try:
+            return create()
+        except storage.LayoutMismatchError as exc:  # an interrupted store of other data or another run
+            if not self.overwrite:
+                raise WorkdirError(f"Daunce: the unfinished loss store {name!r} in {path.parent} was started for "
+                                   f"other data or another run ({exc}); record under another name, or pass "
+                                   "overwrite=True to record it again") from exc
+            for f in store_files(path.parent, name):
+                f.unlink(missing_ok=True)
+            return create()
 
     def _row_offset(self) -> int:
         """Global index of the first model of this rank's shard (row 0 of its loss-store shard)."""
         mine = self.my_chunks()
         return mine[0][1][0] if self._rank_world()[1] > 1 and mine else 0
 
+    def _stale(self, name: str, fingerprint: str | None) -> str | None:
+        """Why the finished store (or sharded index) of ``name`` is not this run's targets of the
+        dataset ``fingerprint`` (None: any dataset), or None when it is (or nothing is stored)."""
+        from .. import storage
+        from ..storage.sharded import load_index
+
+        path = self._stored(name)
+        if path is None:
+            return None
+        if path.name.endswith(".index.json"):
+            idx = load_index(str(path))
+            meta, k = idx["metadata"], idx["shape"][0]
+        else:
+            with storage.open(str(path)) as r:
+                meta, k = r.metadata, r.shape("targets")[0]
+        if meta.get("daunce_fast.run") != self._run_id() or k != self.num_models:
+            return f"{path} was recorded by another run (other θ0, training set, config or K, or an older version)"
+        if fingerprint is not None and meta.get("daunce_fast.dataset") != fingerprint:
+            return f"{path} holds the targets of another dataset than the one given for {name!r}"
+        return None
+
+    def _check_stored(self, name: str, fingerprint: str | None) -> bool:
+        """True when ``name`` has a finished store of this run and dataset; False when none (or,
+        with overwrite=True, a stale one, which is deleted); WorkdirError when stale."""
+        why = self._stale(name, fingerprint)
+        if why is None:
+            return self._stored(name) is not None
+        if not self.overwrite:
+            raise WorkdirError(f"Daunce: {why}; record under another name, or pass overwrite=True to record it again")
+        for f in store_files(self.workdir / "losses", name):
+            f.unlink(missing_ok=True)
+        return False
+
     def _store_complete(self, name: str, fingerprint: str) -> bool:
         """True when the store of ``name`` is complete (distributed: this rank's shard of it)."""
-        from .. import storage
-
-        path = self.loss_path(name)
-        if path.exists():
-            with storage.open(str(path)) as r:
-                if r.metadata.get("daunce_fast.dataset") != fingerprint or r.shape("targets")[0] != self.num_models:
-                    raise ValueError(f"Daunce: {path} holds targets of another dataset or run; remove it or use another name")
+        if self._check_stored(name, fingerprint) and self.loss_path(name).exists():
             return True
         index = self.loss_index_path(name)
         if not index.exists():
@@ -275,8 +397,6 @@ class Daunce:
         from ..storage.sharded import load_index
 
         idx = load_index(str(index))
-        if idx["metadata"].get("daunce_fast.dataset") != fingerprint or idx["shape"][0] != self.num_models:
-            raise ValueError(f"Daunce: {index} holds targets of another dataset or run; remove it or use another name")
         files = [index.parent / s["file"] for s in idx["shards"]]
         rank, world = self._rank_world()
         if all(f.exists() for f in files):  # complete, whichever number of ranks wrote it
@@ -284,8 +404,8 @@ class Daunce:
         if world == 1:
             return False
         if [s["size"] for s in idx["shards"]] != self._shard_sizes():
-            raise ValueError(f"Daunce: {index} was written by a run over {len(files)} ranks with other shards; "
-                             f"rerun with that many ranks, or remove it to record again over {world}")
+            raise WorkdirError(f"Daunce: {index} was written by a run over {len(files)} ranks with other shards; "
+                               f"rerun with that many ranks, or remove it to record again over {world}")
         return files[rank].exists()
 
     # ------------------------------------------------------------------ public API
@@ -294,14 +414,22 @@ class Daunce:
         ``train`` (name "train") and of each dataset in ``record`` ({name: dataset}) right after each
         chunk trains. Resumes from the last completed chunk of an interrupted run. Distributed: each
         rank trains and records its own chunks; returns when every rank has finished (a failure on
-        one rank raises on all)."""
+        one rank raises on all).
+
+        WorkdirError when the workdir holds another run (another θ0, training set, config, K or
+        chunking) or a name in ``record`` holds another dataset's targets, unless overwrite=True."""
         from .. import distributed
 
+        self._live()
+        for name in record or {}:
+            check_name(name)
         ex = as_examples(train)
         fp = ex.fingerprint()
         self._check_state(fp)
         sets = {"train": (ex, fp)}
         for name, data in (record or {}).items():
+            if name == "train":
+                raise ValueError('Daunce.fit: the name "train" is the training set\'s; record other data under another name')
             e = as_examples(data)
             sets[name] = (e, e.fingerprint())
         if self._rank_world()[1] > 1:
@@ -353,9 +481,13 @@ class Daunce:
     def record(self, data, name: str) -> Path:
         """Write the [K, N] targets of ``data`` under ``name`` (the fitted adapters are loaded chunk
         by chunk from the workdir). Returns the loss file's path (distributed: the index's, once every
-        rank has written its shard)."""
+        rank has written its shard). ``name``: a plain file name (ValueError otherwise, see
+        workdir.check_name). The adapters are loaded under the chunking the workdir records, so
+        changing adapter_chunk, row_budget or the number of ranks after fit is fine."""
         from .. import distributed
 
+        self._live()
+        check_name(name)
         if self._fitted() is None:
             raise RuntimeError("Daunce.record: call fit() first (it trains the models), or use the options of the "
                                f"fit recorded in {self.workdir / 'state.json'}")
@@ -387,19 +519,30 @@ class Daunce:
 
     def losses(self, name: str = "train") -> np.ndarray:
         """Read-only memory-mapped [K, N] targets recorded under ``name`` (a distributed run's
-        sharded store: a ShardedArray, read by slices)."""
+        sharded store: a ShardedArray, read by slices). Checked first: the workdir must hold this
+        object's run (θ0, config, K) and the store must have been recorded by it (the "train"
+        store: from the fitted training set); WorkdirError otherwise, KeyError when nothing is
+        recorded under ``name``."""
         from .. import storage
 
-        path = self._stored(name) or self.loss_path(name)
+        self._live()
+        check_name(name)
+        if self._fitted() is None:
+            raise KeyError(f"Daunce: nothing was fitted in {self.workdir} (no {STATE_FILE}); call fit() first")
+        path = self._stored(name)
+        if path is None:
+            raise KeyError(f"Daunce: nothing recorded under {name!r} in {self.workdir}")
+        why = self._stale(name, self._state["train"] if name == "train" else None)
+        if why is not None:
+            raise WorkdirError(f"Daunce: {why}; record it again (record(data, name) with overwrite=True) or use "
+                               "a new workdir")
         if path.name.endswith(".index.json"):
             return storage.open_sharded(str(path))
         return storage.open(str(path))["targets"]
 
     def _resolve(self, data) -> str:
         if isinstance(data, str):
-            if self._stored(data) is None:
-                raise KeyError(f"Daunce: nothing recorded under {data!r} in {self.workdir}")
-            return data
+            return data  # checked by losses()
         ex = as_examples(data)
         fp = ex.fingerprint()
         if fp == self._fitted():
@@ -420,11 +563,16 @@ class Daunce:
         Under a process group (W > 1 ranks; every rank calls this with the same arguments) the work
         is split over the train examples with daunce_fast.distributed: top-k lists are merged across
         ranks (every rank gets the full result); the full matrix needs ``out=PATH`` (an index path,
-        e.g. "scores.index.json") and is written as per-rank row slabs of one sharded store."""
+        e.g. "scores.index.json") and is written as per-rank row slabs of one sharded store.
+
+        Stores named here are checked against this object's θ0 and options and the workdir's
+        state (see :meth:`losses`): stale ones raise WorkdirError, never give old scores."""
         import daunce_fast as df
 
-        method = method or SCORE_METHOD[self.head.kind]
         from .. import distributed
+
+        self._live()
+        method = method or SCORE_METHOD[self.head.kind]
 
         if test is None:
             raise TypeError("Daunce.scores: give the test dataset (or the name of a recorded one)")

@@ -1,0 +1,134 @@
+"""The files of a Daunce workdir that guard it: ``state.json`` (what the workdir's contents were
+computed from), safe names for the stores joined into it, and the temporary workdir's cleanup.
+
+state.json (format version ``STATE_VERSION``) holds content fingerprints of everything that
+determines the trained models and their recorded targets::
+
+    {"version": 2, "theta0": <module_digest(θ0)>, "train": <dataset digest>,
+     "config": <DaunceConfig.training_fingerprint()>, "num_models": K, "chunk_size": K_c}
+
+``run_id(state)`` hashes all of it but the chunk size (models do not depend on the chunking); each
+loss store carries it in its metadata, so a store of another run is never read as this one's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .errors import WorkdirError
+
+STATE_VERSION = 2
+STATE_FILE = "state.json"
+STATE_MAX_BYTES = 1 << 20   # a state.json is a few kB; anything larger is not one
+FRESH = ("overwrite=True (deletes its state.json, adapters/ and losses/) or use a new workdir")
+_FIELDS = {"version": int, "theta0": str, "train": str, "config": dict, "num_models": int, "chunk_size": int}
+
+
+def run_id(state: dict) -> str:
+    """Digest of the run a state describes (θ0, training set, config, K, format version)."""
+    from ..storage.fingerprint import ContentHash
+
+    return ContentHash("daunce.run").update_json({k: state[k] for k in ("version", "theta0", "train", "config",
+                                                                        "num_models")}).hexdigest()
+
+
+def read_state(path: Path) -> dict:
+    """The state in ``path``, validated; WorkdirError when it is not a Daunce state file."""
+    def bad(why: str) -> WorkdirError:
+        return WorkdirError(f"Daunce: {path} is not a valid Daunce state file ({why}); remove it, or start afresh "
+                            f"with Daunce(..., {FRESH}")
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(STATE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise bad(f"cannot read it: {exc.strerror or exc}") from None
+    if len(raw) > STATE_MAX_BYTES:
+        raise bad(f"larger than {STATE_MAX_BYTES} bytes")
+    try:
+        state = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise bad("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise bad(f"not JSON: {exc}") from None
+    if not isinstance(state, dict):
+        raise bad(f"a JSON {type(state).__name__}, not an object")
+    if state.get("version") != STATE_VERSION and isinstance(state.get("version"), int):
+        raise WorkdirError(f"Daunce: {path} was written by format version {state['version']} of the workdir, this "
+                           f"code reads version {STATE_VERSION}; start afresh with Daunce(..., {FRESH}")
+    for key, typ in _FIELDS.items():
+        if not isinstance(state.get(key), typ) or isinstance(state.get(key), bool):
+            raise bad(f"field {key!r} missing or not a {typ.__name__}")
+    return state
+
+
+def write_state(path: Path, state: dict) -> None:
+    """Write ``state`` atomically, never through a link planted at the temporary name."""
+    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # removes a stale file or link itself, never a link's target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def differences(old: dict, new: dict, *, chunking: bool) -> list[str]:
+    """What differs between two states, in words (chunking: include the chunk size)."""
+    out = []
+    if old["theta0"] != new["theta0"]:
+        out.append("θ0 (the model's parameters or buffers)")
+    if old["train"] != new["train"] and new["train"] is not None:
+        out.append('dataset "train"')
+    if old["num_models"] != new["num_models"]:
+        out.append(f"num_models (workdir {old['num_models']}, now {new['num_models']})")
+    for k in sorted(set(old["config"]) | set(new["config"])):
+        if old["config"].get(k) != new["config"].get(k):
+            out.append(f"config field {k} (workdir {old['config'].get(k)!r}, now {new['config'].get(k)!r})")
+    if chunking and old["chunk_size"] != new["chunk_size"]:
+        out.append(f"models per chunk (workdir {old['chunk_size']}, now {new['chunk_size']}: set by adapter_chunk, "
+                   "row_budget and the number of ranks; fit resumes only under the same chunking)")
+    return out
+
+
+def mismatch_error(workdir: Path, diff: list[str]) -> WorkdirError:
+    return WorkdirError(f"Daunce: workdir {workdir} holds a different run: it differs in {'; '.join(diff)}. "
+                        f"Start afresh with Daunce(..., {FRESH}")
+
+
+def wipe(workdir: Path) -> None:
+    """Delete what a run put in ``workdir`` (state.json, adapters/, losses/), nothing else."""
+    (workdir / STATE_FILE).unlink(missing_ok=True)
+    for sub in ("adapters", "losses"):
+        p = workdir / sub
+        if p.is_symlink():
+            p.unlink()
+        elif p.exists():
+            shutil.rmtree(p)
+
+
+def store_files(losses_dir: Path, name: str) -> list[Path]:
+    """Every file of the loss store ``name`` (finished, partial, journals, shards, index)."""
+    if not losses_dir.is_dir():
+        return []
+    shard = re.compile(re.escape(name) + r"-\d+-of-\d+\.safetensors")
+    return [p for p in losses_dir.iterdir()
+            if p.name.startswith((f"{name}.safetensors", f"{name}.index.json")) or shard.match(p.name)]
+
+
+_BAD_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def check_name(name) -> str:
+    """``name`` if it is safe to join into the workdir as one file-name component: a non-empty str
+    without path separators ('/' or '\\'), control characters (NUL included), a leading '.' (which
+    also rules out '.' and '..') or more than 200 characters; else ValueError."""
+    if not isinstance(name, str):
+        raise TypeError(f"Daunce: a store name must be a str, got {type(name).__name__}")
+    if not name or name.startswith(".") or _BAD_CHARS.search(name) or len(name) > 200 or os.path.isabs(name):
+        raise ValueError(f"Daunce: invalid store name {name!r}: names become files inside the workdir, so they must "
+                         "be non-empty, at most 200 characters, without '/', '\\', control characters or a leading "
+                         "'.' (e.g. 'test' or 'val_2')")
+    return name
