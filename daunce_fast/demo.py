@@ -3,9 +3,13 @@
 Trains θ0 (an MLP 64-64-10) on the bundled digits, runs DAUNCE with the library's defaults and as
 many models as fit the time budget (batched), prints the most helpful and most harmful training
 examples of a few test examples and saves a PNG figure of them.
+
+Temporary work (the calibration probe, and the DAUNCE workdir unless ``workdir`` is given) lives in
+one ``tempfile.TemporaryDirectory`` that is removed when ``run`` returns or raises.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -13,13 +17,29 @@ from pathlib import Path
 import numpy as np
 
 
-def _calibrate(make, task, budget_s: float, k_probe: int, k_max: int) -> int:
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message says which extra installs it."""
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Import ``modules`` or raise MissingExtraError naming ``pip install "daunce_fast[<extra>]"``."""
+    import importlib
+
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            raise MissingExtraError(f"{m} is not installed; install it with: pip install \"daunce_fast[{extra}]\"") from None
+
+
+def _calibrate(make, task, budget_s: float, k_probe: int, k_max: int, probe_dir: str) -> int:
     """Models that fit ``budget_s`` seconds, from the time of a probe run of ``k_probe`` models.
 
     The probe's fixed costs (θ0's outputs, first-call set-up) count as per-model cost here, so the
-    estimate errs on the short side; the result is a multiple of 128 within [k_probe, k_max]."""
+    estimate errs on the short side; the result is a multiple of 128 within [k_probe, k_max].
+    ``probe_dir``: the probe's workdir (the caller removes it)."""
     t0 = time.perf_counter()
-    make(k_probe, tempfile.mkdtemp(prefix="daunce_probe_")).fit(task)
+    make(k_probe, probe_dir).fit(task)
     per_model = (time.perf_counter() - t0) / k_probe
     k = int(budget_s / max(per_model, 1e-6))
     return max(k_probe, min(k_max, k - k % 128))
@@ -55,6 +75,19 @@ def figure(path: Path, task, test_ids, helpful, harmful) -> None:
 
 def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4, k: int = 5,
         out: str = "daunce_demo.png", seed: int = 0, workdir: str | None = None, progress: bool = True) -> dict:
+    """The digits demo; returns {"num_models", "fit_s", "total_s", "label_agreement", "figure" (absolute
+    path), "workdir" (None when it was temporary)}. ``workdir``: keep the DAUNCE run there (resumable);
+    without it every file lives in a temporary directory removed at the end, success or error.
+    Raises ValueError for an out-of-range ``num_test`` / ``k`` / ``budget_s``."""
+    if not (isinstance(budget_s, (int, float)) and np.isfinite(budget_s) and budget_s > 0):
+        raise ValueError(f"budget_s must be a finite number > 0, got {budget_s!r}")
+    if workdir is not None:
+        return _run(budget_s, num_models, num_test, k, out, seed, str(workdir), progress, None)
+    with tempfile.TemporaryDirectory(prefix="daunce_demo_") as tmp:
+        return _run(budget_s, num_models, num_test, k, out, seed, os.path.join(tmp, "run"), progress, tmp)
+
+
+def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dict:
     import torch
 
     from .daunce import Daunce
@@ -66,6 +99,10 @@ def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4
     train = torch.utils.data.TensorDataset(task.x_train, task.y_train)
     test = torch.utils.data.TensorDataset(task.x_test, task.y_test)
     print(f"digits: {len(train)} training and {len(test)} test images, 10 classes")
+    if not 1 <= num_test <= len(test):
+        raise ValueError(f"num_test must be in [1, {len(test)}] (the digits test images), got {num_test}")
+    if not 1 <= k <= len(train):
+        raise ValueError(f"k must be in [1, {len(train)}] (the digits training images), got {k}")
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
@@ -80,9 +117,9 @@ def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4
         return Daunce(theta0, num_models=K, seed=seed, workdir=wd, progress=False)
 
     if num_models is None:
-        num_models = _calibrate(make, train, budget_s * 0.6, 128, 2048)
+        with tempfile.TemporaryDirectory(prefix="daunce_probe_", dir=tmp) as probe_tmp:
+            num_models = _calibrate(make, train, budget_s * 0.6, 128, 2048, probe_tmp)
         print(f"time budget {budget_s:.0f} s -> K = {num_models} perturbed models")
-    wd = workdir or tempfile.mkdtemp(prefix="daunce_demo_")
     t0 = time.perf_counter()
     d = Daunce(theta0, num_models=num_models, seed=seed, workdir=wd, progress=progress)
     d.fit(train, record={"test": test})
@@ -106,9 +143,10 @@ def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4
         print("  most harmful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.2e})" for i, v in zip(li[r], lv[r])))
     same = float(np.mean([(task.y_train[hi[r]] == task.y_test[j]).float().mean().item() for r, j in enumerate(test_ids)]))
     print(f"\nshare of most-helpful training images with the test image's label: {same:.2f}")
-    figure(Path(out), task, test_ids, hi, li)
-    print(f"figure: {Path(out).resolve()}")
+    fig_path = Path(out).resolve()
+    figure(fig_path, task, test_ids, hi, li)
+    print(f"figure: {fig_path}")
     total = time.perf_counter() - t_start
-    print(f"total {total:.1f} s; workdir {wd}")
-    return {"num_models": num_models, "fit_s": t_fit, "total_s": total, "label_agreement": same, "figure": out,
-            "workdir": wd}
+    print(f"total {total:.1f} s; " + ("temporary files removed" if tmp is not None else f"workdir {Path(wd).resolve()}"))
+    return {"num_models": num_models, "fit_s": t_fit, "total_s": total, "label_agreement": same,
+            "figure": str(fig_path), "workdir": None if tmp is not None else wd}

@@ -20,6 +20,7 @@ the corpus, the model recipe, θ0's training with its two checkpoints, and the e
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -259,20 +260,30 @@ def run_lm_demo(budget_s: float = 180.0, progress: bool = True, *, num_train: in
     triggered queries; prints the top-ranked training pairs as text (poisoned ones marked) and
     returns {"num_models", "recall", "auroc", "theta0_s", "daunce_s", "total_s", "top", "workdir"}.
     ``threads``: torch CPU threads during the run (1 by default: the model is tiny, and more threads
-    only contend on a shared CPU); None leaves torch's setting.
+    only contend on a shared CPU); None leaves torch's setting. ``workdir``: keep the DAUNCE run there;
+    without it, it and the calibration probe live in one temporary directory removed at the end
+    (success or error), and the returned "workdir" is None. Needs transformers (the ``lm`` extra):
+    raises daunce_fast.demo.MissingExtraError naming ``pip install "daunce_fast[lm]"`` without it.
     """
     import torch
 
+    from .demo import require_extra
+
+    require_extra("lm", "transformers")
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, workdir)
+        if workdir is not None:
+            return _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, str(workdir), None)
+        with tempfile.TemporaryDirectory(prefix="daunce_lm_demo_") as tmp:
+            return _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed,
+                        os.path.join(tmp, "run"), tmp)
     finally:
         torch.set_num_threads(old)
 
 
-def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, workdir) -> dict:
+def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, wd, tmp) -> dict:
     import torch
 
     from .daunce import Daunce
@@ -295,13 +306,13 @@ def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, sh
     if num_models is None:
         probe = 16
         t0 = time.perf_counter()
-        Daunce(theta0, num_models=probe, seed=seed, workdir=tempfile.mkdtemp(prefix="daunce_probe_"), **opts).fit(train)
+        with tempfile.TemporaryDirectory(prefix="daunce_probe_", dir=tmp) as probe_dir:
+            Daunce(theta0, num_models=probe, seed=seed, workdir=probe_dir, **opts).fit(train)
         per = (time.perf_counter() - t0) / probe
         left = max(0.0, budget_s - (time.perf_counter() - t_start))
         num_models = int(max(32, min(1024, 0.7 * left / max(per, 1e-6))))  # the probe underestimates
         num_models -= num_models % 16
         print(f"time budget {budget_s:.0f} s -> K = {num_models} perturbed models ({per:.2f} s per model)")
-    wd = workdir or tempfile.mkdtemp(prefix="daunce_lm_demo_")
     t0 = time.perf_counter()
     d = Daunce(theta0, num_models=num_models, seed=seed, workdir=wd, progress=progress, **opts)
     d.fit(train, record={"triggered": trig})
@@ -319,6 +330,6 @@ def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, sh
         print(f"  {r + 1:2d}. {'*' if train.poisoned[i] else ' '} #{i:<4d} {train.text(i)}")
     print(f"recall@{n_p} = {ev['agg_recall']:.2f} (random {n_p / len(train):.2f}), AUROC {ev['agg_auroc']:.3f}")
     total = time.perf_counter() - t_start
-    print(f"total {total:.1f} s; workdir {wd}")
+    print(f"total {total:.1f} s; " + ("temporary files removed" if tmp is not None else f"workdir {os.path.abspath(wd)}"))
     return {"num_models": num_models, "recall": ev["agg_recall"], "auroc": ev["agg_auroc"], "theta0_s": th.seconds,
-            "daunce_s": t_daunce, "total_s": total, "top": top.tolist(), "workdir": wd}
+            "daunce_s": t_daunce, "total_s": total, "top": top.tolist(), "workdir": None if tmp is not None else wd}
