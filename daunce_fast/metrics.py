@@ -31,10 +31,27 @@ def _as_2d(a: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def _column_ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks of every column (ties share the mean rank), as scipy.stats.rankdata(axis=0)."""
-    from scipy.stats import rankdata
-
-    return rankdata(x, method="average", axis=0)
+    """Average ranks (1-based, float64) of every column of the 2-D ``x``: tied values share the mean
+    of the ranks they span, e.g. [10, 20, 20, 5] -> [2, 3.5, 3.5, 1] (scipy.stats.rankdata's
+    "average", computed with numpy). A column holding a NaN gets NaN ranks throughout (as scipy's
+    default nan_policy), so its correlation is NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    n, m = x.shape
+    if n == 0:
+        return np.zeros((0, m))
+    order = np.argsort(x, axis=0, kind="stable")
+    xs = np.take_along_axis(x, order, axis=0)
+    pos = np.arange(n)[:, None]
+    new_run = np.ones_like(xs, dtype=bool)
+    new_run[1:] = xs[1:] != xs[:-1]           # a tie run starts where the sorted value changes
+    run_end = np.ones_like(xs, dtype=bool)
+    run_end[:-1] = new_run[1:]
+    first = np.maximum.accumulate(np.where(new_run, pos, 0), axis=0)              # start of each run
+    last = np.minimum.accumulate(np.where(run_end, pos, n)[::-1], axis=0)[::-1]   # end of each run
+    ranks = np.empty_like(xs)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=0)
+    ranks[:, np.isnan(x).any(0)] = np.nan
+    return ranks
 
 
 def _column_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
