@@ -30,18 +30,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import os
 import warnings
 
 import numpy as np
 import torch
 
+from .correlation._prep import Source
+
 DEFAULT_TIMEOUT_S = 1800.0
 # Bound on what one rank reads / writes per block when an input is not a free view (a sharded or
 # bfloat16 store) and on the gathered candidates: keeps memory O(block) whatever N and W are.
 BLOCK_BYTES = 256 << 20
-_INT64_MAX = torch.iinfo(torch.int64).max
 
 
 class DistributedError(RuntimeError):
@@ -190,48 +190,22 @@ def barrier(what: str = "barrier", group=None, timeout_s: float | None = None) -
 
 
 # ----------------------------------------------------------------------------------- inputs
-class _Matrix:
-    """A [K, n] input read by column blocks: numpy arrays / memmaps and torch tensors are sliced
-    as views (free); sharded or bfloat16 stores are read block by block (``view`` False)."""
+class _Matrix(Source):
+    """A [K, n] input read by column blocks: the correlation's Source (one decoding of stored
+    dtypes for every entry point). Float numpy arrays / memmaps and torch tensors are sliced as
+    views (``view`` True, free); sharded, decoded (bfloat16 / float16 / float8) or integer inputs
+    are read block by block."""
 
     def __init__(self, x, name: str):
-        from . import storage
-
-        self.name, self._opened, self.kind = name, None, "numpy"
-        if isinstance(x, (str, os.PathLike)):
-            x = self._opened = storage.open_any(x)
-        code = None
-        if isinstance(x, (storage.Reader, storage.ShardedStore)):
-            names = x.names()
-            if len(names) != 1:
-                raise ValueError(f"{name}: the store holds {len(names)} tensors {names}; pass the array itself")
-            code, x = x.dtype_code(names[0]), x[names[0]]
-        if isinstance(x, storage.ShardedArray):
-            code = x.dtype_code
-        if isinstance(x, torch.Tensor):
-            self.kind = "torch"
-        elif not isinstance(x, (np.ndarray, storage.ShardedArray)):
-            x = np.asarray(x)
-        self.data, self.bf16 = x, code == "BF16"
-        self.view = not self.bf16 and not isinstance(x, storage.ShardedArray)
-        if len(x.shape) != 2:
-            raise ValueError(f"{name}: expected a 2-D [K models, n examples] matrix, got shape {tuple(x.shape)}")
-        self.K, self.n = int(x.shape[0]), int(x.shape[1])
+        super().__init__(x, name)
+        plain = isinstance(self.data, np.ndarray) and self.data.dtype in (np.float32, np.float64)
+        self.view = self.kind in ("torch", "cupy") or (plain and not self.needs_decoding)
 
     def cols(self, j0: int, j1: int, device=None):
-        blk = self.data[:, j0:j1]
-        if self.bf16:
-            from .storage import bf16_bits_to_float32
-
-            blk = bf16_bits_to_float32(np.asarray(blk))
+        blk = self.data[:, j0:j1] if self.view else self.numpy_tile(j0, j1)
         if device is not None:
             blk = torch.as_tensor(blk).to(device)
         return blk
-
-    def close(self) -> None:
-        if self._opened is not None:
-            self._opened.close()
-            self._opened = None
 
 
 def _blocks(start: int, stop: int, width: int) -> list[tuple[int, int]]:
@@ -253,25 +227,14 @@ def _global_error(exc: ValueError, blk, b0: int, name: str) -> ValueError:
 
 # ----------------------------------------------------------------------------------- top-k merge
 def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int, largest: bool = True):
-    """Best ``k`` of candidate lists along the last axis: values / indices [..., c] (global train
-    indices; index -1 or a NaN value marks an empty slot) -> ([..., k] values, [..., k] indices),
-    best first (largest values with ``largest=True``), ties to the lower index, empty slots last
+    """Best ``k`` of candidate lists along the last axis (daunce_fast.correlation.merge.merge_candidates):
+    values / indices [..., c] (global train indices; index -1 or a NaN value marks an empty slot)
+    -> ([..., k] values, [..., k] indices), best first, ties to the lower index, empty slots last
     as (NaN, -1). The candidates of disjoint train slices merged this way equal the top-k of the
     union, which is how per-rank (and per-block) lists are combined."""
-    empty = (indices < 0) | torch.isnan(values)
-    key = torch.where(empty, torch.full_like(values, float("inf")), -values if largest else values)
-    idx_key = torch.where(empty, torch.full_like(indices, _INT64_MAX), indices)
-    o1 = torch.argsort(idx_key, dim=-1, stable=True)          # secondary key: the index
-    o2 = torch.argsort(key.gather(-1, o1), dim=-1, stable=True)  # primary key: the score
-    order = o1.gather(-1, o2)[..., :k]
-    v, i, e = values.gather(-1, order), indices.gather(-1, order), empty.gather(-1, order)
-    v = torch.where(e, torch.full_like(v, float("nan")), v)
-    i = torch.where(e, torch.full_like(i, -1), i)
-    if v.shape[-1] < k:  # fewer candidates than k: pad with empty slots
-        pad = list(v.shape[:-1]) + [k - v.shape[-1]]
-        v = torch.cat([v, torch.full(pad, float("nan"), dtype=v.dtype, device=v.device)], -1)
-        i = torch.cat([i, torch.full(pad, -1, dtype=i.dtype, device=i.device)], -1)
-    return v, i
+    from .correlation.merge import merge_candidates
+
+    return merge_candidates(values, indices, k, largest)
 
 
 def _gather_merge(values, indices, k, largest, group):
@@ -304,13 +267,17 @@ def _all_concat(arr: np.ndarray, group) -> np.ndarray:
     return np.sort(np.concatenate(parts)).astype(np.int64)
 
 
-def _test_matrix(te: _Matrix, device):
+def _test_matrix(te, device):
     """The whole test matrix [K, M], read once (every rank needs all of it)."""
+    if not te.view or te.device.type == "cpu":
+        from .storage.memory import check_fits_in_memory
+
+        check_fits_in_memory(8 * te.K * te.n, f"{te.name} matrix [{te.K}, {te.n}] (loaded whole on every rank)")
     t = te.cols(0, te.n, device)
     return t if isinstance(t, torch.Tensor) else np.ascontiguousarray(t)
 
 
-def _output_kind(*mats: _Matrix):
+def _output_kind(*mats):
     for m in mats:
         if m.kind == "torch":
             return m.data.device
@@ -318,15 +285,10 @@ def _output_kind(*mats: _Matrix):
 
 
 def _warn_constants(method: str, const_train, const_test, rank: int) -> None:
-    from .correlation import ConstantColumnWarning
+    from .correlation.api import _warn_constants as warn
 
-    if method != "pearson" or rank != 0:
-        return
-    parts = [f"{len(c)} {n} column(s) [{', '.join(map(str, c[:10]))}{', ...' if len(c) > 10 else ''}]"
-             for n, c in (("train", const_train), ("test", const_test)) if len(c)]
-    if parts:
-        warnings.warn("constant across the K models, so their correlation is undefined (NaN, never selected by "
-                      "topk): " + "; ".join(parts), ConstantColumnWarning, stacklevel=3)
+    if rank == 0:
+        warn(method, const_train, const_test, stacklevel=4)
 
 
 # ----------------------------------------------------------------------------------- topk
@@ -346,7 +308,10 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
     """
     from . import correlation as corr
 
+    from .correlation._prep import check_tile
+
     rank, world = rank_world(group)
+    check_tile(tile)
     tr, te = _Matrix(train, "train"), _Matrix(test, "test")
     try:
         if tr.K != te.K:
@@ -421,7 +386,10 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
 
     out=PATH (an index path, e.g. ``scores.index.json``): rank r writes shard r of one sharded
     store (tensor ``scores``, logical [N, M], axis 0; files ``scores-0000r-of-0000W.safetensors``
-    beside the index), journaled per block of rows so an interrupted job resumes (``resume=True``);
+    beside the index), journaled per block of rows so an interrupted job resumes (``resume=True``)
+    when everything that determines the scores matches (both matrices in full by content
+    fingerprint, method, out_dtype, backend / precision, format version; else ResumeMismatchError
+    naming what differs; ``resume=False`` starts afresh);
     after every rank finished, each returns the read-only logical ShardedArray (read it by slices).
     out=None: returns this rank's :class:`RowSlab` ``(start, stop, scores [stop - start, M])``
     (numpy, or torch when an input is a torch tensor) -- no rank ever holds the whole [N, M].
@@ -429,9 +397,10 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
     """
     from . import correlation as corr
     from . import storage
-    from .correlation._prep import out_torch_dtype
+    from .correlation._prep import check_tile, out_torch_dtype
 
     rank, world = rank_world(group)
+    check_tile(tile)
     tr, te = _Matrix(train, "train"), _Matrix(test, "test")
     odt = out_torch_dtype(out_dtype)
     try:
@@ -480,15 +449,22 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
             return RowSlab(n0, n1, slab)
 
         index_path = os.fspath(out)
-        meta = {"daunce_fast.op": "correlate", "method": method, "K": str(K), "N": str(N), "M": str(M),
-                "layout": "train x test", "test_sha1": _sha1(test_blk)}
+        meta = _resume_metadata(tr, te, method, str(odt).replace("torch.", ""), backend, precision)
 
         def local():
-            sw = storage.create_sharded(index_path, "scores", (N, M), str(odt).replace("torch.", ""), axis=0,
-                                        shard_sizes=split(N, world), metadata=meta, overwrite=not resume)
+            from .correlation._resume import mismatch_error
+
+            try:
+                sw = storage.create_sharded(index_path, "scores", (N, M), str(odt).replace("torch.", ""), axis=0,
+                                            shard_sizes=split(N, world), metadata=meta, overwrite=not resume)
+            except storage.LayoutMismatchError as exc:
+                raise mismatch_error(exc, index_path, meta, sharded=True) from None
             if resume and os.path.exists(sw.shard_files[rank]):
                 return  # this rank's shard completed in an earlier run
-            w = sw.create_shard(rank, resume=resume)
+            try:
+                w = sw.create_shard(rank, resume=resume)
+            except storage.LayoutMismatchError as exc:
+                raise mismatch_error(exc, sw.shard_files[rank], meta) from None
             try:
                 run(w.torch("scores"), w)
                 w.close()
@@ -506,11 +482,18 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
     return storage.open_sharded(index_path)
 
 
-def _sha1(t) -> str:
-    h = hashlib.sha1()
-    a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
-    h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
+def _resume_metadata(tr, te, method: str, out_dtype: str, backend, precision) -> dict:
+    """The score store's identity (correlation._resume.resume_metadata), with the backend that
+    daunce_fast.correlate will pick for the blocks (they live where the inputs live)."""
+    from ._backends import select_backend
+    from .correlation._prep import check_options
+    from .correlation._resume import effective_precision, resume_metadata
+    from .correlation.api import IMPLEMENTED
+
+    dev = "cuda" if any(m.device.type == "cuda" for m in (tr, te)) else "cpu"
+    chosen = select_backend("correlate", IMPLEMENTED, dev, backend)
+    prec = effective_precision(chosen, check_options(method, "raise", precision), dev, out_dtype)
+    return resume_metadata(tr, te, method=method, out_dtype=out_dtype, backend=chosen, precision=prec)
 
 
 __all__ = ["init_from_env", "shutdown", "is_initialized", "is_distributed", "rank_world", "split", "share",

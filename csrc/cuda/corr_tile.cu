@@ -181,17 +181,36 @@ template <bool FILTER>
 int launch(const float* za, int64_t lda, const float* zb, int64_t ldb, int64_t n, int64_t M, int64_t K, Epilogue ep,
            int precision, void* stream) {
   if (n == 0 || M == 0) return 0;
-  const int64_t gx = (n + BN - 1) / BN, gy = (M + BM - 1) / BM;
-  if (gy > 65535) return static_cast<int>(cudaErrorInvalidConfiguration);
-  dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+  if (precision < PREC_FP32 || precision > PREC_BF16) return static_cast<int>(cudaErrorInvalidValue);
+  const int64_t gx = (n + BN - 1) / BN;
+  if (gx > 2147483647LL) return static_cast<int>(cudaErrorInvalidConfiguration);
   auto s = static_cast<cudaStream_t>(stream);
-  switch (precision) {
-    case PREC_FP32: corr_tile_kernel<PREC_FP32, FILTER><<<grid, THREADS, 0, s>>>(za, lda, zb, ldb, n, M, K, ep); break;
-    case PREC_TF32: corr_tile_kernel<PREC_TF32, FILTER><<<grid, THREADS, 0, s>>>(za, lda, zb, ldb, n, M, K, ep); break;
-    case PREC_BF16: corr_tile_kernel<PREC_BF16, FILTER><<<grid, THREADS, 0, s>>>(za, lda, zb, ldb, n, M, K, ep); break;
-    default: return static_cast<int>(cudaErrorInvalidValue);
+  // gridDim.y is limited to 65,535 blocks: launch slices of at most 65,535 x BM test columns, each
+  // with shifted column pointers (zb, out, thr, cnt, candidate rows) and its own width as M.
+  // Same slicing as daunce_fast/correlation/grids.py (launch_grids).
+  constexpr int64_t kGridYLimit = 65535, kWidth = kGridYLimit * BM;
+  for (int64_t c0 = 0; c0 < M; c0 += kWidth) {
+    const int64_t m = M - c0 < kWidth ? M - c0 : kWidth;
+    dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>((m + BM - 1) / BM));
+    Epilogue e = ep;
+    if constexpr (FILTER) {
+      e.thr += c0;
+      e.cnt += c0;
+      e.cand_v += c0 * ep.C;
+      e.cand_i += c0 * ep.C;
+    } else {
+      e.out += c0;
+    }
+    const float* zbs = zb + c0;
+    switch (precision) {
+      case PREC_FP32: corr_tile_kernel<PREC_FP32, FILTER><<<grid, THREADS, 0, s>>>(za, lda, zbs, ldb, n, m, K, e); break;
+      case PREC_TF32: corr_tile_kernel<PREC_TF32, FILTER><<<grid, THREADS, 0, s>>>(za, lda, zbs, ldb, n, m, K, e); break;
+      default: corr_tile_kernel<PREC_BF16, FILTER><<<grid, THREADS, 0, s>>>(za, lda, zbs, ldb, n, m, K, e); break;
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return static_cast<int>(err);
   }
-  return static_cast<int>(cudaGetLastError());
+  return 0;
 }
 }  // namespace
 

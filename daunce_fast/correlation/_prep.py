@@ -2,9 +2,13 @@
 
 ``Source`` wraps one [K, n] loss matrix (numpy array or memmap, torch tensor on CPU or CUDA, cupy
 array through DLPack, a storage Reader / ShardedStore / path) and reads it in column tiles,
-so a memory-mapped or sharded matrix is never loaded whole. ``standardise_torch`` is the float64
-standardisation of the torch-based engines (torch, triton, cuda); the CPU engine uses the
-compiled kernels instead (C.colstats + C.corr_standardise), with the same rule for constants.
+so a memory-mapped or sharded matrix is never loaded whole. Stored bfloat16 / float16 / float8
+tensors are decoded exactly to float32 by ``storage.dtypes.decode_float32`` whatever the entry
+point (path, Reader, ShardedStore, ShardedArray); unsigned 8/16-bit arrays whose stored dtype is
+unknown (they may be raw bfloat16 / float8 bits) are refused with a TypeError rather than
+correlated as integers. ``standardise_torch`` is the float64 standardisation of the torch-based
+engines (torch, triton, cuda); the CPU engine uses the compiled kernels instead (C.colstats +
+C.corr_standardise), with the same rule for constants.
 """
 from __future__ import annotations
 
@@ -20,9 +24,23 @@ METHODS = ("pearson", "covariance")
 NAN_POLICIES = ("raise", "propagate")
 _PRECISIONS = {"fp32": "fp32", "float32": "fp32", "ieee": "fp32", "tf32": "tf32", "bf16": "bf16", "bfloat16": "bf16"}
 OUT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# stored codes decoded to float32 (numpy holds BF16 / F8 as raw bits); F32 / F64 / integers are read as they are
+_DECODED = frozenset({"BF16", "F16", "F8_E4M3", "F8_E5M2", "F8_E8M0"})
+_AS_STORED = frozenset({"F32", "F64", "I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64"})
+_FP_TILE_BYTES = 16 << 20  # fingerprint(): columns hashed per tile (a fixed width, so digests are comparable)
 
 
-def check_options(method: str, nan_policy: str, precision) -> str | None:
+def check_tile(tile) -> int | None:
+    """``tile``: None (automatic) or a positive int (train columns per tile); ValueError otherwise."""
+    if tile is None:
+        return None
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or int(tile) < 1:
+        raise ValueError(f"tile must be None or a positive int (train columns per tile), got {tile!r}")
+    return int(tile)
+
+
+def check_options(method: str, nan_policy: str, precision, tile=None) -> str | None:
+    check_tile(tile)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if nan_policy not in NAN_POLICIES:
@@ -77,13 +95,26 @@ class Source:
                                      f"e.g. reader[{names[0]!r}]" if names else f"{name}: the store holds no tensor")
                 self.code = x.dtype_code(names[0])
                 x = x[names[0]]
+            # ShardedArray carries its code; a Reader's array view (reader[name]) may not
             self.code = getattr(x, "dtype_code", getattr(self, "code", None))
             self.data = x
+            if self.code is not None and self.code not in _AS_STORED and self.code not in _DECODED:
+                from ..storage.dtypes import decode_float32
+
+                decode_float32(np.zeros(0, self.data.dtype), self.code)  # its TypeError names the code
+                raise TypeError(f"{name}: stored dtype {self.code} is not a real numeric type")
         else:
             arr = np.asarray(x)
             if arr.dtype.kind not in "fiu":
                 raise TypeError(f"{name}: expected a real numeric matrix, got dtype {arr.dtype}")
-            self.kind, self.data = "numpy", arr
+            self.kind, self.data, self.code = "numpy", arr, None
+        if self.kind in ("numpy", "storage") and self.code is None and self.data.dtype in (np.uint8, np.uint16):
+            raise TypeError(f"{name}: integer matrix of dtype {self.data.dtype} whose stored dtype is unknown (it may "
+                            f"hold raw bfloat16 / float8 bits): decode it first (e.g. storage.dtypes.decode_float32(arr, "
+                            f"code), or reader.torch(name)) or pass the path / Reader, which carry the dtype")
+        if self.kind in ("torch", "cupy") and self.data.dtype in (torch.uint8, torch.uint16):
+            raise TypeError(f"{name}: integer tensor of dtype {self.data.dtype} (possibly raw bfloat16 / float8 bits): "
+                            f"convert it to a floating-point dtype first")
         shape = tuple(self.data.shape)
         if len(shape) != 2:
             raise ValueError(f"{name}: expected a 2-D [K models, n examples] matrix, got shape {shape}")
@@ -107,10 +138,10 @@ class Source:
         """Columns [j0, j1) as a numpy array (float32 or float64; a view when possible)."""
         if self.kind == "storage":
             blk = np.asarray(self.data[:, j0:j1])  # reads only these columns of the map / shards
-            if self.code == "BF16":
-                from ..storage import bf16_bits_to_float32
+            if self.code in _DECODED:
+                from ..storage.dtypes import decode_float32
 
-                blk = bf16_bits_to_float32(blk)
+                blk = decode_float32(blk, self.code)
         elif self.kind == "numpy":
             blk = self.data[:, j0:j1]
         else:
@@ -130,7 +161,27 @@ class Source:
             t = torch.from_numpy(np.ascontiguousarray(self.numpy_tile(j0, j1)))
         if not t.dtype.is_floating_point:
             t = t.to(torch.float64)
+        elif t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            t = t.to(torch.float32)  # float8: widened exactly (torch cannot compute in it)
         return t.to(device, non_blocking=False)
+
+    @property
+    def needs_decoding(self) -> bool:
+        """True when tiles are decoded (stored bfloat16 / float16 / float8) rather than sliced as views."""
+        return self.kind == "storage" and self.code in _DECODED
+
+    def fingerprint(self) -> str:
+        """Content digest of the matrix as correlated: its shape and every value of its float tiles
+        (numpy_tile), so the same values give the same digest through any entry point (array,
+        tensor, path, Reader, sharded store). Streams fixed-width column tiles; the matrix is never
+        loaded whole."""
+        from ..storage.fingerprint import ContentHash
+
+        h = ContentHash("daunce_fast.correlation.matrix/1").update_json([self.K, self.n])
+        width = max(1, _FP_TILE_BYTES // (8 * max(self.K, 1)))
+        for j0 in range(0, self.n, width):
+            h.update_array(self.numpy_tile(j0, min(self.n, j0 + width)))
+        return h.hexdigest()
 
 
 def check_pair(train: Source, test: Source) -> None:
@@ -147,6 +198,24 @@ class TileStats:
     z: object  # numpy or torch, [K, n]
     first_bad: int  # flat index j*K + k of the first non-finite entry (example-major), or -1
     constant: np.ndarray  # bool [n]
+    overflow: int = -1  # first column (within the tile) whose finite values overflow float64 stats, or -1
+
+
+def first_stats_overflow(x, mean, m2) -> int:
+    """First column of x [K, n] whose values are all finite but whose mean or m2 is not (float64
+    overflow, values near the float64 limit), or -1. numpy or torch arguments."""
+    if isinstance(x, torch.Tensor):
+        bad = ~(torch.isfinite(mean) & torch.isfinite(m2))
+        if not bool(bad.any()):
+            return -1
+        hit = torch.nonzero(bad & torch.isfinite(x).all(0))
+        return int(hit[0, 0]) if hit.numel() else -1
+    bad = ~(np.isfinite(mean) & np.isfinite(m2))
+    if not bad.any():
+        return -1
+    cols = np.nonzero(bad)[0]
+    ok = np.isfinite(x[:, cols]).all(0)
+    return int(cols[ok][0]) if ok.any() else -1
 
 
 def first_nonfinite_torch(x: torch.Tensor) -> int:
@@ -174,10 +243,19 @@ def standardise_torch(x: torch.Tensor, pearson: bool, factor: float, dtype: torc
     else:
         scale = torch.full_like(m2, factor)
     z = (xc * scale).to(dtype)
-    return TileStats(z, bad, const.cpu().numpy())
+    return TileStats(z, bad, const.cpu().numpy(), first_stats_overflow(x, mean, m2))
 
 
 def nonfinite_error(src: Source, flat: int, j0: int, value) -> ValueError:
     j, k = divmod(int(flat), src.K)
     return ValueError(f"{src.name} has a non-finite value {value} at model {k}, example {j0 + j} "
                       f"({src.name}[{k}, {j0 + j}]); pass nan_policy='propagate' to let NaN flow into the scores")
+
+
+def overflow_error(name: str, column: int, values) -> ValueError:
+    """The error for a column of finite values whose float64 mean or variance overflows."""
+    peak = float(np.max(np.abs(np.asarray(values, dtype=np.float64)))) if np.size(values) else float("nan")
+    return ValueError(f"{name} column {column} (example {column}) has finite values (largest magnitude {peak:.3g}) but "
+                      f"its mean or variance overflows float64, so it cannot be standardised; rescale the matrix (e.g. "
+                      f"divide it by its largest absolute value: Pearson scores do not change, covariances scale by "
+                      f"the square of the factor)")

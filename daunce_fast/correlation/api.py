@@ -15,7 +15,6 @@ reported by a ConstantColumnWarning and, for topk, in ``result.constant_train`` 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 
@@ -23,7 +22,9 @@ import numpy as np
 import torch
 
 from .._backends import select_backend
-from ._prep import Source, check_options, check_pair, nonfinite_error, out_torch_dtype
+from ._prep import Source, check_options, check_pair, nonfinite_error, out_torch_dtype, overflow_error
+from ._resume import effective_precision, mismatch_error, resume_metadata
+from .merge import merge_candidates
 
 IMPLEMENTED = ("cuda", "triton", "cpu", "torch")
 _MARK_EVERY = 1 << 30  # out=PATH: make written tiles durable (fsync + journal) every this many bytes
@@ -148,8 +149,8 @@ def _gpu_default(device) -> str:
     return "tf32" if torch.device(device).type == "cuda" else "fp32"
 
 
-def _setup(train, test, op, backend, method, nan_policy, precision):
-    precision = check_options(method, nan_policy, precision)
+def _setup(train, test, op, backend, method, nan_policy, precision, tile):
+    precision = check_options(method, nan_policy, precision, tile)
     tr, te = Source(train, "train"), Source(test, "test")
     check_pair(tr, te)
     devs = {d for d in (tr.device, te.device) if d.type == "cuda"}
@@ -173,11 +174,19 @@ def _to_kind(t: torch.Tensor, kind: str):
 
 
 def _load_test(engine, te: Source, device, factor: float, nan_policy: str) -> np.ndarray:
+    """Standardise the whole test matrix once (it is multiplied with every train tile)."""
+    if device.type == "cpu" or te.device.type == "cpu":  # read into host memory: the tile and its float64 copy
+        from ..storage.memory import check_fits_in_memory
+
+        check_fits_in_memory(2 * 8 * te.K * te.n, f"{te.name} matrix [{te.K}, {te.n}] (loaded whole, float64)")
     blk = te.torch_tile(0, te.n, device) if engine.torch_based else te.numpy_tile(0, te.n)
     st = engine.set_test(blk, factor)
     if st.first_bad >= 0 and nan_policy == "raise":
         j, k = divmod(st.first_bad, te.K)
         raise nonfinite_error(te, st.first_bad, 0, float(blk[k, j]))
+    if st.overflow >= 0:
+        raise overflow_error(te.name, st.overflow, blk[:, st.overflow].cpu() if isinstance(blk, torch.Tensor)
+                             else blk[:, st.overflow])
     return np.nonzero(st.constant)[0].astype(np.int64)
 
 
@@ -199,6 +208,9 @@ def _train_tiles(engine, tr: Source, device, nan_policy: str, progress: bool, de
             if st.first_bad >= 0 and nan_policy == "raise":
                 j, k = divmod(st.first_bad, tr.K)
                 raise nonfinite_error(tr, st.first_bad, j0, float(blk[k, j]))
+            if st.overflow >= 0:
+                col = blk[:, st.overflow]
+                raise overflow_error(tr.name, j0 + st.overflow, col.cpu() if isinstance(col, torch.Tensor) else col)
             if st.constant.any():
                 consts.append(np.nonzero(st.constant)[0] + j0)
             yield j0, j1, st
@@ -236,16 +248,25 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
     out: None (a new array: torch in -> torch on the input's device, cupy -> cupy, else numpy); an
       existing [N, M] numpy array or torch tensor to fill; or a path: tiles stream into a safetensors
       file (tensor ``scores``, written by daunce_fast.storage) and the read-only memory map of the
-      finished file is returned. An interrupted call leaves ``PATH.partial``: calling again with the
-      same inputs and ``resume=True`` (default) skips the tiles already written.
+      finished file is returned. An interrupted call leaves ``PATH.partial``: calling again with
+      ``resume=True`` (default) skips the tiles already written, but only when everything that
+      determines the scores matches what the partial file was computed from (both matrices in full,
+      by content fingerprint; method; out_dtype; backend and precision; the file format version):
+      otherwise ResumeMismatchError (a storage.LayoutMismatchError) names what differs. Pass
+      ``resume=False`` (or delete ``PATH.partial``) to discard the partial file and start afresh.
+      An existing array must be writable, floating point, [N, M], without overlapping elements
+      (ValueError / TypeError before anything is computed).
     out_dtype: "float32" (default), "float64", "float16" or "bfloat16" (not for numpy results).
     backend: None (best live: cuda, triton, cpu, torch) or one of them. precision: None / "fp32" /
       "tf32" / "bf16" for the product on GPU backends (default tf32 there; the cpu backend is fp32,
       and fp64 when out_dtype="float64"; torch is fp64).
     nan_policy: "raise" (ValueError naming the first non-finite (model, example)) or "propagate"
-      (NaN scores for the affected columns, like numpy). tile: train columns per tile (None: automatic).
+      (NaN scores for the affected columns, like numpy). Finite columns whose float64 mean or
+      variance overflows (values near 1e308) raise a ValueError naming the column.
+    tile: train columns per tile, None (automatic) or a positive int (ValueError otherwise).
     """
-    tr, te, device, backend, precision, out_kind = _setup(train, test, "correlate", backend, method, nan_policy, precision)
+    tr, te, device, backend, precision, out_kind = _setup(train, test, "correlate", backend, method, nan_policy,
+                                                          precision, tile)
     try:
         return _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dtype, progress, nan_policy,
                           resume, tile)
@@ -260,6 +281,8 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
     to_path = isinstance(out, (str, os.PathLike))
     if odt == torch.bfloat16 and out is None and out_kind == "numpy":
         raise ValueError("out_dtype='bfloat16' cannot be returned as a numpy array; pass torch tensors or out=PATH")
+    # the output is checked before anything is computed
+    target = _out_target(out, N, M) if out is not None and not to_path else None
     engine = _engine(backend, K, M, method=method, device=device, precision=precision,
                      compute64=(odt == torch.float64), tile=tile)
     const_test = _load_test(engine, te, device, _factors(method, K), nan_policy) if M else np.zeros(0, np.int64)
@@ -268,20 +291,18 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
     if to_path:
         from .. import storage
 
-        meta = {"daunce_fast.op": "correlate", "method": method, "K": str(K), "N": str(N), "M": str(M),
-                "layout": "train x test", "test_sha1": _sha1(te)}
-        writer = storage.create(out, {"scores": ((N, M), str(odt).replace("torch.", ""))}, metadata=meta, resume=resume)
+        dtype_name = str(odt).replace("torch.", "")
+        meta = resume_metadata(tr, te, method=method, out_dtype=dtype_name, backend=backend,
+                               precision=effective_precision(backend, precision, device.type, dtype_name))
+        try:
+            writer = storage.create(out, {"scores": ((N, M), dtype_name)}, metadata=meta, resume=resume)
+        except storage.LayoutMismatchError as exc:
+            raise mismatch_error(exc, out, meta) from None
         target = writer.torch("scores")
         if N and M:
             step = max(1, _WRITE_BYTES // (M * target.element_size()))
             rows = _FileRows(writer["scores"], min(step, engine.tile, N), M, odt, clip=method == "pearson")
-    elif out is not None:
-        target = out if isinstance(out, torch.Tensor) else torch.from_numpy(np.asarray(out)) if isinstance(out, np.ndarray) else torch.from_dlpack(out)
-        if tuple(target.shape) != (N, M):
-            raise ValueError(f"out has shape {tuple(target.shape)}, expected [N, M] = [{N}, {M}]")
-        if not target.dtype.is_floating_point:
-            raise TypeError(f"out must be a floating-point array, got {target.dtype}")
-    else:
+    elif target is None:
         target = torch.empty((N, M), dtype=odt, device=device)
 
     if engine.torch_based is False and target.device.type != "cpu":
@@ -336,12 +357,39 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
     return _to_kind(target, out_kind)
 
 
-def _sha1(te: Source) -> str:
-    """Fingerprint of the test matrix, stored in the file's metadata so a resume with different test data fails."""
-    h = hashlib.sha1()
-    t = te.numpy_tile(0, te.n) if te.kind in ("numpy", "storage") else te.data.detach().cpu().contiguous().numpy()
-    h.update(np.ascontiguousarray(t).tobytes())
-    return h.hexdigest()
+def _out_target(out, N: int, M: int) -> torch.Tensor:
+    """A torch view of the caller's ``out`` array, after checking it can take the [N, M] scores:
+    writable, floating point, the right shape, no negative strides or overlapping elements.
+    (A read-only array or map is refused here: torch would write through it, or crash on a
+    read-only mapping.)"""
+    if isinstance(out, torch.Tensor):
+        target = out
+    elif isinstance(out, np.ndarray):
+        if not out.flags.writeable:
+            raise ValueError("out is a read-only array (e.g. a read-only memmap or a storage reader's view): pass a "
+                             "writable [N, M] array, or out=PATH to stream the scores to a file")
+        if out.dtype.kind != "f":
+            raise TypeError(f"out must be a floating-point array, got {out.dtype}")
+        if any(s < 0 for s in out.strides):
+            raise ValueError(f"out has negative strides {out.strides}: pass a forward view or a fresh array")
+        if out.dtype.byteorder == ">":
+            raise TypeError(f"out must be a native-byte-order array, got {out.dtype}")
+        target = torch.from_numpy(out)
+    elif hasattr(out, "__dlpack__"):
+        target = torch.from_dlpack(out)
+    else:
+        raise TypeError(f"out must be None, a path, a numpy array, a torch tensor or a DLPack array, got "
+                        f"{type(out).__name__}")
+    if tuple(target.shape) != (N, M):
+        raise ValueError(f"out has shape {tuple(target.shape)}, expected [N, M] = [{N}, {M}]")
+    if not target.dtype.is_floating_point:
+        raise TypeError(f"out must be a floating-point array, got {target.dtype}")
+    if target.requires_grad:
+        raise ValueError("out requires grad: pass a tensor without autograd history (e.g. out.detach())")
+    if any(st == 0 and sz > 1 for st, sz in zip(target.stride(), target.shape)):
+        raise ValueError(f"out has overlapping elements (stride 0 in shape {tuple(target.shape)}, e.g. from expand / "
+                         f"broadcast_to): pass an array with one element per score")
+    return target
 
 
 # ---------------------------------------------------------------------------------- topk
@@ -353,9 +401,11 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
     with ``largest=True``, smallest with False); ties go to the lower train index on the cpu and
     torch backends. Memory is O(tile x M + M x k) whatever N is. A test column with fewer than k
     selectable train examples (constant / NaN columns) gets NaN values and index -1 in the rest.
-    Inputs, backend, precision, nan_policy and tile as in :func:`correlate`. k > N raises.
+    Inputs, backend, precision, nan_policy and tile as in :func:`correlate` (tile: None or a positive
+    int; finite columns whose float64 statistics overflow raise). k > N raises.
     """
-    tr, te, device, backend, precision, out_kind = _setup(train, test, "topk", backend, method, nan_policy, precision)
+    tr, te, device, backend, precision, out_kind = _setup(train, test, "topk", backend, method, nan_policy, precision,
+                                                          tile)
     try:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
@@ -425,15 +475,7 @@ def merge_topk(parts, k: int | None = None, *, largest: bool = True) -> TopKResu
     v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
     if k > v.shape[1]:
         raise ValueError(f"k={k} exceeds the {v.shape[1]} candidates per column")
-    empty = (i < 0) | torch.isnan(v)
-    key = torch.where(empty, torch.full_like(v, float("-inf")), v if largest else -v)
-    # order by index first, then a stable sort by score: ties keep the lower index first
-    o1 = torch.argsort(torch.where(empty, torch.full_like(i, torch.iinfo(torch.int64).max), i), dim=1, stable=True)
-    key, v, i, empty = (torch.gather(t, 1, o1) for t in (key, v, i, empty))
-    o2 = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
-    v, i, empty = (torch.gather(t, 1, o2) for t in (v, i, empty))
-    v = torch.where(empty, torch.full_like(v, float("nan")), v)
-    i = torch.where(empty, torch.full_like(i, -1), i)
+    v, i = merge_candidates(v, i, k, largest)
     none = np.zeros(0, np.int64)
     return TopKResult(*(_to_kind(t, kind) if kind == "numpy" else t for t in (v, i)), none, none)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .._ext import C
-from ._prep import TileStats
+from ._prep import TileStats, first_stats_overflow
 
 # Unfused path / full mode: score tile of about 16 MiB (4096 rows at M = 1000), standardised chunk
 # of about 16 MiB. Every sgemm / selection call is an OpenMP region, and on a shared, oversubscribed machine each region
@@ -102,7 +102,7 @@ class CpuEngine:
         z = out if out is not None else self._za[:, :n]
         cm = np.empty(n, np.uint8)
         C.corr_standardise(blk, z, mean, m2, cm, self.pearson, float(factor))
-        return TileStats(z, int(bad), cm.view(bool))
+        return TileStats(z, int(bad), cm.view(bool), first_stats_overflow(blk, mean, m2))
 
     def set_test(self, blk: np.ndarray, factor: float) -> TileStats:
         st = self.standardise(blk, factor, out=np.empty(blk.shape, self.np_dtype))

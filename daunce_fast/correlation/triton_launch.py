@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ._prep import TileStats, standardise_torch
+from .grids import launch_grids
 
 
 def _blocks(device: torch.device, K: int) -> dict:
@@ -59,9 +60,11 @@ class TritonEngine:
 
         n = z.shape[1]
         c = self.cfg
-        grid = (triton.cdiv(n, c["BLOCK_N"]), triton.cdiv(self.M, c["BLOCK_M"]))
-        corr_tile_kernel[grid](z, self.zb, out, n, self.M, self.K, z.stride(0), z.stride(1), self.zb.stride(0),
-                               self.zb.stride(1), out.stride(0), out.stride(1), CLIP=clip, PREC=self.prec, **c)
+        for c0, c1, gy in launch_grids(self.M, c["BLOCK_M"]):  # grid y is limited to 65,535 blocks
+            zb, o = self.zb[:, c0:c1], out[:, c0:c1]
+            corr_tile_kernel[(triton.cdiv(n, c["BLOCK_N"]), gy)](
+                z, zb, o, n, c1 - c0, self.K, z.stride(0), z.stride(1), zb.stride(0), zb.stride(1), o.stride(0),
+                o.stride(1), CLIP=clip, PREC=self.prec, **c)
 
     def _scores(self, z: torch.Tensor) -> torch.Tensor:
         n = z.shape[1]
@@ -81,10 +84,12 @@ class TritonEngine:
 
         n = z.shape[1]
         c = self.cfg
-        grid = (triton.cdiv(n, c["BLOCK_N"]), triton.cdiv(self.M, c["BLOCK_M"]))
-        corr_filter_kernel[grid](z, self.zb, self.thr, self.cnt, self.cand_v, self.cand_i, j0, n, self.M, self.K,
-                                 self.C, z.stride(0), z.stride(1), self.zb.stride(0), self.zb.stride(1),
-                                 PREC=self.prec, **c)
+        for c0, c1, gy in launch_grids(self.M, c["BLOCK_M"]):
+            # column slices of every per-column buffer ([M, C] row-major: rows c0..c1 are contiguous)
+            zb = self.zb[:, c0:c1]
+            corr_filter_kernel[(triton.cdiv(n, c["BLOCK_N"]), gy)](
+                z, zb, self.thr[c0:c1], self.cnt[c0:c1], self.cand_v[c0:c1], self.cand_i[c0:c1], j0, n, c1 - c0,
+                self.K, self.C, z.stride(0), z.stride(1), zb.stride(0), zb.stride(1), PREC=self.prec, **c)
 
     def full_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool | None = None) -> None:
         clip = self.pearson if clip is None else clip
