@@ -1,4 +1,5 @@
-"""daunce_fast.metrics against scipy, sklearn and dattri on small random cases."""
+"""daunce_fast.metrics on hand-computed cases, and against scipy, sklearn and dattri (where installed) on small
+random cases. metrics itself needs only numpy."""
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,39 @@ def _case(rng, n_train=40, n_test=7, S=30):
     return scores, subsets, targets
 
 
+def test_column_ranks_average_ties_by_hand():
+    from daunce_fast.metrics import _column_ranks
+
+    x = np.array([[10.0, 1.0], [20.0, 1.0], [20.0, 1.0], [5.0, 0.0]])
+    np.testing.assert_array_equal(_column_ranks(x), [[2, 3], [3.5, 3], [3.5, 3], [1, 1]])
+    x[0, 1] = np.nan  # a NaN voids its column's ranks (then its correlation is NaN)
+    r = _column_ranks(x)
+    assert np.isnan(r[:, 1]).all() and np.array_equal(r[:, 0], [2, 3.5, 3.5, 1])
+
+
+def test_lds_hand_computed_spearman_with_ties():
+    # pred = subsets @ scores = [1, 2, 3, 4]; targets [1, 3, 3, 2] rank [1, 3.5, 3.5, 2];
+    # Pearson of the ranks: sum(dx dy) = 1.5, sum dx^2 = 5, sum dy^2 = 4.5 -> 1.5 / sqrt(22.5) = 1 / sqrt(10)
+    scores = np.array([[1.0], [2.0], [4.0]])
+    subsets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=bool)
+    targets = np.array([[1.0], [3.0], [3.0], [2.0]])
+    per, mean = lds(scores, subsets, targets)
+    assert per[0] == pytest.approx(1 / np.sqrt(10), abs=1e-15) and mean == per[0]
+
+
+def test_metrics_need_no_scipy(monkeypatch, rng):
+    import sys
+
+    for mod in [m for m in sys.modules if m == "scipy" or m.startswith("scipy.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # any `import scipy...` now raises ImportError
+    scores, subsets, targets = _case(rng)
+    assert np.isfinite(lds(scores, subsets, targets)[1])
+    assert np.isfinite(auroc(scores, rng.random(scores.shape) < 0.5)[1])
+
+
 def test_lds_matches_scipy_spearman(rng):
-    from scipy.stats import spearmanr
+    spearmanr = pytest.importorskip("scipy.stats").spearmanr
 
     scores, subsets, targets = _case(rng)
     per, mean = lds(scores, subsets, targets)
@@ -65,8 +97,17 @@ def test_lds_bad_input(rng):
     assert np.isnan(per_bad[1]) and np.array_equal(np.delete(per_bad, 1), np.delete(per, 1))
 
 
+def test_column_ranks_match_scipy_rankdata(rng):
+    rankdata = pytest.importorskip("scipy.stats").rankdata
+    from daunce_fast.metrics import _column_ranks
+
+    for n in (1, 2, 7, 40):
+        x = rng.integers(0, 4, size=(n, 5)).astype(float)  # many ties
+        np.testing.assert_array_equal(_column_ranks(x), rankdata(x, method="average", axis=0))
+
+
 def test_auroc_matches_sklearn(rng):
-    from sklearn.metrics import roc_auc_score
+    roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
 
     s = rng.standard_normal((60, 5))
     s[:10, 1] = 0.25  # ties
