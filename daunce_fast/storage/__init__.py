@@ -6,14 +6,32 @@
   open_sharded(index_path) -> ShardedArray                       one logical array over shards
   open_any(path)                                                 a file or an index, by content
   iter_column_tiles(x, tile)                                     (j0, j1, x[:, j0:j1]) of a [K, N]
+  decode_float32(bits_or_values, code) -> float32 array         the one decoding of every dtype
+  Reader.float32(name, index=...) / ShardedArray.float32(index=...)   a tile decoded to float32
+  check_fits_in_memory(nbytes, what)                             InsufficientMemoryError if too big
+  available_memory() -> int | None                               MemAvailable / cgroup headroom
 
 Files are plain safetensors (safetensors.safe_open / load_file read them); bfloat16 and float8
-appear in numpy as raw bits (uint16 / uint8), ``.torch(name)`` gives the real dtype.
+appear in numpy as raw bits (uint16 / uint8), ``.torch(name)`` gives the real dtype and
+``decode_float32`` / ``.float32(name, index)`` the exact float32 values.
+
+Errors (all subclasses of StorageError): CorruptFileError (ValueError) and its ResourceLimitError
+(a header beyond the budget at the top of format.py); IncompleteFileError; LayoutMismatchError;
+FileLockedError; NotARegularFileError (ValueError: an input that is a directory, FIFO, socket or
+device); UnreadableFileError (OSError: symlink loop, permission...); UnsafePathError (ValueError:
+an output path that is a symlink, directory or other non-regular file); InsufficientMemoryError
+(MemoryError). A missing input raises FileNotFoundError.
+
+Inputs are opened non-blocking and must be regular files; outputs are never written through
+symlinks (O_NOFOLLOW / O_EXCL, lstat before renames).
 """
 from __future__ import annotations
 
-from .dtypes import bf16_bits_to_float32, float32_to_bf16_bits
-from .errors import CorruptFileError, FileLockedError, IncompleteFileError, LayoutMismatchError, StorageError
+from .dtypes import bf16_bits_to_float32, decode_float32, float32_to_bf16_bits
+from .errors import (CorruptFileError, FileLockedError, IncompleteFileError, InsufficientMemoryError,
+                     LayoutMismatchError, NotARegularFileError, ResourceLimitError, StorageError,
+                     UnreadableFileError, UnsafePathError)
+from .memory import available_memory, check_fits_in_memory
 from .reader import Reader, open
 from .sharded import ShardedArray, ShardedStore, ShardedWriter, create_sharded, open_sharded
 from .tiles import iter_column_tiles, open_any
@@ -24,5 +42,8 @@ __all__ = [
     "create_sharded", "open_sharded", "ShardedWriter", "ShardedArray", "ShardedStore",
     "open_any", "iter_column_tiles",
     "StorageError", "CorruptFileError", "IncompleteFileError", "LayoutMismatchError", "FileLockedError",
-    "bf16_bits_to_float32", "float32_to_bf16_bits",
+    "ResourceLimitError", "NotARegularFileError", "UnreadableFileError", "UnsafePathError",
+    "InsufficientMemoryError",
+    "bf16_bits_to_float32", "float32_to_bf16_bits", "decode_float32",
+    "check_fits_in_memory", "available_memory",
 ]

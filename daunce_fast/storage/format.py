@@ -21,10 +21,35 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from . import dtypes as _dt
-from .errors import CorruptFileError
+import numpy as np
 
-MAX_HEADER = 100_000_000
+from . import dtypes as _dt
+from .errors import CorruptFileError, ResourceLimitError
+
+# ----------------------------------------------------------------------------- resource budget
+# Every header is checked against these before anything it declares is allocated; a file over any
+# of them raises ResourceLimitError (a CorruptFileError). Each is far above what a real file holds
+# and far below what would cost a reader seconds or gigabytes. For scale: a 100 MB header (the
+# format's own limit) can hold ~1.5M minimal tensor entries or ~7M one-character metadata keys,
+# and json.loads needs ~25x the header's size in Python objects for such a file (2.5 GB).
+MAX_HEADER = 100_000_000  # bytes of header JSON (the safetensors format's limit)
+# Tensors in one file: the largest real checkpoints hold a few thousand per file (LLM shards) and
+# ~100k across all shards of a model; 2**18 stays ~10x above any single file, and parses in ~1 s.
+MAX_TENSORS = 1 << 18
+# __metadata__ is a handful of str -> str entries in practice ("format": "pt", configs as JSON text).
+MAX_METADATA_KEYS = 1 << 16
+MAX_METADATA_BYTES = 16 << 20  # UTF-8 bytes of all metadata keys and values together
+MAX_NAME_BYTES = 4096  # UTF-8 bytes of one tensor name or metadata key (real ones: < 200)
+# A valid header nests 3 levels ({name: {"shape": [..]}}); deeper is corrupt. Checked by a byte
+# scan before json.loads, so a deeply nested header never reaches Python's recursion limit.
+MAX_JSON_DEPTH = 8
+# Keys (':' outside strings) of a header within the budget above: 3 fields per tensor, its name,
+# the metadata keys and "__metadata__"; checked by the same byte scan, before json.loads.
+MAX_JSON_KEYS = 4 * MAX_TENSORS + MAX_METADATA_KEYS + 1
+MAX_NDIM = 64  # numpy's limit on dimensions (numpy 2)
+# numpy refuses an array whose nonzero dims times itemsize exceed its intp, even when a 0 dim
+# makes it empty: shapes are checked with exact Python ints against this.
+MAX_ARRAY_BYTES = np.iinfo(np.intp).max
 ALIGN = 4096
 META_KEY = "__metadata__"
 COMPLETE_KEY = "daunce_fast.complete"
@@ -83,6 +108,7 @@ def plan_layout(tensors: dict) -> list[TensorInfo]:
             raise TypeError(f"tensor {name!r}: expected (shape, dtype), got {spec!r}") from None
         shape = _check_shape(name, shape)
         code = _dt.to_code(dtype)
+        _check_numpy_shape(shape, _dt.itemsize(code), f"tensor {name!r}")
         items.append((name, code, shape))
     items.sort(key=lambda t: (-_dt.itemsize(t[1]), t[0]))
     out, off = [], 0
@@ -184,6 +210,51 @@ def _pread_exact(fd: int, n: int, off: int) -> bytes:
     return b"".join(chunks)
 
 
+_SCAN_CHUNK = 1 << 22
+
+
+def json_shape(raw: bytes) -> tuple[int, int]:
+    """(deepest nesting, number of keys) of the JSON text ``raw``: brackets and ':' outside strings,
+    counted with numpy in chunks (no Python recursion, ~0.1 s per 10 MB). Strings are tracked by
+    their unescaped quotes (a quote after an odd run of backslashes is escaped). Meaningful for
+    valid JSON; for invalid JSON it is only an estimate, and json.loads rejects it afterwards."""
+    depth = max_depth = keys = 0
+    in_str = False
+    bs_carry = 0  # backslashes ending the previous chunk
+    buf = np.frombuffer(raw, np.uint8)
+    for c0 in range(0, len(buf), _SCAN_CHUNK):
+        b = buf[c0:c0 + _SCAN_CHUNK]
+        idx = np.arange(len(b), dtype=np.int32)
+        last_nb = np.maximum.accumulate(np.where(b != 92, idx, -1))  # last non-backslash at or before i
+        q = np.flatnonzero(b == 34)
+        prev = np.where(q > 0, last_nb[np.maximum(q - 1, 0)], -1)
+        run = np.where(prev >= 0, q - 1 - prev, q + bs_carry)  # backslashes right before each quote
+        real_q = q[run % 2 == 0]
+        s = np.flatnonzero((b == 123) | (b == 125) | (b == 91) | (b == 93) | (b == 58))
+        outside = (np.searchsorted(real_q, s) + in_str) % 2 == 0
+        s = s[outside]
+        sb = b[s]
+        step = np.where((sb == 123) | (sb == 91), 1, np.where(sb == 58, 0, -1))
+        level = depth + np.cumsum(step)
+        if len(level):
+            max_depth = max(max_depth, int(level.max()))
+            depth = int(level[-1])
+        keys += int(np.count_nonzero(sb == 58))
+        in_str = (in_str + len(real_q)) % 2 == 1
+        bs_carry = bs_carry + len(b) if last_nb[-1] < 0 else len(b) - 1 - int(last_nb[-1])
+    return max_depth, keys
+
+
+def _check_budget(raw: bytes, path: str) -> None:
+    depth, keys = json_shape(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise ResourceLimitError(f"{path}: header JSON is nested too deeply ({depth} levels; a safetensors header "
+                                 f"has 3, the limit is {MAX_JSON_DEPTH})")
+    if keys > MAX_JSON_KEYS:
+        raise ResourceLimitError(f"{path}: header declares {keys} JSON keys, more than the limit of {MAX_JSON_KEYS} "
+                                 f"({MAX_TENSORS} tensors, {MAX_METADATA_KEYS} metadata keys): not a real file")
+
+
 def parse_header_bytes(raw: bytes, file_size: int, path: str = "<bytes>") -> Header:
     n = len(raw)
     try:
@@ -192,6 +263,7 @@ def parse_header_bytes(raw: bytes, file_size: int, path: str = "<bytes>") -> Hea
         raise CorruptFileError(f"{path}: header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not text.lstrip(" \t\r\n").startswith("{"):
         raise CorruptFileError(f"{path}: header is not a JSON object (it must start with '{{')")
+    _check_budget(raw, path)
     try:
         obj = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constants)
     except _Dup as exc:
@@ -208,10 +280,21 @@ def parse_header_bytes(raw: bytes, file_size: int, path: str = "<bytes>") -> Hea
         if not isinstance(metadata, dict):
             raise CorruptFileError(f"{path}: __metadata__ must be an object str -> str, got "
                                    f"{type(metadata).__name__}")
+        if len(metadata) > MAX_METADATA_KEYS:
+            raise ResourceLimitError(f"{path}: __metadata__ has {len(metadata)} keys, more than the limit of "
+                                     f"{MAX_METADATA_KEYS}")
+        total = 0
         for k, v in metadata.items():
             if not isinstance(v, str):
-                raise CorruptFileError(f"{path}: __metadata__[{k!r}] is {type(v).__name__}, not a string "
+                raise CorruptFileError(f"{path}: __metadata__[{k[:80]!r}] is {type(v).__name__}, not a string "
                                        f"(safetensors metadata maps str -> str)")
+            _check_name(k, "metadata key", path)
+            total += len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+        if total > MAX_METADATA_BYTES:
+            raise ResourceLimitError(f"{path}: __metadata__ holds {total} bytes, more than the limit of "
+                                     f"{MAX_METADATA_BYTES}")
+    if len(obj) > MAX_TENSORS:
+        raise ResourceLimitError(f"{path}: header declares {len(obj)} tensors, more than the limit of {MAX_TENSORS}")
 
     infos = []
     for name, e in obj.items():
@@ -240,8 +323,16 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _check_name(name: str, what: str, path: str) -> None:
+    nb = len(name.encode("utf-8", "surrogatepass"))
+    if nb > MAX_NAME_BYTES:
+        raise ResourceLimitError(f"{path}: a {what} of {nb} bytes ({name[:40]!r}...) exceeds the limit of "
+                                 f"{MAX_NAME_BYTES} bytes")
+
+
 def _tensor_info(name: str, e, path: str, data_size: int) -> TensorInfo:
-    where = f"{path}: tensor {name!r}"
+    _check_name(name, "tensor name", path)
+    where = f"{path}: tensor {name[:200]!r}"
     if not isinstance(e, dict):
         raise CorruptFileError(f"{where}: entry must be an object with dtype, shape, data_offsets")
     for key in ("dtype", "shape", "data_offsets"):
@@ -257,6 +348,7 @@ def _tensor_info(name: str, e, path: str, data_size: int) -> TensorInfo:
     shape = e["shape"]
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise CorruptFileError(f"{where}: shape must be a list of non-negative integers, got {str(shape)[:80]}")
+    _check_numpy_shape(shape, _dt.itemsize(code), where)
     offs = e["data_offsets"]
     if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) and o >= 0 for o in offs)):
         raise CorruptFileError(f"{where}: data_offsets must be [begin, end] non-negative integers, "
@@ -273,6 +365,20 @@ def _tensor_info(name: str, e, path: str, data_size: int) -> TensorInfo:
         raise CorruptFileError(f"{where}: shape {str(shape)[:80]} x {code} needs {need_s} bytes but data_offsets "
                                f"[{begin}, {end}] hold {end - begin} (shape/size mismatch)")
     return TensorInfo(name, code, tuple(shape), begin, end)
+
+
+def _check_numpy_shape(shape, itemsize: int, where: str) -> None:
+    """ResourceLimitError for a shape numpy cannot hold, even when empty: more than MAX_NDIM dims,
+    or nonzero dims times itemsize above MAX_ARRAY_BYTES (exact Python ints, stopping early)."""
+    if len(shape) > MAX_NDIM:
+        raise ResourceLimitError(f"{where}: {len(shape)} dimensions, more than numpy's limit of {MAX_NDIM}")
+    n = itemsize
+    for d in shape:
+        if d:
+            n *= d
+            if n > MAX_ARRAY_BYTES:
+                raise ResourceLimitError(f"{where}: shape {str(shape)[:80]} is too large for numpy (its nonzero "
+                                         f"dimensions hold more than {MAX_ARRAY_BYTES} bytes)")
 
 
 def _nbytes(shape: list, itemsize: int, limit: int) -> int:

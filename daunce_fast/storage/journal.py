@@ -14,6 +14,8 @@ import operator
 import os
 import zlib
 
+from ._fs import O_NONBLOCK, create_fresh, open_output, refuse_link
+
 MAGIC = "daunce_fast.journal 1"
 
 
@@ -48,31 +50,34 @@ class Journal:
     def open(cls, path: str, fp: str, keep: bool, sync: bool = True) -> "Journal":
         """Open (keep=True: reuse the keys of a journal with the same fingerprint) or start afresh."""
         keys: set = set()
+        refuse_link(path, "journal")  # a link, directory or FIFO here is refused, never followed
         if keep and os.path.exists(path):
             keys = cls.load(path, fp)
             if keys is None:  # another layout's journal: worthless
                 keys = set()
                 keep = False
         if keep and os.path.exists(path):
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            fd = open_output(path, os.O_WRONLY | os.O_APPEND, "journal")
             # A torn final line (no newline) would glue onto the next record: start on a fresh line.
             size = os.fstat(fd).st_size
-            if size and _last_byte(path, size) != b"\n":
+            if size and _last_byte(path, size) != b"\n":  # (path checked above: regular, not a link)
                 os.write(fd, b"\n")
         else:
             tmp = path + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = create_fresh(tmp, "temporary journal file")
             os.write(fd, f"{MAGIC} {fp}\n".encode())
             os.close(fd)
+            refuse_link(path, "journal")
             os.replace(tmp, path)  # never a journal without its first line
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            fd = open_output(path, os.O_WRONLY | os.O_APPEND, "journal")
             return cls(path, fp, keys, fd, sync, new=True)
         return cls(path, fp, keys, fd, sync)
 
     @staticmethod
     def load(path: str, fp: str | None = None):
         """Keys recorded in ``path``; None when its fingerprint is not ``fp`` (or the file is not a journal)."""
-        with open(path, "rb") as f:
+        fd = open_output(path, os.O_RDONLY | O_NONBLOCK, "journal")  # no link, no FIFO
+        with os.fdopen(fd, "rb") as f:
             data = f.read()
         lines = data.split(b"\n")
         first = lines[0].decode("ascii", "replace").split(" ")

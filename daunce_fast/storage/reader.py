@@ -7,10 +7,12 @@ import os
 import numpy as np
 
 from . import dtypes as _dt
-from ._io import pread_box
+from ._fs import open_input
+from ._io import normalize, pread_box
 from ._views import TensorQueries, array_view, torch_view
 from .errors import IncompleteFileError, StorageError
 from .format import Header, read_header
+from .memory import check_read
 from .writer import JOURNAL_SUFFIX, PARTIAL_SUFFIX
 
 
@@ -25,9 +27,12 @@ def open(path, advice: str | None = None) -> "Reader":  # noqa: A001 - the modul
     page fault (column tiles through ``reader[name][:, j0:j1]`` on a cold cache otherwise read
     most of the file), "sequential" for whole-file scans. ``reader.read(name, index)`` needs no hint.
 
-    Validates the header (CorruptFileError naming the defect); a ``.partial`` file, a file whose
-    header says incomplete, or a ``path`` whose writer never finished (only ``path.partial``
-    exists) raises IncompleteFileError. Nothing but the header is read until tensors are touched.
+    Validates the header (CorruptFileError naming the defect; ResourceLimitError, a subclass, for a
+    header beyond the budget in format.py); a ``.partial`` file, a file whose header says
+    incomplete, or a ``path`` whose writer never finished (only ``path.partial`` exists) raises
+    IncompleteFileError. The file is opened non-blocking: a directory, FIFO, socket or device raises
+    NotARegularFileError, a symlink loop or permission error UnreadableFileError, a missing file
+    FileNotFoundError. Nothing but the header is read until tensors are touched.
     """
     return Reader(path, advice)
 
@@ -41,9 +46,9 @@ class Reader(TensorQueries):
             raise IncompleteFileError(f"{self.path} is a partial file (its writer has not finished); resume it "
                                       f"with create(..., resume=True) or open the final file")
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = open_input(self.path, "safetensors file")
         except FileNotFoundError:
-            if os.path.exists(self.path + PARTIAL_SUFFIX):
+            if os.path.lexists(self.path + PARTIAL_SUFFIX):
                 raise IncompleteFileError(
                     f"{self.path} does not exist yet: only {self.path + PARTIAL_SUFFIX} does (its writer was "
                     f"interrupted or is still running; resume with create(..., resume=True))") from None
@@ -128,19 +133,36 @@ class Reader(TensorQueries):
     def read(self, name: str, index=...) -> np.ndarray:
         """``np.array(reader[name][index])`` (basic indexing), read with one pread per contiguous
         run (e.g. per row of a column tile) when the index is a unit-step box: exactly the bytes
-        needed, no page faults, no memory-map read-around. Returns a new, writable array."""
+        needed, no page faults, no memory-map read-around. Returns a new, writable array (raw bits
+        for BF16 / float8, like ``reader[name]``). A selection larger than the available memory
+        (the whole tensor by default) raises InsufficientMemoryError before anything is read."""
         self._check_open()
         info = self._info(name)
         dt = _dt.numpy_dtype(info.dtype)
+        check_read(selection_size(index, info.shape) * dt.itemsize, f"reading {self._what(name, index)}")
         out = pread_box(self._fd, self.header.data_start + info.begin, info.shape, dt, index)
         return out if out is not None else np.array(self[name][index])
 
-    def float32(self, name: str) -> np.ndarray:
-        """Tensor ``name`` as a float32 array (decodes bfloat16 bits; a copy)."""
-        a = self[name]
-        if self._info(name).dtype == "BF16":
-            return _dt.bf16_bits_to_float32(np.asarray(a))
-        return np.asarray(a, dtype=np.float32)
+    def float32(self, name: str, index=...) -> np.ndarray:
+        """``reader[name][index]`` (basic indexing; the whole tensor by default) decoded to a new
+        float32 array by ``dtypes.decode_float32``: exact for BF16, F16, F8_*, F32; rounded for F64
+        and wide integers; TypeError for BOOL / C64. Reads only the selection (one pread per
+        contiguous run, as ``read``), e.g. a column tile ``(slice(None), slice(j0, j1))``; checks
+        the selection (stored bytes + float32 result) against the available memory first
+        (InsufficientMemoryError)."""
+        self._check_open()
+        info = self._info(name)
+        if info.dtype in _dt.NOT_DECODABLE:
+            _dt.decode_float32(np.zeros(0, np.uint8), info.dtype)  # raises the TypeError
+        n = selection_size(index, info.shape)
+        check_read(n * (4 + _dt.itemsize(info.dtype)), f"reading {self._what(name, index)} as float32")
+        out = _dt.decode_float32(self.read(name, index), info.dtype)
+        return out if info.dtype != "F32" else np.require(out, requirements="W")
+
+    def _what(self, name: str, index) -> str:
+        info = self._info(name)
+        part = "tensor" if index is Ellipsis else "a selection of tensor"
+        return f"{part} {name!r} ({info.dtype}{list(info.shape)}) of {self.path}"
 
     # ---------------------------------------------------------------------------------- end
     def close(self) -> None:
@@ -182,3 +204,12 @@ class Reader(TensorQueries):
 
     def __repr__(self) -> str:
         return f"<daunce_fast.storage.Reader {self.path!r} tensors={self.names()}>"
+
+
+def selection_size(index, shape) -> int:
+    """Number of elements of ``array_of_shape[index]`` for a basic index (exact Python int)."""
+    n = 1
+    for k, d in zip(normalize(index, shape), shape):
+        if isinstance(k, slice):
+            n *= len(range(*k.indices(d)))
+    return n

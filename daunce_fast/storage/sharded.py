@@ -22,12 +22,14 @@ import uuid
 import numpy as np
 
 from . import dtypes as _dt
-from .errors import CorruptFileError, IncompleteFileError, LayoutMismatchError, StorageError
-from .format import check_metadata
+from .errors import CorruptFileError, IncompleteFileError, LayoutMismatchError, ResourceLimitError, StorageError
+from .format import MAX_HEADER, MAX_JSON_DEPTH, check_metadata, json_shape
+from ._fs import create_fresh, open_input, refuse_link
 from ._io import normalize as _normalize
 from .journal import fsync_dir
-from .reader import Reader
-from .writer import PARTIAL_SUFFIX, Writer
+from .memory import check_read
+from .reader import Reader, selection_size
+from .writer import JOURNAL_EVERY, PARTIAL_SUFFIX, Writer
 
 FORMAT = "daunce_fast.sharded"
 VERSION = 1
@@ -97,28 +99,59 @@ def create_sharded(index_path, name: str, shape, dtype, axis: int = 0, shard_siz
 
 
 def _write_json_atomic(path: str, obj: dict) -> None:
+    """Write ``obj`` to a new temporary file (O_EXCL | O_NOFOLLOW) and rename it over ``path``;
+    UnsafePathError when ``path`` is a symlink, directory or anything but a regular file."""
+    refuse_link(path, "sharded index")
     tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"  # unique: ranks may race on the same index
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    data = (json.dumps(obj, indent=1) + "\n").encode("utf-8")
+    fd = create_fresh(tmp, "temporary index file")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    refuse_link(path, "sharded index")  # again, just before the rename (rename replaces a link, never its target)
     os.replace(tmp, path)
     fsync_dir(path)
 
 
-def load_index(index_path) -> dict:
-    """Parse and validate a sharded index; CorruptFileError names what is wrong."""
-    index_path = os.fspath(index_path)
+def _read_index_bytes(index_path: str) -> bytes:
+    fd = open_input(index_path, "sharded index")
     try:
-        with open(index_path, "rb") as f:
-            raw = f.read(100_000_001)
-        if len(raw) > 100_000_000:
-            raise CorruptFileError(f"{index_path}: index larger than 100 MB")
+        size = os.fstat(fd).st_size
+        if size > MAX_HEADER:
+            raise CorruptFileError(f"{index_path}: index of {size} bytes is larger than the {MAX_HEADER}-byte limit")
+        chunks, got = [], 0
+        while got <= size:  # one read past the size: a file growing while read is still bounded
+            b = os.read(fd, min(1 << 24, MAX_HEADER + 1 - got))
+            if not b:
+                break
+            chunks.append(b)
+            got += len(b)
+            if got > MAX_HEADER:
+                raise CorruptFileError(f"{index_path}: index larger than the {MAX_HEADER}-byte limit")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def load_index(index_path) -> dict:
+    """Parse and validate a sharded index; CorruptFileError names what is wrong (ResourceLimitError
+    for JSON nested deeper than format.MAX_JSON_DEPTH). Opened like any input: NotARegularFileError
+    for a directory / FIFO / device, UnreadableFileError for a symlink loop, FileNotFoundError."""
+    index_path = os.fspath(index_path)
+    raw = _read_index_bytes(index_path)
+    depth, _ = json_shape(raw)
+    if depth > MAX_JSON_DEPTH:  # an index nests 3 levels ({"shards": [{...}]})
+        raise ResourceLimitError(f"{index_path}: index JSON is nested too deeply ({depth} levels)")
+    try:
         idx = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        if isinstance(exc, CorruptFileError):
-            raise
         raise CorruptFileError(f"{index_path}: not a valid JSON index: {exc}") from None
     bad = lambda what: CorruptFileError(f"{index_path}: invalid sharded index: {what}")  # noqa: E731
     if not isinstance(idx, dict) or idx.get("format") != FORMAT:
@@ -206,7 +239,8 @@ class _Layout:
 class ShardedWriter(_Layout):
     """Handle on a sharded store being written; create each shard with ``create_shard(i)``."""
 
-    def create_shard(self, i: int, resume: bool = False, durable: bool = True, preallocate: bool = False) -> Writer:
+    def create_shard(self, i: int, resume: bool = False, durable: bool = True, preallocate: bool = False,
+                     journal_every: float = JOURNAL_EVERY) -> Writer:
         """Writer of shard ``i``: ``w[name]`` is its [.., size_i, ..] block (logical rows
         shard_range(i) along the axis). Independent of other shards (any process may call it)."""
         if not 0 <= i < self.num_shards:
@@ -216,7 +250,7 @@ class ShardedWriter(_Layout):
         meta.update({"daunce_fast.shard": f"{i}/{self.num_shards}", "daunce_fast.shard_range": f"{start}:{stop}",
                      "daunce_fast.shard_axis": str(self.axis), "daunce_fast.logical_shape": json.dumps(self.shape)})
         return Writer(self.shard_files[i], {self.name: (self.shard_shape(i), self.dtype_code)}, meta, resume,
-                      durable, preallocate)
+                      durable, preallocate, journal_every)
 
     def complete_shards(self) -> list[int]:
         """Indices of shards whose final file exists."""
@@ -281,11 +315,29 @@ class ShardedArray(_Layout):
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def read(self) -> np.ndarray:
+        """The whole array (InsufficientMemoryError when it cannot fit in the available memory)."""
         return self[...]
 
+    def float32(self, index=...) -> np.ndarray:
+        """``self[index]`` (the whole array by default) decoded to float32 by ``dtypes.decode_float32``,
+        like ``Reader.float32``; the selection is checked against the available memory first."""
+        if self.dtype_code in _dt.NOT_DECODABLE:
+            _dt.decode_float32(np.zeros(0, np.uint8), self.dtype_code)  # raises the TypeError
+        n = selection_size(index, self.shape)
+        check_read(n * (4 + _dt.itemsize(self.dtype_code)), f"reading {self._what(index)} as float32")
+        out = _dt.decode_float32(self[index], self.dtype_code)
+        return out if self.dtype_code != "F32" else np.require(out, requirements="W")
+
+    def _what(self, index) -> str:
+        part = "sharded array" if index is Ellipsis else "a selection of sharded array"
+        return f"{part} {self.name!r} ({self.dtype_code}{list(self.shape)}) of {self.index_path}"
+
     def __getitem__(self, key) -> np.ndarray:
+        """A new array of the selection (raw bits for BF16 / float8); InsufficientMemoryError when
+        it cannot fit in the available memory (checked before anything is read)."""
         if not self._readers:
             raise StorageError(f"sharded store {self.index_path} is closed")
+        check_read(selection_size(key, self.shape) * self.dtype.itemsize, f"reading {self._what(key)}")
         key = _normalize(key, self.shape)
         ax = self.axis
         k = key[ax]

@@ -7,20 +7,29 @@ from typing import Iterator
 import numpy as np
 
 from . import dtypes as _dt
+from ._fs import open_input
+from .errors import StorageError
 from .reader import Reader
 from .sharded import FORMAT, ShardedArray, ShardedStore, open_sharded
 
 
 def is_index(path) -> bool:
-    """True when ``path`` is a sharded index (``*.json``, or a file starting with our index's JSON)."""
+    """True when ``path`` is a sharded index (``*.json``, or a regular file starting with our
+    index's JSON). Never blocks: a FIFO, directory or unreadable path is not an index (opening it
+    as a file then raises the documented error)."""
     path = os.fspath(path)
     if path.endswith(".json"):
         return True
     try:
-        with open(path, "rb") as f:
-            head = f.read(64)
+        fd = open_input(path)
+    except (OSError, StorageError):
+        return False
+    try:
+        head = os.pread(fd, 64, 0)
     except OSError:
         return False
+    finally:
+        os.close(fd)
     return head.lstrip().startswith(b'{') and f'"{FORMAT}"'.encode() in head
 
 
@@ -49,8 +58,9 @@ def iter_column_tiles(x, tile: int, name: str | None = None, dtype=None) -> Iter
     x: a 2-D array-like ([K, N]: numpy array or memmap, ShardedArray, anything with ``.shape``
     and basic slicing), a Reader / ShardedStore (then ``name`` picks the tensor; optional when it
     holds one), or a path to a safetensors file or a sharded index (opened here, closed at the end).
-    Only the tile's columns are read. Stored bfloat16 is decoded to float32 (numpy has no bf16);
-    ``dtype`` converts every block (e.g. np.float64).
+    Only the tile's columns are read. Stored bfloat16 and float8 (raw bits in numpy) are decoded
+    to float32 by ``dtypes.decode_float32``; other dtypes come as stored. ``dtype`` converts every
+    block (e.g. np.float64).
     """
     tile = int(tile)
     if tile < 1:
@@ -77,8 +87,8 @@ def iter_column_tiles(x, tile: int, name: str | None = None, dtype=None) -> Iter
             block = reader.read(rname, (slice(None), slice(j0, j1))) if reader is not None else x[:, j0:j1]
             if not isinstance(block, np.ndarray):
                 block = np.asarray(block)
-            if code == "BF16":
-                block = _dt.bf16_bits_to_float32(block)
+            if code is not None and _dt.is_raw_bits(code):
+                block = _dt.decode_float32(block, code)
             if dtype is not None:
                 block = block.astype(dtype, copy=False)
             block = np.ascontiguousarray(block)

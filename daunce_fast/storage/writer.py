@@ -9,11 +9,19 @@ Life of a file ``path``:
   write      ``writer[name]`` is a writable np.memmap; tiles may be assigned in any order.
   mark_done  flushes the data (fsync), then appends the key to the journal (fsync).
              (durable=False skips the fsyncs: still safe against a killed process, not power loss.)
+             Callers that batch keys to save fsyncs ask ``journal_due()`` after each tile and mark
+             the batch done when it says True (every ``journal_every`` seconds), so a killed run
+             loses at most those last seconds of work whatever the batch size.
   close      rewrite the header in place at the same length with the marker "1", fsync (data and
              header), rename ``path.partial`` -> ``path`` (atomic), fsync the directory, delete the
              journal.
 A crash at any point leaves either no ``path`` (only the partial + journal, resumable) or a
 complete one: a reader never sees a half-written file under the final name.
+
+Every file created or replaced here (``path.partial``, its journal and the journal's temporary
+file, and ``path`` itself at the final rename) is opened with O_NOFOLLOW (O_EXCL when new) or
+lstat-checked before a rename: a symlink, directory or other non-regular file planted at any of
+them raises UnsafePathError and nothing is written through it.
 """
 from __future__ import annotations
 
@@ -21,13 +29,15 @@ import fcntl
 import mmap
 import os
 import sys
+import time
 
 import numpy as np
 
 from . import dtypes as _dt
+from ._fs import open_output, refuse_link
 from ._io import pwrite_box
 from ._views import TensorQueries, Sink, array_view, torch_view
-from .errors import CorruptFileError, FileLockedError, LayoutMismatchError, StorageError
+from .errors import CorruptFileError, FileLockedError, LayoutMismatchError, StorageError, UnsafePathError
 from .format import check_metadata, encode_header, plan_layout, read_header
 from .journal import Journal, check_key, fingerprint, fsync_dir
 
@@ -36,8 +46,11 @@ PARTIAL_SUFFIX = ".partial"
 JOURNAL_SUFFIX = ".partial.journal"
 
 
+JOURNAL_EVERY = 5.0  # seconds: default of journal_every (what a killed batching caller may lose)
+
+
 def create(path, tensors: dict, metadata: dict | None = None, resume: bool = False,
-           durable: bool = True, preallocate: bool = False) -> "Writer":
+           durable: bool = True, preallocate: bool = False, journal_every: float = JOURNAL_EVERY) -> "Writer":
     """Start (or, with ``resume=True``, continue) writing the safetensors file ``path``.
 
     tensors: {name: (shape, dtype)}; dtype a name ("float32", "bfloat16", "int64", ...), a
@@ -53,16 +66,25 @@ def create(path, tensors: dict, metadata: dict | None = None, resume: bool = Fal
     preallocate: reserve the disk blocks now (posix_fallocate) instead of a sparse file: a full disk
       fails here with ENOSPC rather than later (through the memory map, as SIGBUS), and fresh
       tiles write ~30% faster; the file then occupies its full size on disk at once.
+    journal_every: seconds after which ``journal_due()`` turns True (since the open or the last
+      mark_done): callers batching mark_done calls commit their batch then.
+    ``path`` must not be a symlink, directory or other non-regular file (UnsafePathError), nor may
+    ``path.partial`` or its journal be one.
     Returns a Writer; ``writer[name]`` is a writable memory map of that tensor (bfloat16 and float8
     as their raw bits: uint16 / uint8; ``writer.torch(name)`` has the real dtype).
     """
-    return Writer(path, tensors, metadata, resume, durable, preallocate)
+    return Writer(path, tensors, metadata, resume, durable, preallocate, journal_every)
 
 
 class Writer(TensorQueries):
     def __init__(self, path, tensors: dict, metadata: dict | None = None, resume: bool = False,
-                 durable: bool = True, preallocate: bool = False):
+                 durable: bool = True, preallocate: bool = False, journal_every: float = JOURNAL_EVERY):
         self.path = os.fspath(path)
+        self.journal_every = float(journal_every)
+        if not self.journal_every >= 0:
+            raise ValueError(f"journal_every must be a number of seconds >= 0, got {journal_every!r}")
+        self._last_mark = time.monotonic()
+        refuse_link(self.path, "output file")  # before any work: a link or directory here is refused at close
         self.durable = bool(durable)
         self.preallocate = bool(preallocate)
         self.resumed = False
@@ -84,7 +106,10 @@ class Writer(TensorQueries):
         self._mm = None
         self._journal = None
         try:
-            self._fd = os.open(self.partial_path, os.O_RDWR)
+            self._fd = open_output(self.partial_path, os.O_RDWR, "partial file")
+            if os.fstat(self._fd).st_ino != os.fstat(self._lock_fd).st_ino:
+                raise UnsafePathError(f"{self.partial_path} was replaced while being opened: another process is "
+                                      f"changing it; retry, or choose another output path")
             self.resumed = bool(resume) and self._reopen()
             if not self.resumed:
                 self._fresh()
@@ -134,6 +159,7 @@ class Writer(TensorQueries):
         return True
 
     def _fresh(self) -> None:
+        refuse_link(self.journal_path, "journal")
         if os.path.exists(self.journal_path):
             os.remove(self.journal_path)
             if self.durable:  # the old keys must not outlive the data they describe
@@ -221,6 +247,13 @@ class Writer(TensorQueries):
             return
         self.flush()
         self._journal.add(*keys)
+        self._last_mark = time.monotonic()
+
+    def journal_due(self) -> bool:
+        """True once ``journal_every`` seconds have passed since this writer opened or last
+        recorded keys (mark_done). A caller that batches mark_done calls (e.g. one per GiB) also
+        marks its batch when this says True, so a killed run loses at most those seconds."""
+        return time.monotonic() - self._last_mark >= self.journal_every
 
     def is_done(self, key) -> bool:
         """True when ``key`` was marked done (by this writer or by the run it resumed)."""
@@ -244,6 +277,7 @@ class Writer(TensorQueries):
         # renamed to its final name after both are there (a partial file saying "complete" is
         # harmless: it is still a .partial, and resume marks it incomplete again).
         self._sync()
+        refuse_link(self.path, "output file")  # rename would replace a link planted since create
         os.replace(self.partial_path, self.path)
         if self.durable:
             fsync_dir(self.path)
@@ -321,7 +355,7 @@ def _lock(partial: str) -> int:
     """Open-or-create ``partial`` and take an exclusive flock on it (a separate descriptor from the
     one the memory map duplicates, so the lock goes away at close even while arrays are alive)."""
     for _ in range(100):
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_output(partial, os.O_RDWR | os.O_CREAT, "partial file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
