@@ -208,4 +208,7 @@ def decode_float32(bits_or_values: np.ndarray, code: str) -> np.ndarray:
         return _F8_TABLES[code][a]
     if a.dtype.kind != want.kind or a.dtype.itemsize != want.itemsize:
         raise TypeError(f"decode_float32: {code} data must be {want}, got a {a.dtype} array")
-    return a.astype(np.float32, copy=False) if code == "F32" else a.astype(np.float32)
+    if code == "F32":
+        return a.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # F64 beyond float32's range -> +-inf, as documented
+        return a.astype(np.float32)
