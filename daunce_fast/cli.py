@@ -83,7 +83,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
+class _Formatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to an option's help unless it has no meaningful default or says it."""
 
     def _get_help_string(self, action):
@@ -361,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "stderr and exit with code 2.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                    help="print the version and exit")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                           parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser,
+                           help="one of the commands below; `daunce-fast COMMAND --help` describes it")
 
     def add(name, help_, description):
         return sub.add_parser(name, help=help_, description=description, formatter_class=_Formatter)
@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--workdir", type=workdir_path, default=None,
                     help="keep losses and adapters in this directory, resumable (default: a temporary "
                          "directory removed at the end)")
-    pd.add_argument("--seed", type=int, default=0, help="seed of the data split, θ0 and DAUNCE")
+    pd.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the data split, θ0 and DAUNCE")
     pd.add_argument("--quiet", action="store_true", help="no progress bars")
     pd.set_defaults(func=cmd_demo)
 
