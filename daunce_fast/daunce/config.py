@@ -101,6 +101,10 @@ class DaunceConfig:
             bad(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.adapter_chunk is not None and self.adapter_chunk < 1:
             bad(f"adapter_chunk must be >= 1, got {self.adapter_chunk}")
+        warmup = self.extra.get("warmup", 0.0) if isinstance(self.extra, dict) else None
+        if not isinstance(self.extra, dict) or not isinstance(warmup, (int, float)) or isinstance(warmup, bool) \
+                or not 0.0 <= warmup < 1.0:
+            bad(f"extra must be a dict whose 'warmup' (fraction of the steps) is in [0, 1), got {self.extra!r}")
         if self.antithetic and self.num_models % 2:
             bad("antithetic pairs need an even num_models")
         return self

@@ -85,10 +85,21 @@ def make_optimizer(cfg, params):
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
+def warmup_steps(cfg, total: int) -> int:
+    """Steps of linear warm-up: ``ceil(warmup * total)`` for ``cfg.extra["warmup"] > 0`` (a fraction of
+    the steps; rounding up so that a small fraction of a short run, e.g. the LM default 0.03 of 30
+    steps, still warms up), else 0."""
+    frac = float(cfg.extra.get("warmup", 0.0))
+    return min(total, math.ceil(frac * total)) if frac > 0 else 0
+
+
 def lr_factor(cfg, step: int, total: int) -> float:
-    warm = int(cfg.extra.get("warmup", 0.0) * total)
+    """Multiplier of the learning rate at ``step`` of ``total``: ``(step + 1) / (warm + 1)`` during the
+    ``warm = warmup_steps(cfg, total)`` warm-up steps (so even one warm-up step runs below the full
+    rate), then 1 ("constant") or a cosine from 1 to 0 over the remaining steps ("cosine")."""
+    warm = warmup_steps(cfg, total)
     if step < warm:
-        return (step + 1) / warm
+        return (step + 1) / (warm + 1)
     if cfg.schedule == "constant":
         return 1.0
     p = (step - warm) / max(1, total - warm)

@@ -84,6 +84,27 @@ def save_peft(model: nn.Module, k: int, directory: str, base_model_name_or_path:
         json.dump(config, f, indent=2)
 
 
+def _read_config(directory: str) -> dict:
+    """``adapter_config.json`` as a dict with the fields load_peft reads; ValueError naming the file
+    when it is not JSON, not an object, or lacks an int ``r`` / a number ``lora_alpha``."""
+    path = os.path.join(directory, CONFIG)
+    try:
+        with open(path, "rb") as f:
+            config = json.loads(f.read(1 << 24).decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{path}: not a PEFT adapter config (JSON nested too deeply)") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a PEFT adapter config (not JSON: {exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a PEFT adapter config (a JSON {type(config).__name__}, not an object)")
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1 or not isinstance(alpha, (int, float)) \
+            or isinstance(alpha, bool):
+        raise ValueError(f"{path}: not a PEFT LoRA config: 'r' must be a positive int and 'lora_alpha' a number, "
+                         f"got r={r!r}, lora_alpha={alpha!r}")
+    return config
+
+
 @torch.no_grad()
 def load_peft(model: nn.Module, k: int, directory: str) -> None:
     """Read a PEFT LoRA adapter (``adapter_model.safetensors`` or ``.bin``) into slot ``k``.
@@ -92,8 +113,7 @@ def load_peft(model: nn.Module, k: int, directory: str) -> None:
     (``lora_alpha / r``; rsLoRA and DoRA checkpoints are refused)."""
     mods = _modules(model)
     _slot(mods, k)
-    with open(os.path.join(directory, CONFIG)) as f:
-        config = json.load(f)
+    config = _read_config(directory)
     if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora") or config.get("use_rslora"):
         raise ValueError(f"{directory}: only plain LoRA adapters can be loaded (peft_type/use_dora/use_rslora)")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
