@@ -307,7 +307,6 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
     scoring. Results: torch tensors when an input is one, else numpy (like daunce_fast.topk).
     """
     from . import correlation as corr
-
     from .correlation._prep import check_tile
 
     rank, world = rank_world(group)

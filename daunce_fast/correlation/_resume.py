@@ -59,7 +59,7 @@ def _partial_metadata(partial: str) -> dict | None:
         return None
     try:
         return read_header(fd, partial).user_metadata()
-    except Exception:  # unreadable header: fall back to the storage error
+    except (OSError, ValueError):  # unreadable header (CorruptFileError is a ValueError): the storage error stands
         return None
     finally:
         os.close(fd)

@@ -114,7 +114,7 @@ def test_stored_float_dtypes_decode_through_every_entry_point(tmp_path, rng, cod
                     s = daunce_fast.correlate(x, b.float().numpy())
                     np.testing.assert_allclose(np.asarray(torch.as_tensor(s).float()), ref, atol=1e-5, err_msg=name)
                 else:
-                    v, i = daunce_fast.topk(x, b.float().numpy(), 3)
+                    _, i = daunce_fast.topk(x, b.float().numpy(), 3)
                     assert np.array_equal(np.asarray(i), np.argsort(-ref, 0, kind="stable")[:3].T), name
         view = r["a"]
         if getattr(view, "dtype_code", None) == code:  # the view says what it holds: decoded like the path
@@ -220,7 +220,8 @@ def test_triton_and_cuda_launchers_use_the_sliced_grids():
     from daunce_fast.correlation import triton_launch
 
     assert triton_launch.launch_grids is launch_grids
-    src = open(os.path.join(os.path.dirname(daunce_fast.__file__), "..", "csrc", "cuda", "corr_tile.cu")).read()
+    with open(os.path.join(os.path.dirname(daunce_fast.__file__), "..", "csrc", "cuda", "corr_tile.cu")) as f:
+        src = f.read()
     assert "kGridYLimit = 65535" in src and "cudaErrorInvalidConfiguration);\n  auto s" in src
 
 
@@ -237,7 +238,7 @@ def test_test_set_wider_than_the_grid_y_limit_on_gpu(backend):
     s = daunce_fast.correlate(a, b, backend=backend, precision="fp32")
     ref = correlate_reference(a.double(), b.double())
     assert float((s.double() - ref).abs().max()) < 1e-4
-    v, i = daunce_fast.topk(a, b, 2, backend=backend, precision="fp32")
+    v, _ = daunce_fast.topk(a, b, 2, backend=backend, precision="fp32")
     ref_v = torch.topk(ref.T, 2, dim=1).values
     assert float((v.double() - ref_v).abs().max()) < 1e-4
 
