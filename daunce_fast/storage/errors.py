@@ -42,6 +42,9 @@ class UnreadableFileError(StorageError, OSError):
     permission denied, a path component that is not a directory... The message names the path
     and the reason; ``errno`` is the operating system's error number."""
 
+    def __str__(self) -> str:  # OSError's own str would show "[Errno N] None" once errno is set
+        return str(self.args[0]) if self.args else super().__str__()
+
 
 class UnsafePathError(StorageError, ValueError):
     """An output path (the final file, ``X.partial``, its journal, a temporary file) is a

@@ -1,7 +1,9 @@
 """Every malformed input raises CorruptFileError naming the defect; hypothesis fuzzes the parser."""
 import json
 import os
+import signal
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -119,7 +121,9 @@ json_leaf = hs.one_of(hs.none(), hs.booleans(), hs.integers(-2 ** 70, 2 ** 70), 
                       hs.text(max_size=8))
 json_value = hs.recursive(json_leaf, lambda c: hs.lists(c, max_size=4) | hs.dictionaries(hs.text(max_size=6), c,
                                                                                            max_size=4), max_leaves=10)
-codes = hs.sampled_from(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F64", "C64", "F8_E4M3", "F4", "X", ""])
+codes = hs.sampled_from(sorted(st.dtypes.CODES | st.dtypes.SUBBYTE_CODES) + ["X", ""])
+huge_shapes = hs.one_of(hs.lists(hs.sampled_from([0, 1, 2 ** 61, 2 ** 62, 2 ** 63, 2 ** 64 - 1]), max_size=4),
+                        hs.builds(lambda n, d: [d] * n, hs.integers(60, 70), hs.sampled_from([0, 1])))
 
 
 @hs.composite
@@ -135,7 +139,7 @@ def mutated_file(draw):
         else:
             field = draw(hs.sampled_from(["dtype", "shape", "data_offsets"]))
             hdr[name][field] = draw(hs.one_of(
-                codes, json_value, hs.lists(hs.integers(-3, 2 ** 65), max_size=3),
+                codes, json_value, hs.lists(hs.integers(-3, 2 ** 65), max_size=3), huge_shapes,
                 hs.lists(hs.integers(0, len(data) + 8), min_size=2, max_size=2)))
     elif kind == "entry":  # an entry added or deleted
         if draw(hs.booleans()):
@@ -185,6 +189,11 @@ def test_fuzz_mutated_files(tmp_path, blob):
             total += a.nbytes
             bytes(np.ascontiguousarray(a).view(np.uint8))  # touch every byte of the view
         assert r.header.data_start + total == len(blob)
+        for name in r.names():  # every accepted dtype decodes (or refuses with TypeError)
+            try:
+                st.decode_float32(r[name], r.dtype_code(name))
+            except TypeError:
+                assert r.dtype_code(name) in st.dtypes.NOT_DECODABLE
         numpy_ok = all(r.dtype_code(n) not in ("BF16", "F8_E4M3") for n in r.names())
         if numpy_ok:
             with safe_open(path, "np") as f:
@@ -200,3 +209,197 @@ def test_fuzz_report():
     print(f"\nstorage fuzz: {FUZZ}; stricter than the official reader on e.g. {STRICTER}")
     assert FUZZ["cases"] >= min(300, int(os.environ.get("DAUNCE_FAST_FUZZ_EXAMPLES", "600")))
     assert FUZZ["corrupt"] > 0 and FUZZ["accepted"] > 0
+
+
+# ------------------------------------------------------------------------- inputs that are not files
+def _entry_points(path):
+    """Every way storage opens an input path; each must raise the same documented error."""
+    return {
+        "open": lambda: st.open(path),
+        "open_any": lambda: st.open_any(path),
+        "iter_column_tiles": lambda: next(st.iter_column_tiles(path, 4)),
+        "open_sharded": lambda: st.open_sharded(path),
+    }
+
+
+def _fifo(tmp_path):
+    p = tmp_path / "fifo.safetensors"
+    os.mkfifo(p)
+    return str(p)
+
+
+def _directory(tmp_path):
+    p = tmp_path / "dir.safetensors"
+    p.mkdir()
+    return str(p)
+
+
+def _socket(tmp_path):
+    import socket
+
+    p = str(tmp_path / "sock.safetensors")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(p)
+    _socket.keep = s  # alive until the next test
+    return p
+
+
+def _loop(tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    os.symlink(b, a)
+    os.symlink(a, b)
+    return str(a)
+
+
+def _dangling(tmp_path):
+    p = tmp_path / "dangling.safetensors"
+    os.symlink(tmp_path / "nowhere.safetensors", p)
+    return str(p)
+
+
+PATH_CASES = {
+    # name: (make path, expected exception, message fragment)
+    "FIFO": (_fifo, st.NotARegularFileError, "FIFO"),
+    "directory": (_directory, st.NotARegularFileError, "directory"),
+    "socket": (_socket, st.NotARegularFileError, "socket"),
+    "symlink loop": (_loop, st.UnreadableFileError, "symbolic link loop"),
+    "dangling symlink": (_dangling, FileNotFoundError, "dangling"),
+}
+
+
+@pytest.fixture
+def alarm():
+    """A blocking open (the FIFO bug) fails the test after 10 s instead of hanging the suite."""
+    def _raise(*_):
+        raise TimeoutError("blocked opening the input")
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("case", list(PATH_CASES))
+def test_inputs_that_are_not_regular_files(tmp_path, alarm, case):
+    make, exc, fragment = PATH_CASES[case]
+    path = make(tmp_path)
+    for entry, call in _entry_points(path).items():
+        with pytest.raises(exc, match=fragment) as info:
+            call()
+        assert path in str(info.value), entry
+    assert not st.tiles.is_index(path)
+    as_index = str(tmp_path / "x.index.json")  # the same kinds reached under an index's name
+    os.symlink(path, as_index)
+    for entry, call in _entry_points(as_index).items():
+        with pytest.raises(exc, match=fragment):
+            call()
+
+
+def test_load_index_of_a_fifo_does_not_block(tmp_path, alarm):
+    p = tmp_path / "x.index.json"
+    os.mkfifo(p)
+    with pytest.raises(st.NotARegularFileError):
+        st.sharded.load_index(p)
+
+
+# ------------------------------------------------------------------------- header resource budget
+from daunce_fast.storage import format as fmt  # noqa: E402
+
+
+def _timed_reject(tmp_path, blob, fragment, exc=None):
+    path = write(tmp_path / "big.safetensors", blob)
+    t0 = time.perf_counter()
+    with pytest.raises(exc or st.ResourceLimitError, match=fragment) as info:
+        st.open(path)
+    took = time.perf_counter() - t0
+    assert took < 2.0, f"took {took:.1f} s"
+    assert isinstance(info.value, st.CorruptFileError)
+
+
+def test_many_metadata_keys_fail_before_json_parsing(tmp_path, monkeypatch):
+    n = fmt.MAX_JSON_KEYS + 1
+    body = b'{"__metadata__":{' + b",".join(b'"%d":""' % i for i in range(n)) + b"}}"
+    monkeypatch.setattr(fmt.json, "loads", lambda *a, **k: pytest.fail("json.loads reached"))
+    _timed_reject(tmp_path, raw_file(body), "JSON keys")
+
+
+def test_metadata_keys_over_their_own_limit(tmp_path):
+    meta = {str(i): "" for i in range(fmt.MAX_METADATA_KEYS + 1)}
+    _timed_reject(tmp_path, raw_file({"__metadata__": meta}), "__metadata__ has")
+
+
+def test_metadata_bytes_and_name_lengths(tmp_path):
+    _timed_reject(tmp_path, raw_file({"__metadata__": {"k": "x" * (fmt.MAX_METADATA_BYTES + 1)}}), "holds")
+    _timed_reject(tmp_path, raw_file({"__metadata__": {"k" * (fmt.MAX_NAME_BYTES + 1): ""}}), "metadata key")
+    _timed_reject(tmp_path, raw_file({"n" * (fmt.MAX_NAME_BYTES + 1): F32([0], 0, 0)}), "tensor name")
+
+
+def test_many_tensors(tmp_path, monkeypatch):
+    monkeypatch.setattr(fmt, "MAX_TENSORS", 10)
+    hdr = {f"t{i}": F32([0], 0, 0) for i in range(11)}
+    _timed_reject(tmp_path, raw_file(hdr), "11 tensors")
+    hdr = {f"t{i}": F32([0], 0, 0) for i in range(10)}
+    st.open(write(tmp_path / "ok.safetensors", raw_file(hdr))).close()
+
+
+def test_nesting_is_checked_by_a_byte_scan(tmp_path):
+    _timed_reject(tmp_path, raw_file(b'{"a":' + b"[" * 9 + b"]" * 9 + b"}"), "nested too deeply")
+    # brackets, colons and escaped quotes inside strings are not structure
+    meta = {"k": '[[[[[[[[[[{{{{{{{{ : \\" \\\\" ' * 50, 'q"\\': "::::"}
+    with st.open(write(tmp_path / "ok.safetensors", raw_file({"__metadata__": meta}))) as r:
+        assert r.metadata == meta
+
+
+json_text = hs.recursive(json_leaf, lambda c: hs.lists(c, max_size=4) | hs.dictionaries(
+    hs.text(alphabet='ab"\\:{}[] ', max_size=6), c, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(obj=json_text, chunk=hs.integers(1, 9))
+def test_json_shape_matches_a_parse(obj, chunk):
+    """The byte scan's depth and key count equal those of the parsed JSON, at any chunk boundary."""
+    def walk(o, d):
+        if isinstance(o, dict):
+            return max([d + 1] + [walk(v, d + 1)[0] for v in o.values()]), len(o) + sum(
+                walk(v, d + 1)[1] for v in o.values())
+        if isinstance(o, list):
+            return max([d + 1] + [walk(v, d + 1)[0] for v in o]), sum(walk(v, d + 1)[1] for v in o)
+        return d, 0
+    raw = json.dumps(obj, ensure_ascii=False).encode()
+    old = fmt._SCAN_CHUNK
+    fmt._SCAN_CHUNK = chunk
+    try:
+        assert fmt.json_shape(raw) == walk(obj, 0)
+    finally:
+        fmt._SCAN_CHUNK = old
+
+
+@pytest.mark.parametrize("shape,ok", [
+    ([2 ** 62, 0], False), ([2 ** 61 - 1, 0], True), ([2 ** 61, 0], False), ([2 ** 31, 2 ** 30, 0], False),
+    ([1] * 64, True), ([1] * 65, False), ([0] * 65, False)])
+def test_shapes_numpy_cannot_hold(tmp_path, shape, ok):
+    """A shape is accepted exactly when numpy can hold an array of it (F32)."""
+    try:
+        np.empty(shape, np.float32)
+        numpy_ok = True
+    except ValueError:
+        numpy_ok = False
+    assert numpy_ok == ok
+    size = 0 if 0 in shape else 4
+    path = write(tmp_path / "s.safetensors", raw_file({"a": F32(shape, 0, size)}, b"\0" * size))
+    if ok:
+        with st.open(path) as r:
+            assert r["a"].shape == tuple(shape) and r.read("a").shape == tuple(shape)
+    else:
+        with pytest.raises(st.ResourceLimitError, match="numpy"):
+            st.open(path)
+    with pytest.raises(ValueError) if not ok else _nullcontext():
+        st.create(tmp_path / "w.safetensors", {"a": (shape, "float32")}).abort()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
