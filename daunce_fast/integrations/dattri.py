@@ -37,10 +37,18 @@ class DaunceAttributor:
             raise ValueError("DaunceAttributor: the data loaders must not shuffle (scores follow the loader's order)")
         return loader
 
+    def close(self) -> None:
+        """Close the underlying :class:`Daunce` (deletes its temporary workdir when no ``workdir=``
+        was given; it is also deleted when this object is garbage-collected or at exit)."""
+        if self._daunce is not None:
+            self._daunce.close()
+            self._daunce = None
+
     def cache(self, full_train_dataloader) -> None:
         """Train the K perturbed models on the training data and record their losses."""
         from ..daunce import Daunce
 
+        self.close()  # a second cache() replaces the first run (and its temporary workdir)
         self._daunce = Daunce(self.model, **self.daunce_kwargs)
         self._daunce.fit(self._loader_dataset(full_train_dataloader))
 

@@ -53,3 +53,20 @@ def test_shuffling_loader_is_refused(tmp_path):
         att.cache(shuffled)
     with pytest.raises(ValueError, match="task"):
         DaunceAttributor()
+
+
+def test_attributor_without_workdir_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model, train_loader, test_loader = loaders()
+    att = DaunceAttributor(model=model, **OPTS)
+    assert att.attribute(train_loader, test_loader).shape == (240, 40)
+    assert [p.name for p in tmp_path.iterdir()][0].startswith("daunce_")
+    att.close()
+    assert list(tmp_path.iterdir()) == []
+    att.cache(train_loader)
+    del att
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
