@@ -187,9 +187,11 @@ def read_header(fd: int, path: str) -> Header:
     size = os.fstat(fd).st_size
     if size < 8:
         raise CorruptFileError(f"{path}: truncated file: {size} bytes, fewer than the 8-byte header length field")
-    (n,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+    head = os.pread(fd, 16, 0)
+    (n,) = struct.unpack("<Q", head[:8])
     if n > MAX_HEADER:
-        raise CorruptFileError(f"{path}: header length {n} exceeds the limit of {MAX_HEADER} bytes")
+        raise CorruptFileError(f"{path}: {_not_safetensors(head)}header length {n} exceeds the limit of "
+                               f"{MAX_HEADER} bytes")
     if n > size - 8:
         raise CorruptFileError(f"{path}: header length {n} runs past the end of the file ({size} bytes): truncated "
                                f"or corrupt")
@@ -197,6 +199,18 @@ def read_header(fd: int, path: str) -> Header:
     if len(raw) != n:
         raise CorruptFileError(f"{path}: truncated file while reading the header")
     return parse_header_bytes(raw, size, path)
+
+
+_MAGICS = ((b"\x93NUMPY", "a .npy array"), (b"\x89PNG", "a PNG image"), (b"PK\x03\x04", "a zip archive (.npz, torch.save?)"),
+           (b"\x80\x02", "a pickle"), (b"\x80\x04", "a pickle"), (b"\x80\x05", "a pickle"),
+           (b"\xff\xd8\xff", "a JPEG image"), (b"{", "JSON text"), (b"\x1f\x8b", "gzip data"))
+
+
+def _not_safetensors(head: bytes) -> str:
+    """'not a safetensors file (it looks like a PNG image): ' when the first bytes say so, else ''.
+    A safetensors file starts with a small little-endian length, then '{'."""
+    kind = next((what for magic, what in _MAGICS if head.startswith(magic)), None)
+    return f"not a safetensors file (it looks like {kind}): " if kind else "not a safetensors file? "
 
 
 def _pread_exact(fd: int, n: int, off: int) -> bytes:

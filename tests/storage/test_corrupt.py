@@ -403,3 +403,12 @@ class _nullcontext:
 
     def __exit__(self, *a):
         return False
+
+
+def test_other_formats_are_named_not_safetensors(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    with pytest.raises(st.CorruptFileError, match=r"not a safetensors file \(it looks like a \.npy array\)"):
+        st.open(tmp_path / "a.npy")
+    png = write(tmp_path / "a.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(st.CorruptFileError, match="PNG image"):
+        st.open(png)
