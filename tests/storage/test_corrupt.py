@@ -12,6 +12,7 @@ from hypothesis import strategies as hs
 from safetensors import safe_open
 
 import daunce_fast.storage as st
+from daunce_fast.storage import format as fmt
 
 from ._util import raw_file, valid_header, write
 
@@ -303,7 +304,6 @@ def test_load_index_of_a_fifo_does_not_block(tmp_path, alarm):
 
 
 # ------------------------------------------------------------------------- header resource budget
-from daunce_fast.storage import format as fmt  # noqa: E402
 
 
 def _timed_reject(tmp_path, blob, fragment, exc=None):

@@ -131,7 +131,7 @@ def test_whole_tensor_reads_check_declared_size_against_memory(tmp_path, monkeyp
     """A sparse file declaring a 64 MiB tensor, with 32 MiB 'available': every whole read refuses
     before allocating; tile reads still work."""
     path = tmp_path / "big.safetensors"
-    with st.create(path, {"x": ((1024, 16384), "float32")}) as w:  # sparse: nothing written
+    with st.create(path, {"x": ((1024, 16384), "float32")}):  # sparse: nothing written
         pass
     monkeypatch.setattr(memory, "available_memory", lambda: 32 << 20)
     with st.open(path) as r:
