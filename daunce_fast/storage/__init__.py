@@ -10,6 +10,7 @@
   Reader.float32(name, index=...) / ShardedArray.float32(index=...)   a tile decoded to float32
   check_fits_in_memory(nbytes, what)                             InsufficientMemoryError if too big
   available_memory() -> int | None                               MemAvailable / cgroup headroom
+  open_input(path, what="input") -> fd                           non-blocking, regular files only
 
 Files are plain safetensors (safetensors.safe_open / load_file read them); bfloat16 and float8
 appear in numpy as raw bits (uint16 / uint8), ``.torch(name)`` gives the real dtype and
@@ -31,6 +32,7 @@ from .dtypes import bf16_bits_to_float32, decode_float32, float32_to_bf16_bits
 from .errors import (CorruptFileError, FileLockedError, IncompleteFileError, InsufficientMemoryError,
                      LayoutMismatchError, NotARegularFileError, ResourceLimitError, StorageError,
                      UnreadableFileError, UnsafePathError)
+from ._fs import open_input
 from .memory import available_memory, check_fits_in_memory
 from .reader import Reader, open
 from .sharded import ShardedArray, ShardedStore, ShardedWriter, create_sharded, open_sharded
@@ -45,5 +47,5 @@ __all__ = [
     "ResourceLimitError", "NotARegularFileError", "UnreadableFileError", "UnsafePathError",
     "InsufficientMemoryError",
     "bf16_bits_to_float32", "float32_to_bf16_bits", "decode_float32",
-    "check_fits_in_memory", "available_memory",
+    "check_fits_in_memory", "available_memory", "open_input",
 ]
