@@ -11,7 +11,7 @@ every @triton.jit kernel in the package has at least one variant. Reported, not 
 registers and spills per thread, from ptxas's own log ("n/a" where this triton does not print it).
 
 The default run compiles one variant per kernel and dtype family at the launchers' largest tiles
-(~30 variants, under a minute on 2 cores). The full sweep (~330 variants: every tile class,
+(24 variants, under a minute on 2 cores). The full sweep (~330 variants: every tile class,
 rank padding, dtype pair and flag) is marked slow and runs when DAUNCE_FAST_AOT_FULL=1.
 """
 from __future__ import annotations
