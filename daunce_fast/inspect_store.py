@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
 import unicodedata
 
@@ -52,15 +51,12 @@ def check_safetensors(path: str) -> None:
     optional whitespace). Reads at most 72 bytes, opening non-blocking (a FIFO never hangs);
     IsADirectoryError / OSError for directories, FIFOs, devices and missing files.
     Sharded indexes (JSON files) are left to daunce_fast.storage.open_any."""
+    from . import storage
     from .storage.tiles import is_index
 
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    fd = storage.open_input(path)  # non-blocking; NotARegularFileError / UnreadableFileError otherwise
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(f"{path} is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"{path} is not a regular file")
         head = os.pread(fd, 72, 0)
     finally:
         os.close(fd)
@@ -115,7 +111,7 @@ def describe(path: str) -> str:
         if not os.path.exists(partial):
             raise
         check_safetensors(partial)
-        fd = os.open(partial, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = storage.open_input(partial)
         try:
             header = read_header(fd, partial)
         finally:

@@ -327,10 +327,11 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
                         buf = rows.buffer(r1 - r0)
                         engine.full_tile(st.z[:, r0:r1], buf, clip=False)
                         rows.submit(j0 + r0, buf)
-                    # durable every _MARK_EVERY bytes: one fsync + journal entry per batch of tiles
+                    # durable every _MARK_EVERY bytes or every few seconds (writer.journal_due), whichever
+                    # comes first: one fsync + journal entry per batch, so a killed run loses seconds, not all
                     pending.append(f"{j0}:{j1}")
                     pending_bytes += (j1 - j0) * M * target.element_size()
-                    if pending_bytes >= _MARK_EVERY:
+                    if pending_bytes >= _MARK_EVERY or writer.journal_due():
                         rows.drain()
                         writer.mark_done(*pending)
                         pending, pending_bytes = [], 0

@@ -33,6 +33,15 @@ class MappedArray(np.memmap):
     cache as through the map, without a page fault per 4 KiB (2-3x faster for fresh tiles)."""
 
     _st_sink = None
+    # The safetensors code of the stored bits ("BF16", "F8_E4M3", ...): numpy sees BF16/F8 as raw
+    # uint16/uint8, so readers of this array (correlation's Source) decode through it. Slices keep it.
+    dtype_code: str | None = None
+
+    def __array_finalize__(self, obj):
+        super().__array_finalize__(obj)
+        code = getattr(obj, "dtype_code", None)
+        # keep the code only while the element type is still the stored one (not after a .view(...))
+        self.dtype_code = code if code is not None and getattr(obj, "dtype", None) == self.dtype else None
 
     def __setitem__(self, key, value):
         sink = self._st_sink
@@ -70,6 +79,7 @@ def array_view(mm: mmap.mmap, info: TensorInfo, data_start: int, filename: str, 
     arr.filename = filename
     arr.offset = offset
     arr.mode = mode
+    arr.dtype_code = info.dtype
     return arr
 
 

@@ -147,3 +147,38 @@ def test_sharded_train_input(tmp_path, rng):
     v, i = daunce_fast.topk(tmp_path / "idx.json", b, 4, tile=32)
     rv, ri = topk_reference(a, b, 4)
     np.testing.assert_allclose(v, rv.numpy(), atol=1e-6)
+
+
+def test_small_output_journals_by_time_not_only_by_bytes(tmp_path, rng, monkeypatch):
+    """An output far under the 1 GiB batching still becomes durable when the writer's clock says so
+    (storage.Writer.journal_due), so a killed run resumes from its last seconds, not from zero."""
+    a, b = _losses(rng, 6, 500, 11)
+    path = tmp_path / "scores.safetensors"
+    from daunce_fast.correlation import api
+    from daunce_fast.storage.writer import Writer
+
+    monkeypatch.setattr(Writer, "journal_due", lambda self: True)  # as if every tile took journal_every seconds
+    real = api._train_tiles
+    calls = {"n": 0}
+
+    def interrupted(*args, **kw):
+        for item in real(*args, **kw):
+            if calls["n"] == 5:
+                raise KeyboardInterrupt
+            calls["n"] += 1
+            yield item
+
+    monkeypatch.setattr(api, "_train_tiles", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        daunce_fast.correlate(a, b, out=path, tile=32)
+    seen = []
+
+    def counting(*args, **kw):
+        for item in real(*args, **kw):
+            seen.append(item[0])
+            yield item
+
+    monkeypatch.setattr(api, "_train_tiles", counting)
+    s = daunce_fast.correlate(a, b, out=path, tile=32)
+    assert seen[0] == 5 * 32 and len(seen) == 16 - 5
+    assert_close_to_reference(s, correlate_reference(a, b).numpy(), "float32", rtol=0, atol=1e-6)
