@@ -1,7 +1,7 @@
 """Helpers for testing kernels against float64 references (used by tests/ and by libraries
 that build on daunce_fast).
 
-Tolerances follow REFERENCE.md: fp32 kernels are held near fp32 rounding of the reduction,
+Tolerances follow docs/numerics.md#tolerances: fp32 kernels are held near fp32 rounding of the reduction,
 TF32/bf16/fp16 products to the peers' practice. Every comparison prints max and mean error
 before asserting, so a failure shows by how much it missed.
 """

@@ -31,7 +31,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 class DaunceConfig:
     num_models: int = 512          # K perturbed models
     ratio: float = 0.5             # subset ratio r: each model trains on round(r * N) examples
-    objective: str = "if"          # see REFERENCE.md §1.1 / daunce_fast.daunce.objectives
+    objective: str = "if"          # see docs/objectives.md#objectives / daunce_fast.losses.objectives
     rho: float | None = None       # perturbation strength (of the weights c_ik, or of the "hessian"
                                    # directions); None: RHO_DEFAULTS[perturbation]
     perturbation: str | None = None  # "hessian": Gaussian first-order directions whose covariance is

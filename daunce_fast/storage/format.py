@@ -1,6 +1,6 @@
 """The safetensors container: header encoding for the streaming writer, and a strict parser.
 
-File layout (REFERENCE.md section 5):
+File layout (docs/storage-format.md#file-layout):
   bytes 0-7     header length N, little-endian u64, N <= 100,000,000
   next N bytes  UTF-8 JSON object, space padded: {"__metadata__": {str: str}, name: {"dtype", "shape",
                 "data_offsets": [begin, end]}, ...}; offsets relative to the data start 8 + N

@@ -1,4 +1,4 @@
-"""DAUNCE output-space objectives vs a float64 reference written from REFERENCE.md §1.1."""
+"""DAUNCE output-space objectives vs a float64 reference written from docs/objectives.md#objectives."""
 import numpy as np
 import pytest
 import torch
