@@ -7,17 +7,21 @@ Backends:
              ``TRITON_INTERPRET=1`` was set before Triton was imported (tests only: slow).
   ``cuda``   the CUDA kernels of ``daunce_fast._C`` (built when nvcc was found) on a CUDA device.
 
-Each op declares the backends it implements, in order of preference; :func:`select_backend`
-takes the first live one that fits the data's device. ``backend=`` or the environment variable
-``DAUNCE_FAST_BACKEND`` forces one, and a forced backend that the op lacks, that is not live,
-or that cannot run on the data's device raises :class:`BackendUnavailableError`.
+Each op declares the backends it implements, in order of preference, in one place: its
+package's ``ops.py`` calls :func:`register_kernel` once per backend with a lazy ``"module:attr"``
+target (bitsandbytes-style), so registering imports nothing and a backend's module (and triton,
+or the compiled extension) is imported only when :func:`kernel` first looks it up.
+:func:`select_backend` takes the first live implemented backend that fits the data's device;
+:func:`dispatch` does that for a registered op and returns its kernel. ``backend=`` or the
+environment variable ``DAUNCE_FAST_BACKEND`` forces one, and a forced backend that the op lacks,
+that is not live, or that cannot run on the data's device raises :class:`BackendUnavailableError`.
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 ENV_VAR = "DAUNCE_FAST_BACKEND"
@@ -119,3 +123,58 @@ def select_backend(op: str, implemented: Sequence[str], device_type: str = "cpu"
         if backend_status(name)[0]:
             return name
     raise BackendUnavailableError(f"{op}: none of its backends ({', '.join(implemented)}) can run on {dev} data here")
+
+
+# op -> {backend: "module:attr"}; dicts keep insertion order, which is the op's preference order.
+_REGISTRY: dict[str, dict[str, str]] = {}
+_KERNELS: dict[tuple[str, str], Callable[..., Any]] = {}
+
+
+def register_kernel(op: str, backend: str, target: str) -> None:
+    """Declare that ``backend`` implements ``op`` with the callable at ``target`` ("module:attr").
+
+    Nothing is imported here. Registration order is the op's preference order (best first);
+    registering the same (op, backend) again with the same target is a no-op, with another
+    target a ValueError (one op has one kernel per backend).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"register_kernel({op!r}): unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    module, sep, attr = target.partition(":")
+    if not (module and sep and attr):
+        raise ValueError(f"register_kernel({op!r}, {backend!r}): target must be 'module:attr', got {target!r}")
+    kernels = _REGISTRY.setdefault(op, {})
+    if kernels.get(backend, target) != target:
+        raise ValueError(f"register_kernel({op!r}, {backend!r}): already registered as {kernels[backend]!r}")
+    kernels[backend] = target
+
+
+def implemented(op: str) -> tuple[str, ...]:
+    """The backends registered for ``op``, best first (KeyError for an op nobody registered)."""
+    if op not in _REGISTRY:
+        raise KeyError(f"no kernels registered for op {op!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return tuple(_REGISTRY[op])
+
+
+def kernel(op: str, backend: str) -> Callable[..., Any]:
+    """The callable registered for (op, backend), imported on first use and cached.
+
+    BackendUnavailableError when ``backend`` does not implement ``op``. Liveness is not checked
+    here (that is :func:`select_backend`'s job): this is the lookup after the choice.
+    """
+    key = (op, backend)
+    fn = _KERNELS.get(key)
+    if fn is None:
+        target = _REGISTRY.get(op, {}).get(backend)
+        if target is None:
+            raise BackendUnavailableError(f"{op}: no {backend!r} backend; it has {', '.join(implemented(op))}")
+        module, _, attr = target.partition(":")
+        fn = getattr(importlib.import_module(module), attr)
+        _KERNELS[key] = fn
+    return fn
+
+
+def dispatch(op: str, device_type: str = "cpu", backend: str | None = None) -> tuple[str, Callable[..., Any]]:
+    """(backend name, kernel) for one call of a registered ``op`` on data on ``device_type``:
+    ``select_backend(op, implemented(op), device_type, backend)``, then :func:`kernel`."""
+    name = select_backend(op, implemented(op), device_type, backend)
+    return name, kernel(op, name)

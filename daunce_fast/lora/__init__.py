@@ -15,7 +15,7 @@ kernels load on first use on a CUDA device, or when ``backend='triton'`` is forc
 from .attach import (adapter_parameters, adapter_state, adapters_disabled, attach, detach, load_adapter_state,
                      lora_modules, matches_target, reset_adapters)
 from .layer import MultiLoRALinear, slot_seed
-from .op import multilora_linear
+from .ops import multilora_linear
 from .peft_io import load_peft, save_peft
 from .per_adapter import (adapter_grad_norms, clip_grad_norm_per_adapter, per_adapter_loss, scale_lr_per_adapter,
                           split_loss)

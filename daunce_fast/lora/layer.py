@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .op import multilora_linear
+from .ops import multilora_linear
 
 
 def is_conv1d(module: nn.Module) -> bool:

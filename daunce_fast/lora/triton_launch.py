@@ -1,7 +1,7 @@
 """Launchers of the Triton multi-LoRA kernels (this module imports triton: import it lazily).
 
 ``forward_triton`` / ``backward_triton`` have the signatures and semantics of
-``reference.forward_torch`` / ``reference.backward_torch``.
+``torch_launch.forward_torch`` / ``torch_launch.backward_torch``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
-"""The batched multi-LoRA linear as torch custom ops (so torch.compile traces it), with autograd.
+"""The batched multi-LoRA linear, defined once: torch custom ops (so torch.compile traces it),
+with fake (meta) implementations and autograd, and the registration of each backend's kernels.
 
-``daunce_fast::multilora_fwd`` and ``daunce_fast::multilora_bwd`` dispatch, per call, between the
-torch path (``reference.py``: CPU, and the oracle) and the Triton kernels (``triton_launch.py``,
-imported on first use). Both have fake (meta) implementations for tracing.
+``daunce_fast::multilora_fwd`` and ``daunce_fast::multilora_bwd`` pick a backend per call through
+the registry (:func:`daunce_fast._backends.dispatch`): ``torch`` (``torch_launch.py``, any device)
+or ``triton`` (``triton_launch.py``, imported on first use). Registry ops ``multilora_linear``
+(forward kernels) and ``multilora_linear.backward`` (their gradients) register the same backends
+in the same order.
 """
 from __future__ import annotations
 
@@ -11,32 +14,21 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._backends import select_backend
-from .reference import backward_torch, forward_torch
+from .._backends import dispatch, register_kernel
 
 # Preference order. The torch path (cuBLAS GEMMs + batched bmm, with the frozen GEMM accumulating
 # into the low-rank output) comes first on CUDA as well, because the Triton kernels have only run
 # under the interpreter so far; pass backend="triton" (or DAUNCE_FAST_BACKEND=triton) to use them,
 # and swap this order once bench/bench_multilora.py has timed them on a GPU.
-IMPLEMENTED = ("torch", "triton")
-
-
-def _resolve(backend: str, device: torch.device) -> str:
-    return select_backend("multilora_linear", IMPLEMENTED, device.type, backend or None)
-
-
-def _impl(name: str):
-    if name == "triton":
-        from . import triton_launch
-
-        return triton_launch.forward_triton, triton_launch.backward_triton
-    return forward_torch, backward_torch
+for _backend in ("torch", "triton"):
+    register_kernel("multilora_linear", _backend, f"daunce_fast.lora.{_backend}_launch:forward_{_backend}")
+    register_kernel("multilora_linear.backward", _backend, f"daunce_fast.lora.{_backend}_launch:backward_{_backend}")
 
 
 @torch.library.custom_op("daunce_fast::multilora_fwd", mutates_args=())
 def _fwd(x: Tensor, xa: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], A: Tensor, B: Tensor,
          scale: float, backend: str) -> tuple[Tensor, Tensor]:
-    fwd, _ = _impl(_resolve(backend, x.device))
+    _, fwd = dispatch("multilora_linear", x.device.type, backend or None)
     return fwd(x, weight, bias, A, B, scale, xa)
 
 
@@ -49,7 +41,7 @@ def _fwd_fake(x, xa, weight, bias, A, B, scale, backend):
 def _bwd(dy: Tensor, x: Tensor, xa: Optional[Tensor], h: Tensor, weight: Tensor, A: Tensor, B: Tensor, scale: float,
          need_dx: bool, need_dxa: bool, need_dA: bool, need_dB: bool, backend: str
          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _, bwd = _impl(_resolve(backend, dy.device))
+    _, bwd = dispatch("multilora_linear.backward", dy.device.type, backend or None)
     dx, dxa, dA, dB = bwd(dy, x, h, weight, A, B, scale, xa, need_dx, need_dxa, need_dA, need_dB)
     # Custom ops cannot return None: a gradient that was not asked for comes back empty.
     e = dy.new_empty(0)
@@ -100,7 +92,7 @@ def multilora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tenso
         y[k*m:(k+1)*m] = x_k @ weight.T + bias + scale * (x_lora_k @ A[k].T) @ B[k].T
 
     Gradients flow to x, x_lora, A and B; never to weight or bias (they must not require grad).
-    ``backend``: None (auto: the torch path; see IMPLEMENTED), 'torch' or 'triton'.
+    ``backend``: None (auto: the torch path; see the registration order above), 'torch' or 'triton'.
     """
     if x.dim() != 2 or A.dim() != 3 or B.dim() != 3 or weight.dim() != 2:
         raise ValueError(f"multilora_linear: want x [N, d_in], weight [d_out, d_in], A [K, r, d_in], B [K, d_out, r]; "
