@@ -32,7 +32,7 @@ from daunce_fast.daunce import Daunce, DaunceConfig  # noqa: E402
 from daunce_fast.daunce.objectives import base_terms, cross_entropy_per_example, daunce_loss  # noqa: E402
 from daunce_fast.daunce.heads import hessian_direction  # noqa: E402
 from daunce_fast.daunce.trainer import ChunkPlan, lr_factor, make_optimizer  # noqa: E402
-from daunce_fast.examples import load_tabular, mlp, train_classifier  # noqa: E402
+from daunce_fast.demos.tasks import load_tabular, mlp, train_classifier  # noqa: E402
 
 
 def train_one(theta0, task, cfg: DaunceConfig, k: int, workdir: Path) -> None:

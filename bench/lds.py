@@ -44,7 +44,7 @@ from _harness import OUT, print_table, record  # noqa: E402
 from lds_baselines import ExactIF, grad_dot, if_dattri, trak  # noqa: E402
 from lds_data import load_or_build, load_task, model_from_state  # noqa: E402
 
-from daunce_fast.metrics import lds  # noqa: E402
+from daunce_fast.evaluation.metrics import lds  # noqa: E402
 
 CACHE = OUT  # where the exact-IF Hessian eigendecomposition is cached (bench/out by default)
 METHODS = ("graddot", "trak1", "trak5", "if", "if-dattri", "daunce")
@@ -105,7 +105,7 @@ def _row(dataset, method, params, score, wall, extra=0.0, **more):
 def plain_train_seconds(gt) -> tuple[float, float]:
     """(wall, CPU) seconds for one plain sequential training with the ground truth's recipe (what a TRAK user
     pays per extra checkpoint)."""
-    from daunce_fast.examples import mlp, train_classifier
+    from daunce_fast.demos.tasks import mlp, train_classifier
 
     r = gt["recipe"]
     task = load_task(gt)

@@ -13,8 +13,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from daunce_fast.daunce import Daunce, ensemble_scores  # noqa: E402
-from daunce_fast.examples import load_tabular, mlp  # noqa: E402
-from daunce_fast.metrics import lds  # noqa: E402
+from daunce_fast.demos.tasks import load_tabular, mlp  # noqa: E402
+from daunce_fast.evaluation.metrics import lds  # noqa: E402
 
 
 def main(ds: str, K: int, threads: int = 1) -> None:

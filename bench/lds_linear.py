@@ -37,7 +37,7 @@ for p in (HERE, HERE.parent):
 from lds_data import load_or_build, load_task, model_from_state  # noqa: E402
 
 from daunce_fast.daunce.heads import hessian_direction  # noqa: E402
-from daunce_fast.metrics import lds  # noqa: E402
+from daunce_fast.evaluation.metrics import lds  # noqa: E402
 
 
 def jacobians(model, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:

@@ -12,9 +12,9 @@ import numpy as np, torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / 'bench' / 'out'
-from daunce_fast.examples import load_tabular, mlp
+from daunce_fast.demos.tasks import load_tabular, mlp
 from daunce_fast.daunce import Daunce
-from daunce_fast.metrics import lds
+from daunce_fast.evaluation.metrics import lds
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
 ds = sys.argv[1]
 g = torch.load(f'{OUT}/lds_{ds}.pt', weights_only=False)

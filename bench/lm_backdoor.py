@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse_spec(spec: str) -> dict:
-    from daunce_fast import lm_demo as L
-    from daunce_fast.lm_demo import lm_defaults
+    from daunce_fast.demos import lm_backdoor as L
+    from daunce_fast.demos.lm_backdoor import lm_defaults
 
     opts = lm_defaults()
     opts["num_models"] = 64
@@ -64,7 +64,7 @@ def theta0(args):
     """(train, triggered, clean, checkpoints) — θ0 trained once and cached in --cache."""
     import torch
 
-    from daunce_fast import lm_demo as L
+    from daunce_fast.demos import lm_backdoor as L
 
     train = L.make_corpus(args.n_train, args.poison, seed=args.seed)
     trig = L.make_corpus(args.queries, all_poisoned=True, seed=args.seed + 1)
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
 
         return run_gpu()
 
-    from daunce_fast import lm_demo as L
+    from daunce_fast.demos import lm_backdoor as L
     from lm_backdoor_methods import daunce_scores, graddot_scores, random_scores
 
     train, trig, clean, ck = theta0(args)

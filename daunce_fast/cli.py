@@ -9,7 +9,7 @@ Errors. A wrong invocation never shows a traceback: it prints exactly one line o
   its subclasses (corrupt, incomplete or locked files), ``ValueError``, ``TypeError``, ``KeyError``
   (a tensor name that is not in a store), ``OSError`` (missing files, directories, permissions),
   ``MemoryError`` (inputs declaring more than the machine can hold) and
-  ``daunce_fast.demo.MissingExtraError`` (an optional dependency is not installed);
+  ``daunce_fast.demos.MissingExtraError`` (an optional dependency is not installed);
 - Ctrl-C (``KeyboardInterrupt``): one line, exit code 130.
 
 Any other exception is a bug in daunce_fast and keeps its traceback (please report it).
@@ -45,7 +45,7 @@ class UsageError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .demo import MissingExtraError
+    from .demos import MissingExtraError
     from .storage import StorageError
 
     return (StorageError, ValueError, TypeError, KeyError, OSError, MemoryError, MissingExtraError, UsageError)
@@ -53,7 +53,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def one_line(text: str, limit: int = 1000) -> str:
     """``text`` as one printable line: whitespace runs collapsed, control characters escaped."""
-    from .inspect_store import escape
+    from .storage.inspect import escape
 
     return escape(" ".join(str(text).split()), limit)
 
@@ -237,7 +237,7 @@ DEMO_OUT = "daunce_demo.png"
 
 
 def cmd_demo(args) -> int:
-    from .demo import require_extra
+    from .demos import require_extra
 
     if args.lm:
         if args.out is not None:
@@ -245,13 +245,13 @@ def cmd_demo(args) -> int:
         if args.num_test is not None or args.k is not None:
             raise UsageError("--num-test and -k belong to the digits demo, not to --lm")
         require_extra("lm", "transformers")
-        from .lm_demo import run_lm_demo
+        from .demos.lm_backdoor import run_lm_demo
 
         run_lm_demo(budget_s=args.budget or 180.0, progress=not args.quiet, num_models=args.models,
                     seed=args.seed, workdir=args.workdir)
         return 0
     require_extra("demo", "sklearn", "matplotlib")
-    from .demo import run
+    from .demos.digits import run
 
     run(budget_s=args.budget or 90.0, num_models=args.models, num_test=args.num_test or 4, k=args.k or 5,
         out=args.out or DEMO_OUT, seed=args.seed, workdir=args.workdir, progress=not args.quiet)
@@ -274,7 +274,7 @@ def _load_matrix(path: str, name: str | None):
             raise TypeError(f"{path}: expected a real numeric matrix, got dtype {a.dtype}")
         return a
     from . import storage
-    from .inspect_store import check_safetensors
+    from .storage.inspect import check_safetensors
 
     if os.path.lexists(path):  # else open_any names the missing file (or its unfinished .partial)
         check_safetensors(path)  # "not a safetensors file" from the first bytes, before any header is read
@@ -346,7 +346,7 @@ def cmd_score(args) -> int:
 
 # ------------------------------------------------------------------------------- inspect
 def cmd_inspect(args) -> int:
-    from .inspect_store import describe
+    from .storage.inspect import describe
 
     print(describe(args.file))
     return 0

@@ -175,7 +175,7 @@ def test_inspect_partial_and_missing(tmp_path, monkeypatch, capsys):
 
 
 def test_inspect_escapes_and_truncates(tmp_path, monkeypatch, capsys):
-    from daunce_fast import inspect_store
+    from daunce_fast.storage import inspect as inspect_store
 
     monkeypatch.chdir(tmp_path)
     evil = "\x1b[2J\x1b]0;owned\x07\r\u202e"
@@ -195,7 +195,7 @@ def test_inspect_escapes_and_truncates(tmp_path, monkeypatch, capsys):
 
 
 def test_escape():
-    from daunce_fast.inspect_store import escape
+    from daunce_fast.storage.inspect import escape
 
     assert escape("θ0 ok") == "θ0 ok"
     assert escape("a\nb\x00\x1b\u200b\U000e0001") == "a\\x0ab\\x00\\x1b\\u200b\\U000e0001"

@@ -31,7 +31,7 @@ def test_demo_end_to_end_writes_the_figure_and_leaves_no_temp_files(tmp_path):
 def test_demo_error_midway_still_removes_its_temp_dir(tmp_path, monkeypatch, capsys):
     import tempfile
 
-    import daunce_fast.demo as demo
+    import daunce_fast.demos.digits as demo
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
@@ -63,7 +63,7 @@ def test_demo_counts_beyond_the_data_are_one_line(tmp_path, capsys, argv, needle
 def test_demo_calibration_probe_lives_in_the_removed_temp_dir(tmp_path, monkeypatch, capsys):
     import tempfile
 
-    import daunce_fast.demo as demo
+    import daunce_fast.demos.digits as demo
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     seen = []

@@ -1,7 +1,7 @@
 """A tiny classification task for pipeline tests (a slice of digits, a small MLP)."""
 import torch
 
-from daunce_fast.examples import load_tabular, mlp, train_classifier
+from daunce_fast.demos.tasks import load_tabular, mlp, train_classifier
 
 _CACHE = {}
 

@@ -89,7 +89,7 @@ def test_lm_defaults_fill_only_what_the_caller_left_out(tmp_path):
         Daunce(model, perturbation="hessian")
     d = Daunce(model, workdir=tmp_path / "b", epochs=2, lr=5e-4)
     assert d.config.steps is None and d.config.epochs == 2 and d.config.lr == 5e-4
-    from daunce_fast.examples import mlp
+    from daunce_fast.demos.tasks import mlp
 
     c = Daunce(mlp(4, 2), workdir=tmp_path / "c")
     assert c.head.kind == "logits" and c.config.steps is None and c.rank == "full"

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from daunce_fast import lm_demo as L  # noqa: E402
+from daunce_fast.demos import lm_backdoor as L  # noqa: E402
 from daunce_fast.daunce import Daunce  # noqa: E402
 
 N_TRAIN, N_QUERY = 200, 8

@@ -178,7 +178,7 @@ def test_bad_options_raise():
 
 def test_ensemble_scores_of_checkpoints(tmp_path):
     from daunce_fast.daunce import ensemble_scores
-    from daunce_fast.examples import mlp, train_classifier
+    from daunce_fast.demos.tasks import mlp, train_classifier
 
     model, train, test = tiny_task()
     x, y = train.tensors

@@ -1,10 +1,10 @@
-"""daunce_fast.metrics on hand-computed cases, and against scipy, sklearn and dattri (where installed) on small
+"""daunce_fast.evaluation.metrics on hand-computed cases, and against scipy, sklearn and dattri (where installed) on small
 random cases. metrics itself needs only numpy."""
 import numpy as np
 import pytest
 import torch
 
-from daunce_fast.metrics import auroc, lds, recall_at_k
+from daunce_fast.evaluation.metrics import auroc, lds, recall_at_k
 
 
 def _case(rng, n_train=40, n_test=7, S=30):
@@ -18,7 +18,7 @@ def _case(rng, n_train=40, n_test=7, S=30):
 
 
 def test_column_ranks_average_ties_by_hand():
-    from daunce_fast.metrics import _column_ranks
+    from daunce_fast.evaluation.metrics import _column_ranks
 
     x = np.array([[10.0, 1.0], [20.0, 1.0], [20.0, 1.0], [5.0, 0.0]])
     np.testing.assert_array_equal(_column_ranks(x), [[2, 3], [3.5, 3], [3.5, 3], [1, 1]])
@@ -99,7 +99,7 @@ def test_lds_bad_input(rng):
 
 def test_column_ranks_match_scipy_rankdata(rng):
     rankdata = pytest.importorskip("scipy.stats").rankdata
-    from daunce_fast.metrics import _column_ranks
+    from daunce_fast.evaluation.metrics import _column_ranks
 
     for n in (1, 2, 7, 40):
         x = rng.integers(0, 4, size=(n, 5)).astype(float)  # many ties

@@ -17,21 +17,6 @@ from pathlib import Path
 import numpy as np
 
 
-class MissingExtraError(ImportError):
-    """An optional dependency is not installed; the message says which extra installs it."""
-
-
-def require_extra(extra: str, *modules: str) -> None:
-    """Import ``modules`` or raise MissingExtraError naming ``pip install "daunce_fast[<extra>]"``."""
-    import importlib
-
-    for m in modules:
-        try:
-            importlib.import_module(m)
-        except ImportError:
-            raise MissingExtraError(f"{m} is not installed; install it with: pip install \"daunce_fast[{extra}]\"") from None
-
-
 def _calibrate(make, task, budget_s: float, k_probe: int, k_max: int, probe_dir: str) -> int:
     """Models that fit ``budget_s`` seconds, from the time of a probe run of ``k_probe`` models.
 
@@ -90,8 +75,8 @@ def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4
 def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dict:
     import torch
 
-    from .daunce import Daunce
-    from .examples import load_tabular, mlp, train_classifier
+    from ..daunce import Daunce
+    from .tasks import load_tabular, mlp, train_classifier
 
     torch.manual_seed(seed)
     t_start = time.perf_counter()

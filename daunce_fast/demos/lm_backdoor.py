@@ -228,7 +228,7 @@ def evaluate(scores, poisoned: np.ndarray) -> dict:
     training rows by the mean over test columns of each column's z-scored scores (each query
     weighs the same); ``query_*`` are means of the per-query figures.
     """
-    from .metrics import auroc, recall_at_k
+    from ..evaluation.metrics import auroc, recall_at_k
 
     s = np.asarray(scores, dtype=np.float64)
     k = int(poisoned.sum())
@@ -244,7 +244,7 @@ def lm_defaults() -> dict:
     """DAUNCE options for language models, measured on this benchmark (bench/RESULTS.md): the
     library's LM defaults (daunce_fast.daunce.config.LM_DEFAULTS) spelled out, so benchmark sweeps
     can vary each of them. Score with ``method=SCORE_METHOD``."""
-    from .daunce.config import LM_DEFAULTS
+    from ..daunce.config import LM_DEFAULTS
 
     return dict(objective="if", ratio=0.5, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in LM_DEFAULTS.items()})
 
@@ -263,11 +263,11 @@ def run_lm_demo(budget_s: float = 180.0, progress: bool = True, *, num_train: in
     only contend on a shared CPU); None leaves torch's setting. ``workdir``: keep the DAUNCE run there;
     without it, it and the calibration probe live in one temporary directory removed at the end
     (success or error), and the returned "workdir" is None. Needs transformers (the ``lm`` extra):
-    raises daunce_fast.demo.MissingExtraError naming ``pip install "daunce_fast[lm]"`` without it.
+    raises daunce_fast.demos.MissingExtraError naming ``pip install "daunce_fast[lm]"`` without it.
     """
     import torch
 
-    from .demo import require_extra
+    from . import require_extra
 
     require_extra("lm", "transformers")
     old = torch.get_num_threads()
@@ -286,7 +286,7 @@ def run_lm_demo(budget_s: float = 180.0, progress: bool = True, *, num_train: in
 def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, wd, tmp) -> dict:
     import torch
 
-    from .daunce import Daunce
+    from ..daunce import Daunce
 
     t_start = time.perf_counter()
     torch.manual_seed(seed)

@@ -51,10 +51,10 @@ def check_safetensors(path: str) -> None:
     optional whitespace). Reads at most 72 bytes, opening non-blocking (a FIFO never hangs);
     IsADirectoryError / OSError for directories, FIFOs, devices and missing files.
     Sharded indexes (JSON files) are left to daunce_fast.storage.open_any."""
-    from . import storage
-    from .storage.tiles import is_index
+    from ._fs import open_input
+    from .tiles import is_index
 
-    fd = storage.open_input(path)  # non-blocking; NotARegularFileError / UnreadableFileError otherwise
+    fd = open_input(path)  # non-blocking; NotARegularFileError / UnreadableFileError otherwise
     try:
         st = os.fstat(fd)
         head = os.pread(fd, 72, 0)
@@ -95,23 +95,26 @@ def describe(path: str) -> str:
     unfinished writer's ``.partial`` file, found from the final name too). Raises
     NotSafetensorsError (a ValueError) for other files, OSError for directories / missing files,
     daunce_fast.storage.StorageError for corrupt ones."""
-    from . import storage
-    from .storage.format import read_header
-    from .storage.journal import Journal
-    from .storage.writer import JOURNAL_SUFFIX, PARTIAL_SUFFIX
+    from ._fs import open_input
+    from .errors import IncompleteFileError
+    from .format import read_header
+    from .journal import Journal
+    from .sharded import ShardedStore
+    from .tiles import open_any
+    from .writer import JOURNAL_SUFFIX, PARTIAL_SUFFIX
 
     path = os.fspath(path)
     if os.path.lexists(path):
         check_safetensors(path)
     lines = []
     try:
-        store = storage.open_any(path)
-    except storage.IncompleteFileError as exc:
+        store = open_any(path)
+    except IncompleteFileError as exc:
         partial = path if path.endswith(PARTIAL_SUFFIX) else path + PARTIAL_SUFFIX
         if not os.path.exists(partial):
             raise
         check_safetensors(partial)
-        fd = storage.open_input(partial)
+        fd = open_input(partial)
         try:
             header = read_header(fd, partial)
         finally:
@@ -128,7 +131,7 @@ def describe(path: str) -> str:
         lines.append(f"done tiles ({len(done)}): {shown}{' ...' if len(done) > MAX_TILES else ''}")
         return "\n".join(lines)
     with store:
-        kind = "sharded store" if isinstance(store, storage.ShardedStore) else "safetensors file"
+        kind = "sharded store" if isinstance(store, ShardedStore) else "safetensors file"
         lines.append(f"{escape(path, 1000)}: {kind}, complete")
         lines += _fmt_tensors(store.names(), lambda name: (store.dtype_code(name), store.shape(name)))
         if store.metadata:
