@@ -22,14 +22,9 @@ import numpy as np
 import torch
 
 from .._backends import select_backend
-from ._prep import (
-    Source,
-    check_options,
-    check_pair,
-    nonfinite_error,
-    out_torch_dtype,
-    overflow_error,
-)
+from .options import check_options, out_torch_dtype
+from .source import Source, check_pair
+from .standardise import nonfinite_error, overflow_error
 from ._resume import effective_precision, mismatch_error, resume_metadata
 from .merge import merge_candidates
 

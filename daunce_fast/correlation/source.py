@@ -1,64 +1,26 @@
-"""Input handling shared by the correlation backends.
+"""The one reader of [K, n] loss matrices (row = model, column = example) for correlation, the
+rank-sharded correlation (correlation.sharded) and the ``daunce-fast score`` command.
 
-``Source`` wraps one [K, n] loss matrix (numpy array or memmap, torch tensor on CPU or CUDA, cupy
-array through DLPack, a storage Reader / ShardedStore / path) and reads it in column tiles,
-so a memory-mapped or sharded matrix is never loaded whole. Stored bfloat16 / float16 / float8
-tensors are decoded exactly to float32 by ``storage.dtypes.decode_float32`` whatever the entry
-point (path, Reader, ShardedStore, ShardedArray); unsigned 8/16-bit arrays whose stored dtype is
-unknown (they may be raw bfloat16 / float8 bits) are refused with a TypeError rather than
-correlated as integers. ``standardise_torch`` is the float64 standardisation of the torch-based
-engines (torch, triton, cuda); the CPU engine uses the compiled kernels instead (C.colstats +
-C.corr_standardise), with the same rule for constants.
+``Source`` wraps one matrix (numpy array or memmap, torch tensor on CPU or CUDA, cupy array through
+DLPack, a storage Reader / ShardedStore / path to a safetensors file, sharded index or ``.npy``
+file, a reader's array view) and reads it in column tiles, so a memory-mapped or sharded matrix is
+never loaded whole. Stored bfloat16 / float16 / float8 tensors are decoded exactly to float32 by
+``storage.dtypes.decode_float32`` whatever the entry point (path, Reader, ShardedStore,
+ShardedArray, a reader view carrying its ``dtype_code``); unsigned 8/16-bit arrays whose stored
+dtype is unknown (they may be raw bfloat16 / float8 bits) are refused with a TypeError rather than
+correlated as integers.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .reference import is_constant
-
-METHODS = ("pearson", "covariance")
-NAN_POLICIES = ("raise", "propagate")
-_PRECISIONS = {"fp32": "fp32", "float32": "fp32", "ieee": "fp32", "tf32": "tf32", "bf16": "bf16", "bfloat16": "bf16"}
-OUT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # stored codes decoded to float32 (numpy holds BF16 / F8 as raw bits); F32 / F64 / integers are read as they are
 _DECODED = frozenset({"BF16", "F16", "F8_E4M3", "F8_E5M2", "F8_E8M0"})
 _AS_STORED = frozenset({"F32", "F64", "I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64"})
 _FP_TILE_BYTES = 16 << 20  # fingerprint(): columns hashed per tile (a fixed width, so digests are comparable)
-
-
-def check_tile(tile) -> int | None:
-    """``tile``: None (automatic) or a positive int (train columns per tile); ValueError otherwise."""
-    if tile is None:
-        return None
-    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or int(tile) < 1:
-        raise ValueError(f"tile must be None or a positive int (train columns per tile), got {tile!r}")
-    return int(tile)
-
-
-def check_options(method: str, nan_policy: str, precision, tile=None) -> str | None:
-    check_tile(tile)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
-    if precision is None:
-        return None
-    p = _PRECISIONS.get(str(precision).lower())
-    if p is None:
-        raise ValueError(f"precision must be None, 'fp32', 'tf32' or 'bf16', got {precision!r}")
-    return p
-
-
-def out_torch_dtype(out_dtype) -> torch.dtype:
-    name = str(out_dtype).replace("torch.", "")
-    name = {"float": "float32", "double": "float64", "half": "float16"}.get(name, name)
-    if name not in OUT_DTYPES:
-        raise ValueError(f"out_dtype must be one of {sorted(OUT_DTYPES)}, got {out_dtype!r}")
-    return OUT_DTYPES[name]
 
 
 def _is_cupy(x) -> bool:
@@ -73,11 +35,33 @@ def _is_storage(x) -> bool:
 
 
 class Source:
-    """One [K, n] input matrix. ``kind``: 'numpy' | 'torch' | 'cupy' | 'storage'."""
+    """One [K, n] input matrix named ``name`` in errors ("train", "test", or a path).
 
-    def __init__(self, x, name: str):
+    ``kind``: 'numpy' | 'torch' | 'cupy' | 'storage'; ``data`` the matrix as given (a torch view for
+    cupy); ``code`` the stored safetensors dtype code for storage inputs (None otherwise); ``K``,
+    ``n`` its shape. ``tensor`` picks the tensor of a store (a path, Reader or ShardedStore) that
+    holds several (KeyError naming the ones it holds when absent); without it the store must hold
+    exactly one (``tensor`` is ignored for inputs that are not stores). A path ending in ``.npy``
+    is memory-mapped with numpy (no pickles). A Source given as ``x`` is read as it is (same data,
+    renamed ``name``), and closing the new one leaves the given one open. Call ``close()`` to
+    release a store opened here from a path (done here when the input is refused).
+    """
+
+    def __init__(self, x, name: str, tensor: str | None = None):
         self.name = name
         self._opened = None
+        if isinstance(x, Source):
+            self.__dict__.update({k: v for k, v in vars(x).items() if k not in ("name", "_opened")})
+            return
+        try:
+            self._wrap(x, name, tensor)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wrap(self, x, name: str, tensor: str | None) -> None:
+        if isinstance(x, (str, os.PathLike)) and os.fspath(x).endswith(".npy"):
+            x = np.load(x, mmap_mode="r", allow_pickle=False)
         if isinstance(x, torch.Tensor):
             self.kind, self.data = "torch", x.detach()
         elif _is_cupy(x):
@@ -88,13 +72,19 @@ class Source:
             self.kind = "storage"
             if isinstance(x, (str, os.PathLike)):
                 x = self._opened = storage.open_any(x)
-            if hasattr(x, "names"):  # Reader / ShardedStore: its only tensor
+            if hasattr(x, "names"):  # Reader / ShardedStore: the chosen tensor, or its only one
                 names = list(x.names())
-                if len(names) != 1:
+                if tensor is not None:
+                    if tensor not in names:
+                        raise KeyError(f"{name}: the store has no tensor {tensor!r}; it holds "
+                                       f"{', '.join(map(repr, names[:10]))}{', ...' if len(names) > 10 else ''}")
+                elif len(names) != 1:
                     raise ValueError(f"{name}: the store holds {len(names)} tensors {names}; pass the array itself, "
                                      f"e.g. reader[{names[0]!r}]" if names else f"{name}: the store holds no tensor")
-                self.code = x.dtype_code(names[0])
-                x = x[names[0]]
+                else:
+                    tensor = names[0]
+                self.code = x.dtype_code(tensor)
+                x = x[tensor]
             # ShardedArray carries its code; a Reader's array view (reader[name]) may not
             self.code = getattr(x, "dtype_code", getattr(self, "code", None))
             self.data = x
@@ -185,77 +175,8 @@ class Source:
 
 
 def check_pair(train: Source, test: Source) -> None:
+    """ValueError unless train and test have the same K >= 2 models (rows)."""
     if train.K != test.K:
         raise ValueError(f"train and test must have the same number of models K (rows): {train.K} vs {test.K}")
     if train.K < 2:
         raise ValueError(f"need at least K=2 models (rows) to correlate, got K={train.K}")
-
-
-@dataclass
-class TileStats:
-    """Standardised tile plus what the driver needs to report."""
-
-    z: object  # numpy or torch, [K, n]
-    first_bad: int  # flat index j*K + k of the first non-finite entry (example-major), or -1
-    constant: np.ndarray  # bool [n]
-    overflow: int = -1  # first column (within the tile) whose finite values overflow float64 stats, or -1
-
-
-def first_stats_overflow(x, mean, m2) -> int:
-    """First column of x [K, n] whose values are all finite but whose mean or m2 is not (float64
-    overflow, values near the float64 limit), or -1. numpy or torch arguments."""
-    if isinstance(x, torch.Tensor):
-        bad = ~(torch.isfinite(mean) & torch.isfinite(m2))
-        if not bool(bad.any()):
-            return -1
-        hit = torch.nonzero(bad & torch.isfinite(x).all(0))
-        return int(hit[0, 0]) if hit.numel() else -1
-    bad = ~(np.isfinite(mean) & np.isfinite(m2))
-    if not bad.any():
-        return -1
-    cols = np.nonzero(bad)[0]
-    ok = np.isfinite(x[:, cols]).all(0)
-    return int(cols[ok][0]) if ok.any() else -1
-
-
-def first_nonfinite_torch(x: torch.Tensor) -> int:
-    """j*K + k of the first non-finite entry of x [K, n] ordered by (example j, model k), or -1."""
-    bad = ~torch.isfinite(x)
-    if not bool(bad.any()):
-        return -1
-    flat = torch.nonzero(bad.T.reshape(-1))[0, 0]
-    return int(flat)
-
-
-def standardise_torch(x: torch.Tensor, pearson: bool, factor: float, dtype: torch.dtype) -> TileStats:
-    """Float64 statistics and centring (then ``dtype``): pearson -> unit-norm columns times factor,
-    NaN for constant ones; covariance -> centred columns times factor."""
-    K = x.shape[0]
-    bad = first_nonfinite_torch(x) if x.numel() else -1
-    x64 = x.to(torch.float64)
-    mean = x64.mean(0)
-    xc = x64 - mean
-    m2 = (xc * xc).sum(0)
-    const = is_constant(mean, m2, K)
-    if pearson:
-        scale = factor / torch.sqrt(m2)
-        scale = torch.where(const, torch.full_like(scale, float("nan")), scale)
-    else:
-        scale = torch.full_like(m2, factor)
-    z = (xc * scale).to(dtype)
-    return TileStats(z, bad, const.cpu().numpy(), first_stats_overflow(x, mean, m2))
-
-
-def nonfinite_error(src: Source, flat: int, j0: int, value) -> ValueError:
-    j, k = divmod(int(flat), src.K)
-    return ValueError(f"{src.name} has a non-finite value {value} at model {k}, example {j0 + j} "
-                      f"({src.name}[{k}, {j0 + j}]); pass nan_policy='propagate' to let NaN flow into the scores")
-
-
-def overflow_error(name: str, column: int, values) -> ValueError:
-    """The error for a column of finite values whose float64 mean or variance overflows."""
-    peak = float(np.max(np.abs(np.asarray(values, dtype=np.float64)))) if np.size(values) else float("nan")
-    return ValueError(f"{name} column {column} (example {column}) has finite values (largest magnitude {peak:.3g}) but "
-                      f"its mean or variance overflows float64, so it cannot be standardised; rescale the matrix (e.g. "
-                      f"divide it by its largest absolute value: Pearson scores do not change, covariances scale by "
-                      f"the square of the factor)")
