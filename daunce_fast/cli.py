@@ -31,7 +31,7 @@ import sys
 PROG = "daunce-fast"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-METHODS = ("pearson", "covariance")  # = daunce_fast.correlation._prep.METHODS (not imported: torch)
+METHODS = ("pearson", "covariance")  # = daunce_fast.correlation.options.METHODS (not imported: torch)
 DEFAULT_METHOD = "pearson"           # = the default of daunce_fast.correlate and daunce_fast.topk
 NAN_POLICIES = ("raise", "propagate")
 VALUE_FMT = "{:+.4g}"

@@ -158,9 +158,9 @@ class Daunce:
         return "full" if self.head.kind == "logits" else LM_DEFAULTS["rank"]
 
     def _rank_world(self) -> tuple[int, int]:
-        from .. import distributed
+        from ..distributed.group import rank_world
 
-        return distributed.rank_world(self.group)
+        return rank_world(self.group)
 
     def chunk_size(self) -> int:
         cfg = self.config
@@ -180,20 +180,20 @@ class Daunce:
 
     def my_chunks(self) -> list[tuple[int, list[int]]]:
         """This rank's contiguous range of chunks (all of them in a single process)."""
-        from .. import distributed
+        from ..distributed.group import share
 
         rank, world = self._rank_world()
         chunks = self.chunks()
-        c0, c1 = distributed.share(len(chunks), rank, world)
+        c0, c1 = share(len(chunks), rank, world)
         return chunks[c0:c1]
 
     def _shard_sizes(self) -> list[int]:
         """Models (rows of the loss stores) of each rank."""
-        from .. import distributed
+        from ..distributed.group import split
 
         chunks, world = self.chunks(), self._rank_world()[1]
         sizes, c0 = [], 0
-        for n in distributed.split(len(chunks), world):
+        for n in split(len(chunks), world):
             sizes.append(sum(len(ids) for _, ids in chunks[c0:c0 + n]))
             c0 += n
         return sizes
@@ -234,13 +234,13 @@ class Daunce:
         return run_id(self._state)
 
     def _check_state(self, train_fp: str) -> None:
-        from .. import distributed
+        from ..distributed.agreement import run_on_all
 
         rank, world = self._rank_world()
         if world == 1:
             return self._check_state_local(train_fp)
         # rank 0 writes state.json (or checks it), then every rank checks the same file
-        distributed.run_on_all("Daunce: state.json", lambda: rank == 0 and self._check_state_local(train_fp),
+        run_on_all("Daunce: state.json", lambda: rank == 0 and self._check_state_local(train_fp),
                                self.group)
         if rank:
             self._check_state_local(train_fp)
@@ -418,7 +418,7 @@ class Daunce:
 
         WorkdirError when the workdir holds another run (another θ0, training set, config, K or
         chunking) or a name in ``record`` holds another dataset's targets, unless overwrite=True."""
-        from .. import distributed
+        from ..distributed.agreement import run_on_all
 
         self._live()
         for name in record or {}:
@@ -433,7 +433,7 @@ class Daunce:
             e = as_examples(data)
             sets[name] = (e, e.fingerprint())
         if self._rank_world()[1] > 1:
-            distributed.run_on_all("Daunce.fit", lambda: self._fit(ex, sets), self.group)
+            run_on_all("Daunce.fit", lambda: self._fit(ex, sets), self.group)
             return self
         return self._fit(ex, sets)
 
@@ -484,7 +484,7 @@ class Daunce:
         rank has written its shard). ``name``: a plain file name (ValueError otherwise, see
         workdir.check_name). The adapters are loaded under the chunking the workdir records, so
         changing adapter_chunk, row_budget or the number of ranks after fit is fine."""
-        from .. import distributed
+        from ..distributed.agreement import run_on_all
 
         self._live()
         check_name(name)
@@ -494,7 +494,7 @@ class Daunce:
         ex = as_examples(data)
         fp = ex.fingerprint()
         if self._rank_world()[1] > 1:
-            distributed.run_on_all("Daunce.record", lambda: self._record(ex, name, fp), self.group)
+            run_on_all("Daunce.record", lambda: self._record(ex, name, fp), self.group)
             return self.loss_index_path(name)
         return self._record(ex, name, fp)
 
@@ -567,9 +567,9 @@ class Daunce:
 
         Stores named here are checked against this object's θ0 and options and the workdir's
         state (see :meth:`losses`): stale ones raise WorkdirError, never give old scores."""
-        import daunce_fast as df
-
-        from .. import distributed
+        from ..correlation import sharded
+        from ..correlation.api import correlate, topk as topk_of
+        from ..distributed.group import is_distributed
 
         self._live()
         method = method or SCORE_METHOD[self.head.kind]
@@ -578,14 +578,14 @@ class Daunce:
             raise TypeError("Daunce.scores: give the test dataset (or the name of a recorded one)")
         a = self.losses(self._resolve(train))
         b = self.losses(self._resolve(test))
-        if distributed.is_distributed(self.group):
+        if is_distributed(self.group):
             if topk is not None:
-                return distributed.topk(a, b, topk, method=method, largest=largest, backend=backend, group=self.group)
+                return sharded.topk(a, b, topk, method=method, largest=largest, backend=backend, group=self.group)
             if out is None:
                 raise ValueError("Daunce.scores: under a process group the full matrix is written as per-rank row "
                                  "slabs: pass out=PATH (e.g. 'scores.index.json'), or call "
                                  "daunce_fast.distributed.correlate(..., out=None) for this rank's rows")
-            return distributed.correlate(a, b, method=method, out=out, backend=backend, group=self.group)
+            return sharded.correlate(a, b, method=method, out=out, backend=backend, group=self.group)
         if topk is not None:
-            return df.topk(a, b, topk, method=method, largest=largest, backend=backend)
-        return df.correlate(a, b, method=method, out=out, backend=backend)
+            return topk_of(a, b, topk, method=method, largest=largest, backend=backend)
+        return correlate(a, b, method=method, out=out, backend=backend)

@@ -43,9 +43,12 @@ def _stem(index_path: str) -> str:
     return base
 
 
-def _even_split(total: int, n: int) -> list[int]:
-    q, r = divmod(total, n)
-    return [q + (1 if i < r else 0) for i in range(n)]
+def even_split(total: int, n: int) -> list[int]:
+    """Sizes of ``n`` contiguous pieces of ``total`` items, as even as possible (the first
+    ``total % n`` pieces one larger): the default shard sizes here, and how daunce_fast.distributed
+    splits work over ranks."""
+    q, r = divmod(int(total), int(n))
+    return [q + (1 if i < r else 0) for i in range(int(n))]
 
 
 def create_sharded(index_path, name: str, shape, dtype, axis: int = 0, shard_sizes=None, num_shards=None,
@@ -73,7 +76,7 @@ def create_sharded(index_path, name: str, shape, dtype, axis: int = 0, shard_siz
     if shard_sizes is None:
         if num_shards is None or int(num_shards) < 1:
             raise ValueError("give shard_sizes (a list of sizes along axis) or num_shards >= 1")
-        shard_sizes = _even_split(shape[axis], int(num_shards))
+        shard_sizes = even_split(shape[axis], int(num_shards))
     elif num_shards is not None and len(shard_sizes) != num_shards:
         raise ValueError(f"{len(shard_sizes)} shard_sizes but num_shards={num_shards}")
     shard_sizes = [int(s) for s in shard_sizes]

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from daunce_fast import distributed as D
+from daunce_fast.correlation import sharded as S
 
 
 def scenario_corr(rank, world, out: Path):
     """distributed topk / correlate on numpy, torch and sharded inputs; errors on bad input."""
-    block, D.BLOCK_BYTES = D.BLOCK_BYTES, 8 * 16 * 7  # 7 train columns per block for stores, tiny gather blocks: many blocks
+    block, S.BLOCK_BYTES = S.BLOCK_BYTES, 8 * 16 * 7  # 7 train columns per block for stores, tiny gather blocks: many blocks
     z = np.load(out / "inputs.npz")
     A, B, A_nan = z["A"], z["B"], z["A_nan"]
     res = {}
@@ -39,7 +40,7 @@ def scenario_corr(rank, world, out: Path):
         res["err"] = "no error"
     except Exception as exc:  # noqa: BLE001 - the type and message are what the test checks
         res["err"] = f"{type(exc).__name__}: {exc}"
-    D.BLOCK_BYTES = block
+    S.BLOCK_BYTES = block
     np.savez(out / f"corr{rank}.npz", **res)
 
 

@@ -11,6 +11,7 @@ import torch
 
 import daunce_fast as df
 from daunce_fast import distributed as D
+from daunce_fast.correlation import sharded as S
 from daunce_fast import storage
 
 from ._launch import ROOT, free_port
@@ -81,9 +82,9 @@ def test_one_rank_reads_a_sharded_store_in_blocks(tmp_path, rng, monkeypatch):
         with sw.create_shard(s) as w:
             w["targets"][...] = A[slice(*sw.shard_range(s))]
     seen = []
-    real = D._Matrix.cols
-    monkeypatch.setattr(D._Matrix, "cols", lambda self, j0, j1, device=None: seen.append((j0, j1)) or real(self, j0, j1, device))
-    monkeypatch.setattr(D, "BLOCK_BYTES", 8 * K * 6)  # 6 columns per block
+    real = S._Matrix.cols
+    monkeypatch.setattr(S._Matrix, "cols", lambda self, j0, j1, device=None: seen.append((j0, j1)) or real(self, j0, j1, device))
+    monkeypatch.setattr(S, "BLOCK_BYTES", 8 * K * 6)  # 6 columns per block
     r = D.topk(str(tmp_path / "a.index.json"), B, 4)
     ref = df.topk(A, B, 4)
     np.testing.assert_array_equal(r.indices, ref.indices)

@@ -1,192 +1,39 @@
-"""DAUNCE across processes (GPUs, nodes) with torch.distributed: launched by torchrun or SLURM,
-gloo on CPU, nccl on GPU. See docs/distributed.md for the launch recipes and the file layout.
+"""correlate and topk sharded over the ranks of a torch.distributed process group (W ranks, this
+one r; every rank calls them with the same arguments). Re-exported by daunce_fast.distributed.
 
-How the work is split (W ranks, this one r; every rank calls the same functions with the same
-arguments):
+  topk        rank r takes train columns share(N, r, W), computes its candidates [M, k] (global
+              indices) with daunce_fast.topk, then the candidates are all_gathered and merged:
+              result identical to daunce_fast.topk on the whole matrix (best first, ties to the
+              lower train index, constant columns never selected). Every rank returns the full result.
+  correlate   rank r computes score rows share(N, r, W) and writes them as shard r of one sharded
+              store (``out=PATH.index.json``); every rank returns the read-only logical [N, M]
+              ShardedArray.
 
-  Daunce.fit / record   the K models are cut into chunks; rank r trains and records a contiguous
-                        range of chunks and writes its own shard (its rows of models) of each
-                        loss store; ``losses/<name>.index.json`` presents one logical [K, N].
-                        (daunce_fast.daunce.pipeline does this when a process group is live.)
-  topk                  rank r takes train columns share(N, r, W), computes its candidates
-                        [M, k] (global indices) with daunce_fast.topk, then the candidates are
-                        all_gathered and merged: result identical to daunce_fast.topk on the
-                        whole matrix (best first, ties to the lower train index, constant
-                        columns never selected). Every rank returns the full result.
-  correlate             rank r computes scores rows share(N, r, W) and writes them as shard r of
-                        one sharded store (``out=PATH.index.json``); every rank returns the
-                        read-only logical [N, M] ShardedArray.
-
-Faults: every collective runs under the process group's timeout (``init_from_env(timeout_s=)``);
-an exception on one rank is reported to all at the next agreement point (each peer raises
-DistributedError naming the failing rank and its error); a rank that dies makes its peers' next
-collective fail (connection closed, or the timeout) with DistributedError. Work that completed
-(adapter chunks, loss-store chunks, score blocks) is journaled on disk, so rerunning the same job
-resumes from it.
-
-Importing this module is cheap (torch.distributed is imported on first use).
+Inputs are read through correlation.source.Source (the one reader of [K, n] matrices), in blocks
+of BLOCK_BYTES when they are not free views; a failure on one rank reaches every rank through
+daunce_fast.distributed.agreement.
 """
 from __future__ import annotations
 
-import contextlib
-import datetime
 import os
 import warnings
 
 import numpy as np
 import torch
 
-from .correlation._prep import Source
+from ..distributed.agreement import collective, run_on_all
+from ..distributed.group import _dist, device_for, rank_world, share, split
+from .api import ConstantColumnWarning, TopKResult, _warn_constants
+from .api import correlate as _correlate
+from .api import topk as _topk
+from .merge import merge_candidates
+from .options import check_options, check_tile, out_torch_dtype
+from .source import Source
+from .standardise import NonFiniteInputError
 
-DEFAULT_TIMEOUT_S = 1800.0
 # Bound on what one rank reads / writes per block when an input is not a free view (a sharded or
 # bfloat16 store) and on the gathered candidates: keeps memory O(block) whatever N and W are.
 BLOCK_BYTES = 256 << 20
-
-
-class DistributedError(RuntimeError):
-    """Another rank failed, died, or did not reach a collective within the process group's timeout."""
-
-
-# ----------------------------------------------------------------------------------- process group
-def _dist():
-    import torch.distributed as dist
-
-    return dist
-
-
-def is_initialized() -> bool:
-    dist = _dist()
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank_world(group=None) -> tuple[int, int]:
-    """(rank, world size) in ``group`` (default: the default group); (0, 1) outside torch.distributed."""
-    if not is_initialized():
-        return 0, 1
-    dist = _dist()
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def is_distributed(group=None) -> bool:
-    """True when a process group with more than one rank is live (what Daunce checks)."""
-    return rank_world(group)[1] > 1
-
-
-def init_from_env(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[int, int]:
-    """Initialise the default process group from the launcher's environment; returns (rank, world).
-
-    torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. Under SLURM (srun, one
-    task per GPU) RANK / WORLD_SIZE / LOCAL_RANK default to SLURM_PROCID / SLURM_NTASKS /
-    SLURM_LOCALID; MASTER_ADDR must be exported by the batch script (first host of the job) and
-    MASTER_PORT defaults to 29500. backend: None -> "nccl" when CUDA is available (and the
-    process's GPU is set to LOCAL_RANK), else "gloo". timeout_s bounds every collective: a dead
-    or stuck rank makes its peers fail after at most this long. Already initialised: a no-op.
-    """
-    dist = _dist()
-    if dist.is_initialized():
-        return rank_world()
-    env = os.environ
-    for ours, slurm in (("RANK", "SLURM_PROCID"), ("WORLD_SIZE", "SLURM_NTASKS"), ("LOCAL_RANK", "SLURM_LOCALID")):
-        if ours not in env and slurm in env:
-            env[ours] = env[slurm]
-    if "SLURM_PROCID" in env:
-        env.setdefault("MASTER_PORT", "29500")
-    missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in env]
-    if missing:
-        raise RuntimeError(f"init_from_env: {', '.join(missing)} not set; launch with torchrun (or srun with "
-                           "MASTER_ADDR exported), see docs/distributed.md")
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
-    return rank_world()
-
-
-def shutdown() -> None:
-    """Destroy the default process group (if any)."""
-    if is_initialized():
-        _dist().destroy_process_group()
-
-
-# ----------------------------------------------------------------------------------- splits
-def split(n: int, parts: int) -> list[int]:
-    """Sizes of ``parts`` contiguous pieces of ``n`` items, as even as possible (first ones larger)."""
-    q, r = divmod(int(n), int(parts))
-    return [q + (1 if i < r else 0) for i in range(int(parts))]
-
-
-def share(n: int, rank: int, world: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous piece of ``n`` items (see :func:`split`)."""
-    sizes = split(n, world)
-    start = sum(sizes[:rank])
-    return start, start + sizes[rank]
-
-
-# ----------------------------------------------------------------------------------- agreement
-@contextlib.contextmanager
-def _collective(what: str, group=None):
-    try:
-        yield
-    except DistributedError:
-        raise
-    except RuntimeError as exc:  # gloo / nccl: timeout, connection closed by a dead peer, ...
-        rank, world = rank_world(group)
-        raise DistributedError(
-            f"rank {rank} of {world}: {what}: a collective failed, so another rank died, failed outside a collective "
-            f"or did not arrive within the process group's timeout (see that rank's log; rerun the job to resume "
-            f"from the completed work). Cause: {type(exc).__name__}: {str(exc).strip()[:500]}") from exc
-
-
-def _device_for(group=None) -> torch.device:
-    """Where collective buffers must live: the current CUDA device for nccl, else CPU."""
-    if _dist().get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def agree(what: str, error: BaseException | None = None, group=None) -> None:
-    """Collective: every rank says whether its part of ``what`` succeeded. If one failed, it
-    re-raises its own ``error`` and every other rank raises DistributedError naming it."""
-    rank, world = rank_world(group)
-    if world == 1:
-        if error is not None:
-            raise error
-        return
-    msg = None if error is None else f"{type(error).__name__}: {error}"
-    statuses: list = [None] * world
-    with _collective(what, group):
-        _dist().all_gather_object(statuses, msg, group=group)
-    if error is not None:
-        raise error
-    failed = [(r, m) for r, m in enumerate(statuses) if m is not None]
-    if failed:
-        raise DistributedError(f"rank {rank} of {world}: {what} failed on " +
-                               "; ".join(f"rank {r}: {m}" for r, m in failed))
-
-
-def run_on_all(what: str, fn, group=None):
-    """``fn()`` on this rank, then :func:`agree` on the outcome (so no rank waits on a failed one)."""
-    try:
-        result = fn()
-    except Exception as exc:
-        agree(what, exc, group)
-        raise
-    agree(what, None, group)
-    return result
-
-
-def barrier(what: str = "barrier", group=None, timeout_s: float | None = None) -> None:
-    """A barrier that names the missing ranks (gloo's monitored barrier) or fails with DistributedError."""
-    if not is_distributed(group):
-        return
-    dist = _dist()
-    with _collective(what, group):
-        if dist.get_backend(group) == "gloo" and timeout_s is not None:
-            dist.monitored_barrier(group=group, timeout=datetime.timedelta(seconds=float(timeout_s)))
-        else:
-            dist.barrier(group=group)
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -213,46 +60,31 @@ def _blocks(start: int, stop: int, width: int) -> list[tuple[int, int]]:
     return [(b, min(stop, b + width)) for b in range(start, stop, width)]
 
 
-def _global_error(exc: ValueError, blk, b0: int, name: str) -> ValueError:
-    """daunce_fast's non-finite error names the column within the block; name the global one."""
-    if not str(exc).startswith(f"{name} has a non-finite value"):
-        return exc
-    a = torch.as_tensor(np.asarray(blk) if not isinstance(blk, torch.Tensor) else blk)
-    bad = ~torch.isfinite(a)
-    j = int(torch.nonzero(bad.any(0))[0, 0])
-    k = int(torch.nonzero(bad[:, j])[0, 0])
-    return ValueError(f"{name} has a non-finite value {float(a[k, j])} at model {k}, example {b0 + j} "
-                      f"({name}[{k}, {b0 + j}]); pass nan_policy='propagate' to let NaN flow into the scores")
+def _global_error(exc: ValueError, b0: int, name: str) -> ValueError:
+    """The error of correlating block [b0, ...) of matrix ``name``, with a non-finite entry's column
+    counted in the whole matrix (other errors, and the other matrix's, as they are)."""
+    if isinstance(exc, NonFiniteInputError) and exc.matrix == name:
+        return exc.at_offset(b0)
+    return exc
 
 
 # ----------------------------------------------------------------------------------- top-k merge
-def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int, largest: bool = True):
-    """Best ``k`` of candidate lists along the last axis (daunce_fast.correlation.merge.merge_candidates):
-    values / indices [..., c] (global train indices; index -1 or a NaN value marks an empty slot)
-    -> ([..., k] values, [..., k] indices), best first, ties to the lower index, empty slots last
-    as (NaN, -1). The candidates of disjoint train slices merged this way equal the top-k of the
-    union, which is how per-rank (and per-block) lists are combined."""
-    from .correlation.merge import merge_candidates
-
-    return merge_candidates(values, indices, k, largest)
-
-
 def _gather_merge(values, indices, k, largest, group):
     """all_gather every rank's [M, k] candidates (in blocks of test columns, so W x block stays
     under BLOCK_BYTES) and merge them: [M, k] on every rank."""
     dist = _dist()
     _, world = rank_world(group)
-    dev = _device_for(group)
+    dev = device_for(group)
     M = values.shape[0]
     rows = max(1, BLOCK_BYTES // max(1, world * k * 12))
     out_v, out_i = torch.empty_like(values), torch.empty_like(indices)
     for m0, m1 in _blocks(0, M, rows):
         v, i = values[m0:m1].contiguous().to(dev), indices[m0:m1].contiguous().to(dev)
         gv, gi = [torch.empty_like(v) for _ in range(world)], [torch.empty_like(i) for _ in range(world)]
-        with _collective("topk: gathering candidates", group):
+        with collective("topk: gathering candidates", group):
             dist.all_gather(gv, v, group=group)
             dist.all_gather(gi, i, group=group)
-        mv, mi = merge_topk(torch.cat(gv, -1), torch.cat(gi, -1), k, largest)
+        mv, mi = merge_candidates(torch.cat(gv, -1), torch.cat(gi, -1), k, largest)
         out_v[m0:m1], out_i[m0:m1] = mv.cpu(), mi.cpu()
     return out_v, out_i
 
@@ -262,7 +94,7 @@ def _all_concat(arr: np.ndarray, group) -> np.ndarray:
     if world == 1:
         return arr
     parts: list = [None] * world
-    with _collective("gathering constant columns", group):
+    with collective("gathering constant columns", group):
         _dist().all_gather_object(parts, arr, group=group)
     return np.sort(np.concatenate(parts)).astype(np.int64)
 
@@ -270,7 +102,7 @@ def _all_concat(arr: np.ndarray, group) -> np.ndarray:
 def _test_matrix(te, device):
     """The whole test matrix [K, M], read once (every rank needs all of it)."""
     if not te.view or te.device.type == "cpu":
-        from .storage.memory import check_fits_in_memory
+        from ..storage.memory import check_fits_in_memory
 
         check_fits_in_memory(8 * te.K * te.n, f"{te.name} matrix [{te.K}, {te.n}] (loaded whole on every rank)")
     t = te.cols(0, te.n, device)
@@ -284,21 +116,14 @@ def _output_kind(*mats):
     return None
 
 
-def _warn_constants(method: str, const_train, const_test, rank: int) -> None:
-    from .correlation.api import _warn_constants as warn
-
-    if rank == 0:
-        warn(method, const_train, const_test, stacklevel=4)
-
-
 # ----------------------------------------------------------------------------------- topk
 def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, backend: str | None = None,
          group=None, nan_policy: str = "raise", precision: str | None = None, tile: int | None = None,
          device=None):
     """:func:`daunce_fast.topk` over the ranks of ``group``: rank r scores train columns
     ``share(N, r, W)`` and the [M, k] candidate lists are all_gathered and merged (see
-    :func:`merge_topk`). Every rank must call it with the same arguments; every rank gets the
-    full ``TopKResult(values [M, k] float32, indices [M, k] int64)`` with ``constant_train`` /
+    correlation.merge.merge_candidates). Every rank must call it with the same arguments; every
+    rank gets the full ``TopKResult(values [M, k] float32, indices [M, k] int64)`` with ``constant_train`` /
     ``constant_test``. Outside a process group (or with one rank) it is daunce_fast.topk.
 
     train [K, N] / test [K, M]: numpy arrays or memmaps, torch tensors, storage readers, sharded
@@ -306,9 +131,6 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
     share, in blocks of BLOCK_BYTES). device: move the blocks there (e.g. this rank's GPU) before
     scoring. Results: torch tensors when an input is one, else numpy (like daunce_fast.topk).
     """
-    from . import correlation as corr
-    from .correlation._prep import check_tile
-
     rank, world = rank_world(group)
     check_tile(tile)
     tr, te = _Matrix(train, "train"), _Matrix(test, "test")
@@ -335,16 +157,16 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
                     continue
                 blk = tr.cols(b0, b1, device)
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", corr.ConstantColumnWarning)
+                    warnings.simplefilter("ignore", ConstantColumnWarning)
                     try:
-                        res = corr.topk(blk, test_blk, min(k, b1 - b0), method=method, largest=largest,
+                        res = _topk(blk, test_blk, min(k, b1 - b0), method=method, largest=largest,
                                         backend=backend, nan_policy=nan_policy, precision=precision, tile=tile)
                     except ValueError as exc:
-                        raise _global_error(exc, blk, b0, "train") from None
+                        raise _global_error(exc, b0, "train") from None
                 v = torch.as_tensor(res.values).float().cpu()
                 i = torch.as_tensor(res.indices).cpu()
                 i = torch.where(i >= 0, i + b0, i)
-                vals, idx = merge_topk(torch.cat([vals, v], -1), torch.cat([idx, i], -1), k, largest)
+                vals, idx = merge_candidates(torch.cat([vals, v], -1), torch.cat([idx, i], -1), k, largest)
                 consts.append(res.constant_train + b0)
                 const_test = res.constant_test
             return vals, idx, np.concatenate(consts).astype(np.int64), const_test
@@ -357,12 +179,13 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
     finally:
         tr.close()
         te.close()
-    _warn_constants(method, const_train, const_test, rank)
+    if rank == 0:
+        _warn_constants(method, const_train, const_test, stacklevel=3)
     if out_dev is not None:
         vals, idx = vals.to(out_dev), idx.to(out_dev)
     else:
         vals, idx = vals.numpy(), idx.numpy()
-    return corr.TopKResult(vals, idx, const_train, const_test)
+    return TopKResult(vals, idx, const_train, const_test)
 
 
 # ----------------------------------------------------------------------------------- correlate
@@ -394,9 +217,7 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
     (numpy, or torch when an input is a torch tensor) -- no rank ever holds the whole [N, M].
     Other arguments as in daunce_fast.correlate; every rank must pass the same ones.
     """
-    from . import correlation as corr
-    from . import storage
-    from .correlation._prep import check_tile, out_torch_dtype
+    from .. import storage
 
     rank, world = rank_world(group)
     check_tile(tile)
@@ -422,12 +243,12 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
                     continue
                 blk = tr.cols(b0, b1)
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", corr.ConstantColumnWarning)
+                    warnings.simplefilter("ignore", ConstantColumnWarning)
                     try:
-                        corr.correlate(blk, test_blk, method=method, out=target[b0 - n0:b1 - n0], backend=backend,
+                        _correlate(blk, test_blk, method=method, out=target[b0 - n0:b1 - n0], backend=backend,
                                        nan_policy=nan_policy, precision=precision, tile=tile)
                     except ValueError as exc:
-                        raise _global_error(exc, blk, b0, "train") from None
+                        raise _global_error(exc, b0, "train") from None
                 if writer is not None:
                     writer.mark_done(key)
 
@@ -451,7 +272,7 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
         meta = _resume_metadata(tr, te, method, str(odt).replace("torch.", ""), backend, precision)
 
         def local():
-            from .correlation._resume import mismatch_error
+            from ._resume import mismatch_error
 
             try:
                 sw = storage.create_sharded(index_path, "scores", (N, M), str(odt).replace("torch.", ""), axis=0,
@@ -484,10 +305,9 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
 def _resume_metadata(tr, te, method: str, out_dtype: str, backend, precision) -> dict:
     """The score store's identity (correlation._resume.resume_metadata), with the backend that
     daunce_fast.correlate will pick for the blocks (they live where the inputs live)."""
-    from ._backends import select_backend
-    from .correlation._prep import check_options
-    from .correlation._resume import effective_precision, resume_metadata
-    from .correlation.api import IMPLEMENTED
+    from .._backends import select_backend
+    from ._resume import effective_precision, resume_metadata
+    from .api import IMPLEMENTED
 
     dev = "cuda" if any(m.device.type == "cuda" for m in (tr, te)) else "cpu"
     chosen = select_backend("correlate", IMPLEMENTED, dev, backend)
@@ -495,6 +315,4 @@ def _resume_metadata(tr, te, method: str, out_dtype: str, backend, precision) ->
     return resume_metadata(tr, te, method=method, out_dtype=out_dtype, backend=chosen, precision=prec)
 
 
-__all__ = ["init_from_env", "shutdown", "is_initialized", "is_distributed", "rank_world", "split", "share",
-           "agree", "run_on_all", "barrier", "merge_topk", "topk", "correlate", "RowSlab", "DistributedError",
-           "DEFAULT_TIMEOUT_S", "BLOCK_BYTES"]
+__all__ = ["topk", "correlate", "RowSlab", "BLOCK_BYTES"]
