@@ -7,9 +7,12 @@
   base_stats(hidden0, weight, labels, objective=...) -> BaseStats (precomputed z0 quantities)
   reference                                        explicit-logits oracle (tests)
 
-Backends: "triton" (CUDA; kernels in triton_kernels.py, imported only when used) and "torch"
-(chunked, any device). Importing this package imports torch but not triton.
+Backends: "triton" (CUDA; triton_launch.py + triton_kernels.py, imported only when used) and
+"torch" (torch_launch.py: chunked, any device), registered in ops.py, which also defines the
+custom ops ``daunce_fast::loss_head_stats`` / ``loss_head_grad``. Importing this package imports
+torch but not triton.
 """
+from . import ops  # registers the kernels and the custom ops
 from .api import margin, per_example_loss
 from .objectives import OBJECTIVES, BaseStats, base_stats, daunce_objective
 

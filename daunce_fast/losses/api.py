@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .._backends import requested_backend, select_backend
-from .chunked import HeadRows, direct_ce, direct_rows, fits_one_tile, softplus
+from .._backends import implemented, requested_backend, select_backend
+from . import ops
+from .torch_launch import direct_ce, direct_rows, fits_one_tile, softplus
 
-IMPLEMENTED = ("triton", "torch")
 _REDUCTIONS = ("mean", "sum")
 
 
@@ -71,7 +71,7 @@ def pick_backend(op, hidden, backend, weight=None):
     # kernels take fp32/fp16/bf16; forced, the launcher raises a clear TypeError), and so does a
     # problem whose [N, V] logits fit one tile (e.g. a classifier head): plain autograd on them
     # costs a handful of calls, less than any kernel launch sequence.
-    impl = IMPLEMENTED
+    impl = implemented("losses.row_stats")  # registered in ops.py, best first
     if requested_backend(backend) is None:
         n = hidden.numel() // max(1, hidden.shape[-1])
         if hidden.dtype == torch.float64 or (weight is not None and fits_one_tile(n, weight.shape[0])):
@@ -84,10 +84,10 @@ def _direct(rows: Rows, weight, backend, chunk_size):
 
 
 def head_rows(rows: Rows, weight, bias, backend, chunk_size):
-    """(lse_o, zy) per row, differentiable (chunked.HeadRows; direct autograd for one-tile problems)."""
+    """(lse_o, zy) per row, differentiable (the custom op ops.head_stats; direct autograd for one-tile problems)."""
     if _direct(rows, weight, backend, chunk_size):
         return direct_rows(rows.h, weight, bias, rows.y)
-    return HeadRows.apply(rows.h, weight, bias, rows.y, backend, chunk_size)
+    return ops.row_stats(rows.h, weight, bias, rows.y, backend, chunk_size)
 
 
 def reduce_rows(x, valid, reduction):

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import api
-from .chunked import compute_dtype
+from . import api, ops
+from .torch_launch import compute_dtype
 
 OBJECTIVES = ("if", "efim", "margin", "blackbox")
 
@@ -65,8 +65,7 @@ def base_stats(hidden0, weight, labels, *, objective="if", bias=None, ignore_ind
     api.check_head(weight, bias, hidden0.shape[-1])
     rows = api.flatten_rows(hidden0.detach(), labels, weight, ignore_index, name="hidden0")
     be = api.pick_backend("losses.base_stats", hidden0, backend, weight)
-    stats, grad = _prims(be)
-    lse_o, zy = stats(rows.h, weight, bias, rows.y, chunk_size=chunk_size)
+    lse_o, zy = ops.row_stats(rows.h, weight, bias, rows.y, be, chunk_size=chunk_size)
     loss0 = api.reduce_rows(api.ce_rows(lse_o, zy), rows.valid, reduction)
     margin0 = api.reduce_rows(zy - lse_o, rows.valid, reduction)
     u = fo0 = None
@@ -77,7 +76,7 @@ def base_stats(hidden0, weight, labels, *, objective="if", bias=None, ignore_ind
         else:  # t = softplus(lse_o - zy): dt/dlse_o = sigmoid(lse_o - zy) = 1 - p_y
             s = torch.sigmoid(lse_o - zy) * tw
             go, gy = s, -s
-        u, _, _ = grad(rows.h, weight, bias, rows.y, lse_o, go, gy, need_dh=True, chunk_size=chunk_size)
+        u, _, _ = ops.row_grad(rows.h, weight, bias, rows.y, lse_o, go, gy, be, need_dh=True, chunk_size=chunk_size)
         u = u.to(compute_dtype(hidden0.dtype))
         fo0 = (rows.h.to(u.dtype) * u).sum(1).view(rows.R, rows.T).sum(1)
     return BaseStats(loss0, margin0, u, fo0, objective, rows.R, rows.T, reduction)
@@ -113,12 +112,6 @@ class RowDot(torch.autograd.Function):
             j1 = min(J, j0 + step)
             gh[:, j0:j1] = g[:, j0:j1, None] * u[j0:j1]
         return gh, None
-
-
-def _prims(backend):
-    from .chunked import _primitives
-
-    return _primitives(backend)
 
 
 def _masked_mean(w, cnt):

@@ -1,6 +1,6 @@
 """Triton kernels of the output head (imported lazily: importing this module imports triton).
 
-Same two primitives as :mod:`daunce_fast.losses.chunked`, fused so that no logits tile ever
+Same two primitives as :mod:`daunce_fast.losses.torch_launch`, fused so that no logits tile ever
 leaves registers:
 
 - ``row_stats_kernel``: one program per BLOCK_M rows; loops over the vocabulary in BLOCK_V

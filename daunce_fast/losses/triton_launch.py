@@ -1,6 +1,6 @@
 """Launchers of the Triton output-head kernels (imported lazily; see triton_kernels.py).
 
-Same signatures and semantics as :func:`daunce_fast.losses.chunked.row_stats` / ``row_grad``.
+Same signatures and semantics as :func:`daunce_fast.losses.torch_launch.row_stats` / ``row_grad``.
 ``chunk_size`` is accepted for signature parity; on this path the tile sizes are the kernels'
 BLOCK_* (under TRITON_INTERPRET=1 the smallest legal tiles, so tests stay fast).
 """

@@ -43,6 +43,14 @@ def main():
     fn = {"ours": ours, "explicit": explicit}[mode]
     torch.manual_seed(0)
     run(fn, torch.randn(2, 3, d), torch.randn(V // 100 + 2, d), torch.randint(0, V // 100 + 2, (2, 3)))  # warm-up
+    if mode == "ours":
+        # and the tiled path too (the warm-up above fits one tile): the first call of a torch custom op
+        # imports torch._dynamo (torch.library wraps every kernel in torch._disable_dynamo), a one-time
+        # cost of ~150 MiB of code and data that is no part of the loss head's working memory.
+        from daunce_fast.losses import per_example_loss
+
+        hw = torch.randn(2, 3, d, requires_grad=True)
+        per_example_loss(hw, torch.randn(8, d), torch.randint(0, 8, (2, 3)), chunk_size=(2, 4)).sum().backward()
     h = torch.randn(R, T, d)
     W = torch.randn(V, d) / d ** 0.5
     y = torch.randint(0, V, (R, T))

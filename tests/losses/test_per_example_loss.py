@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from daunce_fast.losses import chunked, margin, per_example_loss
+from daunce_fast.losses import margin, per_example_loss
+from daunce_fast.losses import torch_launch
 from daunce_fast.losses import reference as ref
 from daunce_fast.testing import assert_close_to_reference
 
@@ -142,7 +143,7 @@ def test_row_primitives_write_every_row():
     """row_stats covers ignored rows too (lse over the whole vocabulary), so nothing is left unwritten."""
     h, W, b, y = make(11, None, 5, 12, seed=6, ignore_frac=0.4)
     ys = torch.where(y == -100, torch.full_like(y, -1), y)
-    lse_o, zy = chunked.row_stats(h, W, b, ys, chunk_size=(3, 5))
+    lse_o, zy = torch_launch.row_stats(h, W, b, ys, chunk_size=(3, 5))
     z = ref.logits(h, W, b)
     valid = ys >= 0
     zo = z.clone()
@@ -160,4 +161,4 @@ def test_row_primitives_write_every_row():
     (10, 10, (3, 4), (3, 4)),
 ])
 def test_tile_shape(n, v, chunk, expect):
-    assert chunked.tile_shape(n, v, chunk) == expect
+    assert torch_launch.tile_shape(n, v, chunk) == expect

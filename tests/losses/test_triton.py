@@ -110,20 +110,3 @@ def test_gpu_larger_shapes(dtype):
     for g, r, name in zip(grads, rgrads, ("dh", "dW", "db")):
         assert_close_to_reference(g, r, tol, scale=4 if dtype == torch.float32 else 2, name=name)
 
-
-def test_kernels_compile_for_sm90_without_gpu():
-    """The real Triton compiler (down to ptxas) accepts every kernel at the launcher's GPU tiles."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root)
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("_aot_compile.py")), "90"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    if out.returncode != 0 and "ptxas" in out.stderr and "not found" in out.stderr.lower():
-        pytest.skip("no ptxas bundled with this triton")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count(" ok: ") == 6, out.stdout

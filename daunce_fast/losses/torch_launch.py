@@ -1,4 +1,7 @@
-"""Chunked torch path of the output head: logits exist one tile of (rows x vocabulary) at a time.
+"""torch backend of the output head (any device): logits exist one tile of (rows x vocabulary) at a time.
+
+The production torch path; the float64 oracle the tests compare it with is
+:mod:`daunce_fast.losses.reference`.
 
 Every loss in this package is built from two per-row primitives over flattened rows
 ``h [N, d]``, ``W [V, d]``, optional bias ``b [V]`` and labels ``y [N]`` (``y < 0`` = ignored row):
@@ -13,8 +16,9 @@ Every loss in this package is built from two per-row primitives over flattened r
 
 Cross-entropy and margin are elementwise in (lse_o, zy): ce = softplus(lse_o - zy) (no
 cancellation when z_y is huge), margin = zy - lse_o. Autograd of those elementwise maps
-gives (go, gy), and :class:`HeadRows` turns them into dh/dW/db by recomputing logits tile by
-tile instead of saving them. The same primitives give the DAUNCE direction u = W.T g at z0.
+gives (go, gy), and the custom op ``daunce_fast::loss_head_stats`` (:mod:`.ops`) turns them into
+dh/dW/db through ``row_grad``, recomputing logits tile by tile instead of saving them. The same
+primitives give the DAUNCE direction u = W.T g at z0.
 
 Tiles: ``rows x vocab <= budget`` elements (default 2**21, 8 MiB in fp32; tall tiles of up to
 1024 rows, the vocabulary chunked), so peak extra memory is a few tiles whatever R*T*V is.
@@ -27,7 +31,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 DEFAULT_BUDGET = 1 << 21
 _MAX_ROWS = 1024
@@ -159,48 +162,6 @@ def row_grad(h, W, b, y, lse_o, go, gy, need_dh=True, need_dw=False, need_db=Fal
             if need_db:
                 db[v0:v1] += z.sum(0)
     return dh, dW, db
-
-
-def _primitives(backend: str):
-    if backend == "triton":
-        from . import triton_launch  # lazy: imports triton
-
-        return triton_launch.row_stats, triton_launch.row_grad
-    return row_stats, row_grad
-
-
-class HeadRows(torch.autograd.Function):
-    """(lse_o, zy) = row_stats(h, W, b, y), differentiable in h, W, b; logits are recomputed in backward.
-
-    ``h [N, d]`` contiguous rows, ``y [N]`` int64 with ignored rows < 0. Outputs are float32
-    (float64 for float64 inputs). Nothing [N, V]-sized is saved: only h, W, b, y and lse_o.
-    """
-
-    @staticmethod
-    def forward(ctx, h, W, b, y, backend, chunk_size):
-        stats, _ = _primitives(backend)
-        lse_o, zy = stats(h, W, b, y, chunk_size=chunk_size)
-        ctx.save_for_backward(h, W, b, y, lse_o)
-        ctx.backend, ctx.chunk_size = backend, chunk_size
-        return lse_o, zy
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g_lse_o, g_zy):
-        h, W, b, y, lse_o = ctx.saved_tensors
-        need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_db = b is not None and ctx.needs_input_grad[2]
-        if not (need_dh or need_dw or need_db):
-            return None, None, None, None, None, None
-        if g_lse_o is None:
-            g_lse_o = torch.zeros_like(lse_o)
-        if g_zy is None:
-            g_zy = torch.zeros_like(lse_o)
-        _, grad = _primitives(ctx.backend)
-        dh, dW, db = grad(h, W, b, y, lse_o, g_lse_o, g_zy, need_dh=need_dh, need_dw=need_dw, need_db=need_db,
-                          chunk_size=ctx.chunk_size)
-        return (None if dh is None else dh.to(h.dtype), None if dW is None else dW.to(W.dtype),
-                None if db is None else db.to(b.dtype), None, None, None)
 
 
 def softplus(x):
