@@ -1,26 +1,25 @@
-// Standardise a column tile of a loss matrix for the correlation product.
+// Standardise a column tile of a loss matrix for the correlation product (cpu/correlation.h).
 //
 //   out[k, j] = (x[k, j] - mean[j]) * scale[j]          (computed in float64, stored as float32/64)
 //   pearson:    scale[j] = factor / sqrt(m2[j])          (unit-norm columns: the product is r)
 //   covariance: scale[j] = factor                        (the caller passes 1/(K-1) for one side)
 //
-// mean and m2 come from C.colstats (float64, two-pass), so centring happens before any cast,
+// mean and m2 come from cpu/colstats.h (float64, two-pass), so centring happens before any cast,
 // which keeps r exact to fp32 rounding even when sigma/mean = 1e-4. A constant column (m2 below
 // the float64 rounding floor of its mean, see is_constant) gets NaN in pearson mode so that every
 // score it touches is NaN (never selected by top-k); in covariance mode it is exactly zero.
 // const_mask[j] is set to 1 for constant columns in both modes.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
-#include "common.h"
-
-namespace py = pybind11;
+#include "cpu/correlation.h"
 
 namespace {
 constexpr int64_t kBlock = 256;
 
-// Same rule as daunce_fast/correlation/_prep.py::is_constant: the sample std is below what
+// Same rule as daunce_fast/correlation/reference.py::is_constant: the sample std is below what
 // float64 rounding of the two-pass mean can produce for K equal values.
 inline bool is_constant(double mean, double m2, int64_t K) {
   const double tol = 8.0 * static_cast<double>(K) * std::numeric_limits<double>::epsilon() * std::fabs(mean);
@@ -68,9 +67,13 @@ __attribute__((target("avx2,fma"))) int64_t contig_avx2(const df::View2D<Tin>& x
   return standardise_block<true>(x, mean, m2, out, os0, 1, cm, pearson, factor, j0, j1);
 }
 
+}  // namespace
+
+namespace df::cpu {
+
 template <typename Tin, typename Tout>
-int64_t standardise(const df::View2D<Tin>& x, const double* mean, const double* m2, Tout* out, int64_t os0,
-                    int64_t os1, uint8_t* const_mask, bool pearson, double factor) {
+int64_t corr_standardise(const View2D<Tin>& x, const double* mean, const double* m2, Tout* out, int64_t os0,
+                         int64_t os1, uint8_t* const_mask, bool pearson, double factor) {
   const int64_t N = x.cols;
   const int64_t nblocks = (N + kBlock - 1) / kBlock;
   const bool contig = x.s1 == 1 && os1 == 1;
@@ -93,51 +96,13 @@ int64_t standardise(const df::View2D<Tin>& x, const double* mean, const double* 
   return n_const;
 }
 
-template <typename Tin, typename Tout>
-int64_t run(const py::array& x, py::array& out, const py::array& mean, const py::array& m2, py::array& cmask,
-            bool pearson, double factor) {
-  auto v = df::view2d<Tin>(x, "x");
-  if (out.ndim() != 2 || out.shape(0) != v.rows || out.shape(1) != v.cols)
-    throw py::value_error("corr_standardise: out must have the shape of x");
-  if (!out.writeable()) throw py::value_error("corr_standardise: out must be writeable");
-  if (out.strides(0) % sizeof(Tout) || out.strides(1) % sizeof(Tout))
-    throw py::value_error("corr_standardise: out strides must be multiples of the item size");
-  const int64_t os0 = out.strides(0) / static_cast<int64_t>(sizeof(Tout));
-  const int64_t os1 = out.strides(1) / static_cast<int64_t>(sizeof(Tout));
-  auto mean_c = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(mean);
-  auto m2_c = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(m2);
-  if (!mean_c || !m2_c || mean_c.size() != v.cols || m2_c.size() != v.cols)
-    throw py::value_error("corr_standardise: mean and m2 must be float64 [N]");
-  uint8_t* pm = df::mutable_1d<uint8_t>(cmask, v.cols, "const_mask");
-  Tout* po = static_cast<Tout*>(out.mutable_data());
-  const double* pmean = mean_c.data();
-  const double* pm2 = m2_c.data();
-  py::gil_scoped_release release;
-  return standardise<Tin, Tout>(v, pmean, pm2, po, os0, os1, pm, pearson, factor);
-}
+template int64_t corr_standardise(const View2D<float>&, const double*, const double*, float*, int64_t, int64_t,
+                                  uint8_t*, bool, double);
+template int64_t corr_standardise(const View2D<float>&, const double*, const double*, double*, int64_t, int64_t,
+                                  uint8_t*, bool, double);
+template int64_t corr_standardise(const View2D<double>&, const double*, const double*, float*, int64_t, int64_t,
+                                  uint8_t*, bool, double);
+template int64_t corr_standardise(const View2D<double>&, const double*, const double*, double*, int64_t, int64_t,
+                                  uint8_t*, bool, double);
 
-template <typename Tin>
-int64_t dispatch_out(const py::array& x, py::array& out, const py::array& mean, const py::array& m2, py::array& cmask,
-                     bool pearson, double factor) {
-  if (out.dtype().is(py::dtype::of<float>())) return run<Tin, float>(x, out, mean, m2, cmask, pearson, factor);
-  if (out.dtype().is(py::dtype::of<double>())) return run<Tin, double>(x, out, mean, m2, cmask, pearson, factor);
-  throw py::type_error("corr_standardise: out must be float32 or float64");
-}
-}  // namespace
-
-void df_bind_corr_standardise(py::module_& m) {
-  m.def(
-      "corr_standardise",
-      [](const py::array& x, py::array& out, const py::array& mean, const py::array& m2, py::array& const_mask,
-         bool pearson, double factor) -> int64_t {
-        if (x.dtype().is(py::dtype::of<float>())) return dispatch_out<float>(x, out, mean, m2, const_mask, pearson, factor);
-        if (x.dtype().is(py::dtype::of<double>())) return dispatch_out<double>(x, out, mean, m2, const_mask, pearson, factor);
-        throw py::type_error("corr_standardise: x must be float32 or float64, got " + std::string(py::str(x.dtype())));
-      },
-      py::arg("x"), py::arg("out"), py::arg("mean"), py::arg("m2"), py::arg("const_mask"), py::arg("pearson"),
-      py::arg("factor"),
-      "corr_standardise(x [K,n] f32|f64, out [K,n] f32|f64 (any strides), mean [n] f64, m2 [n] f64,\n"
-      "const_mask [n] uint8 out, pearson, factor) -> number of constant columns.\n"
-      "out = (x - mean) * (factor / sqrt(m2) if pearson else factor), in float64 then cast; constant\n"
-      "columns are NaN (pearson) or 0 (covariance) and flagged in const_mask.");
-}
+}  // namespace df::cpu

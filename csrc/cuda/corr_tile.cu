@@ -17,7 +17,7 @@
 
 #include <cstdint>
 
-#include "corr_launchers.h"
+#include "cuda/correlation.h"
 
 namespace {
 using namespace nvcuda;
@@ -214,8 +214,10 @@ int launch(const float* za, int64_t lda, const float* zb, int64_t ldb, int64_t n
 }
 }  // namespace
 
-int df_corr_tile_cuda(const float* za, int64_t lda, const float* zb, int64_t ldb, int64_t n, int64_t M, int64_t K,
-                      float* out, int64_t ldo, int clip, int precision, void* stream) {
+namespace df::cuda {
+
+int corr_tile(const float* za, int64_t lda, const float* zb, int64_t ldb, int64_t n, int64_t M, int64_t K, float* out,
+              int64_t ldo, int clip, int precision, void* stream) {
   Epilogue ep{};
   ep.out = out;
   ep.ldo = ldo;
@@ -223,9 +225,9 @@ int df_corr_tile_cuda(const float* za, int64_t lda, const float* zb, int64_t ldb
   return launch<false>(za, lda, zb, ldb, n, M, K, ep, precision, stream);
 }
 
-int df_corr_filter_cuda(const float* za, int64_t lda, const float* zb, int64_t ldb, int64_t n, int64_t M, int64_t K,
-                        const float* thr, int* cnt, float* cand_v, int64_t* cand_i, int64_t C, int64_t row0,
-                        int precision, void* stream) {
+int corr_filter(const float* za, int64_t lda, const float* zb, int64_t ldb, int64_t n, int64_t M, int64_t K,
+                const float* thr, int* cnt, float* cand_v, int64_t* cand_i, int64_t C, int64_t row0, int precision,
+                void* stream) {
   Epilogue ep{};
   ep.thr = thr;
   ep.cnt = cnt;
@@ -235,3 +237,8 @@ int df_corr_filter_cuda(const float* za, int64_t lda, const float* zb, int64_t l
   ep.row0 = row0;
   return launch<true>(za, lda, zb, ldb, n, M, K, ep, precision, stream);
 }
+
+// Here rather than in a file of its own: corr_tile.cu is the only CUDA source.
+const char* error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
+
+}  // namespace df::cuda
