@@ -5,7 +5,6 @@
   create_sharded(index_path, name, shape, dtype, ...) -> ShardedWriter
   open_sharded(index_path) -> ShardedArray                       one logical array over shards
   open_any(path)                                                 a file or an index, by content
-  iter_column_tiles(x, tile)                                     (j0, j1, x[:, j0:j1]) of a [K, N]
   decode_float32(bits_or_values, code) -> float32 array         the one decoding of every dtype
   Reader.float32(name, index=...) / ShardedArray.float32(index=...)   a tile decoded to float32
   check_fits_in_memory(nbytes, what)                             InsufficientMemoryError if too big
@@ -36,13 +35,13 @@ from ._fs import open_input
 from .memory import available_memory, check_fits_in_memory
 from .reader import Reader, open
 from .sharded import ShardedArray, ShardedStore, ShardedWriter, create_sharded, open_sharded
-from .tiles import iter_column_tiles, open_any
+from .stores import open_any
 from .writer import Writer, create
 
 __all__ = [
     "create", "open", "Writer", "Reader",
     "create_sharded", "open_sharded", "ShardedWriter", "ShardedArray", "ShardedStore",
-    "open_any", "iter_column_tiles",
+    "open_any",
     "StorageError", "CorruptFileError", "IncompleteFileError", "LayoutMismatchError", "FileLockedError",
     "ResourceLimitError", "NotARegularFileError", "UnreadableFileError", "UnsafePathError",
     "InsufficientMemoryError",

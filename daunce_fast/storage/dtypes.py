@@ -5,7 +5,7 @@ BF16 -> uint16, F8_E4M3 / F8_E5M2 / F8_E8M0 -> uint8. ``torch_dtype(code)`` give
 dtype for a zero-copy ``tensor.view(dtype)``.
 
 ``decode_float32(bits_or_values, code)`` is the one decoding of stored data to float32 that every
-entry point uses (Reader.float32, ShardedArray.float32, iter_column_tiles, correlation, CLI):
+entry point uses (Reader.float32, ShardedArray.float32, correlation.source.Source, CLI):
 exact for every float code (BF16, F16, F8_E4M3, F8_E5M2, F8_E8M0, F32), rounding for F64 and
 wide integers, a TypeError for BOOL, complex and sub-byte codes.
 """

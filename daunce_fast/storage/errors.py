@@ -57,4 +57,4 @@ class InsufficientMemoryError(StorageError, MemoryError):
     """Materialising a whole tensor (or a large selection of one) needs more memory than the
     machine has available (``MemAvailable`` of /proc/meminfo, or the cgroup's limit). Read it in
     tiles instead (``reader.read(name, index)``, ``reader.float32(name, index)``,
-    ``iter_column_tiles``)."""
+    or daunce_fast.correlation's column tiles of a [K, N] matrix)."""

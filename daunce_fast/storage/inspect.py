@@ -52,7 +52,7 @@ def check_safetensors(path: str) -> None:
     IsADirectoryError / OSError for directories, FIFOs, devices and missing files.
     Sharded indexes (JSON files) are left to daunce_fast.storage.open_any."""
     from ._fs import open_input
-    from .tiles import is_index
+    from .stores import is_index
 
     fd = open_input(path)  # non-blocking; NotARegularFileError / UnreadableFileError otherwise
     try:
@@ -100,7 +100,7 @@ def describe(path: str) -> str:
     from .format import read_header
     from .journal import Journal
     from .sharded import ShardedStore
-    from .tiles import open_any
+    from .stores import open_any
     from .writer import JOURNAL_SUFFIX, PARTIAL_SUFFIX
 
     path = os.fspath(path)

@@ -73,7 +73,7 @@ def check_fits_in_memory(nbytes: int, what: str) -> None:
     if avail is not None and nbytes > avail:
         raise InsufficientMemoryError(
             f"{what} needs {_fmt(nbytes)} ({nbytes} bytes) but only {_fmt(avail)} of memory is available: "
-            f"read it in tiles (reader.read(name, index), reader.float32(name, index), iter_column_tiles) "
+            f"read it in tiles (reader.read(name, index), reader.float32(name, index)) "
             f"or free memory")
 
 

@@ -218,7 +218,6 @@ def _entry_points(path):
     return {
         "open": lambda: st.open(path),
         "open_any": lambda: st.open_any(path),
-        "iter_column_tiles": lambda: next(st.iter_column_tiles(path, 4)),
         "open_sharded": lambda: st.open_sharded(path),
     }
 
@@ -288,7 +287,7 @@ def test_inputs_that_are_not_regular_files(tmp_path, alarm, case):
         with pytest.raises(exc, match=fragment) as info:
             call()
         assert path in str(info.value), entry
-    assert not st.tiles.is_index(path)
+    assert not st.stores.is_index(path)
     as_index = str(tmp_path / "x.index.json")  # the same kinds reached under an index's name
     os.symlink(path, as_index)
     for entry, call in _entry_points(as_index).items():

@@ -1,5 +1,6 @@
 """decode_float32: one exact decoding of every safetensors dtype, checked against torch, and the
-entry points that use it (Reader.float32, ShardedArray.float32, iter_column_tiles)."""
+entry points that use it (Reader.float32, ShardedArray.float32; correlation.source.Source in
+tests/correlation/test_source.py)."""
 import numpy as np
 import pytest
 import torch
@@ -119,15 +120,10 @@ def test_bf16_through_reader_getitem_equals_torch(tmp_path):
 
 
 @pytest.mark.parametrize("code", ["F8_E4M3", "F8_E5M2", "BF16"])
-def test_iter_column_tiles_and_sharded_decode(tmp_path, code):
+def test_sharded_decode(tmp_path, code):
     nd = dt.numpy_dtype(code)
     bits = np.random.default_rng(1).integers(0, 1 << (8 * nd.itemsize), size=(6, 10)).astype(nd)
     want = dt.decode_float32(bits, code)
-    path = tmp_path / "f.safetensors"
-    with st.create(path, {"x": ((6, 10), code)}) as w:
-        w["x"][...] = bits
-    got = np.concatenate([b for _, _, b in st.iter_column_tiles(str(path), 4)], axis=1)
-    _same(got, want)
     sw = st.create_sharded(tmp_path / "s.index.json", "x", (6, 10), code, num_shards=2)
     for i in range(2):
         with sw.create_shard(i) as w:
@@ -136,5 +132,3 @@ def test_iter_column_tiles_and_sharded_decode(tmp_path, code):
     with st.open_sharded(tmp_path / "s.index.json") as sa:
         _same(sa.float32(), want)
         _same(sa.float32((slice(None), slice(2, 7))), want[:, 2:7])
-        got = np.concatenate([b for _, _, b in st.iter_column_tiles(sa, 3)], axis=1)
-        _same(got, want)

@@ -115,7 +115,7 @@ def test_corrupt_index(tmp_path):
         st.open_sharded(p)
 
 
-def test_open_any_and_iter_column_tiles(tmp_path, rng):
+def test_open_any(tmp_path, rng):
     K, N = 5, 23
     want = rng.standard_normal((K, N)).astype(np.float32)
     single = tmp_path / "loss.safetensors"
@@ -127,39 +127,6 @@ def test_open_any_and_iter_column_tiles(tmp_path, rng):
         with st.open_any(src) as store:
             assert store.names() == ["loss"] and store.shape("loss") == (K, N)
             np.testing.assert_array_equal(store["loss"][:, 3:9], want[:, 3:9])
-        tiles = list(st.iter_column_tiles(src, 7))
-        assert [(j0, j1) for j0, j1, _ in tiles] == [(0, 7), (7, 14), (14, 21), (21, 23)]
-        for j0, j1, block in tiles:
-            assert block.flags.c_contiguous and type(block) is np.ndarray and block.shape == (K, j1 - j0)
-            np.testing.assert_array_equal(block, want[:, j0:j1])
-    # array-likes, readers and dtype conversion
-    for src in (want, st.open(single), st.open_sharded(tmp_path / "loss.index.json")):
-        got = np.concatenate([b for _, _, b in st.iter_column_tiles(src, 10, dtype=np.float64)], axis=1)
-        assert got.dtype == np.float64
-        np.testing.assert_array_equal(got, want)
-    with pytest.raises(ValueError, match="2-D"):
-        next(st.iter_column_tiles(np.zeros(3), 2))
-    with pytest.raises(ValueError, match="tile"):
-        next(st.iter_column_tiles(want, 0))
-
-
-def test_iter_column_tiles_decodes_bf16_and_picks_names(tmp_path, rng):
-    x = rng.standard_normal((3, 9)).astype(np.float32)
-    path = tmp_path / "b.safetensors"
-    with st.create(path, {"b": ((3, 9), "bfloat16"), "other": ((1,), "int8")}) as w:
-        w["b"][...] = st.float32_to_bf16_bits(x)
-    with pytest.raises(ValueError, match="name="):
-        next(st.iter_column_tiles(path, 4))
-    got = np.concatenate([b for _, _, b in st.iter_column_tiles(path, 4, name="b")], axis=1)
-    assert got.dtype == np.float32
-    np.testing.assert_allclose(got, x, rtol=2 ** -8)
-
-
-def test_torch_tensor_input_to_iter_column_tiles(rng):
-    torch = pytest.importorskip("torch")
-    x = torch.from_numpy(rng.standard_normal((4, 10)).astype(np.float32))
-    for j0, j1, block in st.iter_column_tiles(x, 3):
-        np.testing.assert_array_equal(block, x[:, j0:j1].numpy())
 
 
 def test_ranks_write_their_shards_in_parallel_processes(tmp_path):
