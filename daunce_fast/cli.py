@@ -23,6 +23,7 @@ magnitude shows (a covariance of 1e-9 prints as ``+1e-09``, not ``+0.000``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import platform
@@ -259,26 +260,21 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------------- score
-_REDUCED_FLOATS = ("BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0")  # numpy holds only their bits
-_REAL_CODES = ("F16", "F32", "F64", "I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64")
-
-
-def _load_matrix(path: str, name: str | None):
-    """A [K, N] loss matrix from .npy (memory-mapped) or a safetensors file / sharded index,
-    as something daunce_fast.correlate reads tile by tile with the stored values' real numbers."""
-    import numpy as np
+def _open_matrix(path: str, name: str | None, files: contextlib.ExitStack):
+    """The [K, N] loss matrix at ``path`` (.npy, memory-mapped; or a safetensors file / sharded
+    index, tensor ``name`` or its only one) as a correlation Source: the library's one reader,
+    which decodes stored bfloat16 / float8 exactly and refuses non-numeric dtypes (TypeError).
+    A store opened here is closed by ``files``."""
+    from . import storage
+    from .correlation.source import Source
 
     if path.endswith(".npy"):
-        a = np.load(path, mmap_mode="r", allow_pickle=False)
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"{path}: expected a real numeric matrix, got dtype {a.dtype}")
-        return a
-    from . import storage
+        return Source(path, path)
     from .storage.inspect import check_safetensors
 
     if os.path.lexists(path):  # else open_any names the missing file (or its unfinished .partial)
         check_safetensors(path)  # "not a safetensors file" from the first bytes, before any header is read
-    store = storage.open_any(path)
+    store = files.enter_context(storage.open_any(path))
     names = store.names()
     if name is None:
         if len(names) != 1:
@@ -287,14 +283,7 @@ def _load_matrix(path: str, name: str | None):
         name = names[0]
     elif name not in names:
         raise UsageError(f"{path} has no tensor {name!r}; it holds {', '.join(map(repr, names[:10]))}")
-    code = store.dtype_code(name)
-    if code in _REDUCED_FLOATS:
-        if not hasattr(store, "torch"):
-            raise TypeError(f"{path}: {code} sharded stores are not supported; convert to float32")
-        return store.torch(name)  # the real dtype, widened to float32 tile by tile (no copy of the file)
-    if code not in _REAL_CODES:
-        raise TypeError(f"{path}: tensor {name!r} has dtype {code}; expected a real numeric matrix")
-    return store[name]
+    return Source(store, path, tensor=name)
 
 
 def _fmt_row(values) -> str:
@@ -302,24 +291,30 @@ def _fmt_row(values) -> str:
 
 
 def cmd_score(args) -> int:
-    import numpy as np
-
-    import daunce_fast as df
-
     if args.least and args.topk is None:
         raise UsageError("--least needs --topk (it picks the least helpful of the top-k)")
     if args.name is not None and args.train.endswith(".npy") and args.test.endswith(".npy"):
         raise UsageError("--name picks a tensor inside safetensors inputs; both inputs are .npy files")
     if args.out is not None and os.path.abspath(args.out) in (os.path.abspath(args.train), os.path.abspath(args.test)):
         raise UsageError(f"--out {args.out} is one of the inputs")
-    a, b = _load_matrix(args.train, args.name), _load_matrix(args.test, args.name)
+    with contextlib.ExitStack() as files:
+        a = _open_matrix(args.train, args.name, files)
+        b = _open_matrix(args.test, args.name, files)
+        return _score(args, a, b)
+
+
+def _score(args, a, b) -> int:
+    import numpy as np
+
+    from .correlation.api import correlate, topk
+
     progress = sys.stderr.isatty()
     what = f"top-{args.topk} {'least' if args.least else 'most'} helpful per test example" if args.topk else "scores"
-    print(f"method: {args.method}; {what}; train {tuple(a.shape)}, test {tuple(b.shape)} "
+    print(f"method: {args.method}; {what}; train {(a.K, a.n)}, test {(b.K, b.n)} "
           f"([K, N] targets: row = model)")
     if args.topk:
-        v, i = df.topk(a, b, args.topk, method=args.method, largest=not args.least, progress=progress,
-                       nan_policy=args.nan_policy)
+        v, i = topk(a, b, args.topk, method=args.method, largest=not args.least, progress=progress,
+                    nan_policy=args.nan_policy)
         v, i = np.asarray(v), np.asarray(i)
         if args.out:
             from . import storage
@@ -333,7 +328,7 @@ def cmd_score(args) -> int:
             for j in range(min(v.shape[0], args.show)):
                 print(f"test {j}: " + ", ".join(f"{int(t)}:{VALUE_FMT.format(float(s))}" for t, s in zip(i[j], v[j])))
         return 0
-    s = df.correlate(a, b, method=args.method, out=args.out, progress=progress, nan_policy=args.nan_policy)
+    s = correlate(a, b, method=args.method, out=args.out, progress=progress, nan_policy=args.nan_policy)
     if args.out:
         print(f"wrote {os.path.abspath(args.out)}: {args.method} scores [{s.shape[0]}, {s.shape[1]}]")
         return 0
