@@ -8,6 +8,9 @@ makes no CUDA call. Public names are resolved on first use:
   lora                         batched multi-LoRA layers and helpers          (daunce_fast.lora)
   losses                       fused per-example loss head, DAUNCE objectives (daunce_fast.losses)
   Daunce                       the end-to-end pipeline                         (daunce_fast.daunce)
+  distributed                  process groups, agreement; sharded topk / correlate over ranks
+  evaluation                   attribution quality: metrics, LDS ground truth
+  demos                        `daunce-fast demo` and the bundled example tasks
   available_backends, select_backend, BackendUnavailableError                  (backend registry)
 """
 from __future__ import annotations
@@ -26,7 +29,8 @@ _LAZY = {
     "topk": (".correlation", "topk"),
     "Daunce": (".daunce", "Daunce"),
 }
-_SUBMODULES = ("storage", "correlation", "lora", "losses", "daunce", "testing", "integrations", "distributed")
+_SUBMODULES = ("storage", "correlation", "lora", "losses", "daunce", "testing", "integrations", "distributed",
+               "evaluation", "demos")
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 
