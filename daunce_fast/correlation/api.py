@@ -21,14 +21,16 @@ import warnings
 import numpy as np
 import torch
 
-from .._backends import select_backend
+from .._backends import implemented, kernel, select_backend
 from .options import check_options, out_torch_dtype
 from .source import Source, check_pair
 from .standardise import nonfinite_error, overflow_error
 from ._resume import effective_precision, mismatch_error, resume_metadata
 from .merge import merge_candidates
 
-IMPLEMENTED = ("cuda", "triton", "cpu", "torch")
+_ENGINES = "correlation.engine"  # registry op of the engines (registered in ops.py, best first)
+# Kept for correlation/sharded.py, which selects the way _setup does (read once ops.py has registered).
+IMPLEMENTED = implemented(_ENGINES)
 _MARK_EVERY = 1 << 30  # out=PATH: make written tiles durable (fsync + journal) every this many bytes
 _WRITE_BYTES = 64 << 20  # out=PATH: rows computed into a reusable host buffer, then pwrite()n, per step
 
@@ -125,30 +127,10 @@ class TopKResult(tuple):
 
 # ---------------------------------------------------------------------------------- engines
 def _engine(backend: str, K: int, M: int, *, method, device, precision, compute64, tile):
-    if backend == "cpu":
-        if precision not in (None, "fp32"):
-            raise ValueError(f"precision={precision!r} needs a GPU backend (triton or cuda); the cpu backend computes fp32")
-        from .cpu import CpuEngine
-
-        return CpuEngine(K, M, method=method, compute64=compute64, tile=tile)
-    if backend == "torch":
-        from .torch_launch import TorchEngine
-
-        return TorchEngine(K, M, method=method, device=device, tile=tile)
-    if backend == "triton":
-        from .triton_launch import TritonEngine
-
-        return TritonEngine(K, M, method=method, device=device, precision=precision or _gpu_default(device), tile=tile)
-    if backend == "cuda":
-        from .cuda import CudaEngine
-
-        return CudaEngine(K, M, method=method, device=device, precision=precision or "tf32", tile=tile)
-    raise AssertionError(backend)
-
-
-def _gpu_default(device) -> str:
-    # TF32 on a GPU (error 4e-5..2.4e-4 on unit-norm columns, REFERENCE.md s.4); the interpreter is exact fp32 anyway.
-    return "tf32" if torch.device(device).type == "cuda" else "fp32"
+    """The chosen backend's engine (its class is looked up in the registry, imported on first use).
+    precision None: each engine's default (tf32 on a GPU, fp32 otherwise)."""
+    return kernel(_ENGINES, backend)(K, M, method=method, device=device, precision=precision, compute64=compute64,
+                                     tile=tile)
 
 
 def _setup(train, test, op, backend, method, nan_policy, precision, tile):
@@ -159,7 +141,7 @@ def _setup(train, test, op, backend, method, nan_policy, precision, tile):
     if len(devs) > 1:
         raise ValueError(f"train and test are on different CUDA devices: {sorted(map(str, devs))}")
     device = devs.pop() if devs else torch.device("cpu")
-    chosen = select_backend(op, IMPLEMENTED, device.type, backend)
+    chosen = select_backend(op, implemented(_ENGINES), device.type, backend)
     kinds = {tr.kind, te.kind}
     out_kind = "torch" if "torch" in kinds else "cupy" if "cupy" in kinds else "numpy"
     return tr, te, device, chosen, precision, out_kind

@@ -3,13 +3,27 @@ implementations, so torch.compile and tracing tools can use them without graph b
 
   torch.ops.daunce_fast.corr_topk(train, test, k, method, largest) -> (values [M, k] f32, indices [M, k] i64)
   torch.ops.daunce_fast.correlate(train, test, method) -> scores [N, M] f32
-Backend choice as in the Python functions (backend=None: the best live one for the device).
+Backend choice as in the Python functions (backend=None: the best live one for the device),
+through the same registry path.
+
+Registry: op ``correlation.engine``, one engine class per backend (the backend's kernel set:
+standardise, score tile, top-k selection; constructor ``(K, M, *, method, device, precision,
+compute64, tile)``), best first. ``correlate`` and ``topk`` pick among them with
+``select_backend`` and build the chosen one (api._setup, api._engine).
 """
 from __future__ import annotations
 
 import torch
 
-from .api import correlate, topk
+from .._backends import register_kernel
+
+ENGINE_OP = "correlation.engine"
+# Registered before importing api (which reads the registry): best first.
+for _backend, _target in (("cuda", "cuda_launch:CudaEngine"), ("triton", "triton_launch:TritonEngine"),
+                          ("cpu", "cpu_launch:CpuEngine"), ("torch", "torch_launch:TorchEngine")):
+    register_kernel(ENGINE_OP, _backend, f"daunce_fast.correlation.{_target}")
+
+from .api import correlate, topk  # noqa: E402  (after the registrations above)
 
 
 @torch.library.custom_op("daunce_fast::corr_topk", mutates_args=())

@@ -1,4 +1,5 @@
-"""torch backend: the float64 reference computed tile by tile (CPU or CUDA), the oracle of the tests.
+"""torch backend: float64 scores computed tile by tile in plain torch (CPU or CUDA), the portable
+path. The oracle the tests compare every backend with is :mod:`.reference` (untiled, float64).
 
 Top-k keeps a running [M, k] selection and merges each tile into it with a stable descending
 sort, so ties go to the lower train index, exactly like the compiled CPU selection.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ._prep import TileStats, standardise_torch
+from .standardise import TileStats, standardise_torch
 
 
 def tile_rows(M: int) -> int:
@@ -17,7 +18,9 @@ def tile_rows(M: int) -> int:
 class TorchEngine:
     torch_based = True
 
-    def __init__(self, K: int, M: int, *, method: str, device, tile: int | None = None):
+    def __init__(self, K: int, M: int, *, method: str, device, precision: str | None = None, compute64: bool = False,
+                 tile: int | None = None):
+        # precision and compute64 do not apply: this backend computes in float64 throughout
         self.K, self.M = K, M
         self.pearson = method == "pearson"
         self.device = torch.device(device)

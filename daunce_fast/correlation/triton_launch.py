@@ -1,20 +1,14 @@
-"""triton backend: the score-tile product in Triton (tl.dot, fp32 / tf32 / bf16 inputs, fp32
-accumulation), top-k by a fused product + threshold filter that appends the few passing scores
-to per-column candidate buffers, merged into the running top-k with torch.topk after each tile.
-
-Per tile of n train rows (test columns j, running top-k values V[j, :k] and threshold thr[j]):
-  first tile, or a filter overflow:  S = tile product -> V = topk(cat(V, S.T)) (unfused)
-  otherwise:                         corr_filter_kernel appends S[i, j] > thr[j] after V[j]
-                                     -> V = topk(candidates); thr[j] = V[j, k-1]
-After the first tile only about k n / (rows seen) scores per column pass, so the filter's output
-is tiny and the product dominates. Runs on CUDA tensors, or on CPU tensors under
-TRITON_INTERPRET=1 (tests, tiny grids; bf16 is unsupported there).
+"""triton backend: the score-tile product in Triton (corr_tile_kernel: tl.dot, fp32 / tf32 / bf16
+inputs, fp32 accumulation) and the fused product + threshold filter (corr_filter_kernel), driven
+by :class:`.filter_engine.FilterTopkEngine`. Runs on CUDA tensors, or on CPU tensors under
+TRITON_INTERPRET=1 (tests, tiny grids; bf16 is unsupported there). Triton itself is imported on
+the first launch.
 """
 from __future__ import annotations
 
 import torch
 
-from ._prep import TileStats, standardise_torch
+from .filter_engine import FilterTopkEngine
 from .grids import launch_grids
 
 
@@ -27,32 +21,24 @@ def _blocks(device: torch.device, K: int) -> dict:
 _PREC = {"fp32": "ieee", "tf32": "tf32", "bf16": "bf16"}
 
 
-class TritonEngine:
-    torch_based = True
+def _gpu_default(device: torch.device) -> str:
+    # TF32 on a GPU (error 4e-5..2.4e-4 on unit-norm columns, REFERENCE.md s.4); the interpreter is exact fp32 anyway.
+    return "tf32" if device.type == "cuda" else "fp32"
 
-    def __init__(self, K: int, M: int, *, method: str, device, precision: str, tile: int | None = None):
-        self.K, self.M = K, M
-        self.pearson = method == "pearson"
-        self.device = torch.device(device)
-        if precision == "bf16" and self.device.type != "cuda":
+
+class TritonEngine(FilterTopkEngine):
+    def __init__(self, K: int, M: int, *, method: str, device, precision: str | None = None, compute64: bool = False,
+                 tile: int | None = None):
+        # compute64 (float64 output) does not change the product here: it stays fp32 / tf32 / bf16
+        device = torch.device(device)
+        precision = precision or _gpu_default(device)
+        if precision == "bf16" and device.type != "cuda":
             raise ValueError("precision='bf16' with triton needs a CUDA device (the interpreter computes bf16 wrongly)")
+        super().__init__(K, M, method=method, device=device,
+                         dtype=torch.bfloat16 if precision == "bf16" else torch.float32, tile=tile)
         self.prec = _PREC[precision]
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        # ~512 MiB of fp32 score tile on a GPU (also bounds the unfused first tile's topk input)
-        self.tile = tile or int(max(1024, min(1 << 17, (512 << 20) // (4 * max(M, 1)))))
         self.cfg = _blocks(self.device, K)
-        self.zb = None
-        self._buf = None
 
-    def standardise(self, blk: torch.Tensor, factor: float) -> TileStats:
-        return standardise_torch(blk, self.pearson, factor, self.dtype)
-
-    def set_test(self, blk: torch.Tensor, factor: float) -> TileStats:
-        st = self.standardise(blk, factor)
-        self.zb = st.z.contiguous()
-        return st
-
-    # ------------------------------------------------------------------ product
     def _launch_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool) -> None:
         import triton
 
@@ -65,14 +51,6 @@ class TritonEngine:
             corr_tile_kernel[(triton.cdiv(n, c["BLOCK_N"]), gy)](
                 z, zb, o, n, c1 - c0, self.K, z.stride(0), z.stride(1), zb.stride(0), zb.stride(1), o.stride(0),
                 o.stride(1), CLIP=clip, PREC=self.prec, **c)
-
-    def _scores(self, z: torch.Tensor) -> torch.Tensor:
-        n = z.shape[1]
-        if self._buf is None or self._buf.shape[0] < n:
-            self._buf = torch.empty((max(n, self.tile), self.M), dtype=torch.float32, device=self.device)
-        buf = self._buf[:n]
-        self._launch_tile(z, buf, clip=False)
-        return buf
 
     def _direct_out_ok(self, out: torch.Tensor) -> bool:
         return out.device == self.device and out.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -90,71 +68,3 @@ class TritonEngine:
             corr_filter_kernel[(triton.cdiv(n, c["BLOCK_N"]), gy)](
                 z, zb, self.thr[c0:c1], self.cnt[c0:c1], self.cand_v[c0:c1], self.cand_i[c0:c1], j0, n, c1 - c0,
                 self.K, self.C, z.stride(0), z.stride(1), zb.stride(0), zb.stride(1), PREC=self.prec, **c)
-
-    def full_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool | None = None) -> None:
-        clip = self.pearson if clip is None else clip
-        if self._direct_out_ok(out):
-            self._launch_tile(z, out, clip=clip)
-        else:
-            s = self._scores(z)
-            if clip:
-                s.clamp_(-1.0, 1.0)
-            out.copy_(s)
-
-    # ------------------------------------------------------------------ top-k
-    def start_topk(self, k: int, slack: int = 256) -> None:
-        self.k = k
-        self.C = 2 * k + slack  # candidate slots per column: k held + room for one tile's passes
-        M, dev = self.M, self.device
-        self.cand_v = torch.full((M, self.C), float("-inf"), dtype=torch.float32, device=dev)
-        self.cand_i = torch.full((M, self.C), -1, dtype=torch.int64, device=dev)
-        self.cnt = torch.zeros(M, dtype=torch.int32, device=dev)
-        self.thr = torch.full((M,), float("-inf"), dtype=torch.float32, device=dev)
-        self.started = False
-        self.unfused_tiles = 0
-
-    def _merge(self, v: torch.Tensor, i: torch.Tensor) -> None:
-        """Keep the k best of candidates v/i [M, c] (-inf = empty) as the held top-k; update thr/cnt."""
-        k = self.k
-        top_v, pos = torch.topk(v, k, dim=1)
-        top_i = torch.gather(i, 1, pos)
-        self.cand_v[:, :k] = top_v
-        self.cand_i[:, :k] = top_i
-        nvalid = (top_v > float("-inf")).sum(1)
-        self.cnt.copy_(nvalid.to(torch.int32))
-        self.thr.copy_(torch.where(nvalid == k, top_v[:, k - 1], torch.full_like(top_v[:, 0], float("-inf"))))
-
-    def _held(self):
-        k = self.k
-        valid = torch.arange(k, device=self.device)[None, :] < self.cnt[:, None]
-        v = torch.where(valid, self.cand_v[:, :k], torch.full_like(self.cand_v[:, :k], float("-inf")))
-        return v, self.cand_i[:, :k]
-
-    def _select_unfused(self, z: torch.Tensor, j0: int) -> None:
-        s = self._scores(z).T  # [M, n]
-        n = s.shape[1]
-        s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
-        hv, hi = self._held()
-        idx = torch.arange(j0, j0 + n, device=self.device, dtype=torch.int64).expand(self.M, n)
-        self._merge(torch.cat([hv, s], 1), torch.cat([hi, idx], 1))
-        self.unfused_tiles += 1
-
-    def select_tile(self, z: torch.Tensor, j0: int) -> None:
-        if not self.started:
-            self.started = True
-            return self._select_unfused(z, j0)
-        before = self.cnt.clone()
-        self._launch_filter(z, j0)
-        if int(self.cnt.max()) > self.C:  # some column overflowed its buffer: redo this tile unfused
-            self.cnt.copy_(before)
-            return self._select_unfused(z, j0)
-        valid = torch.arange(self.C, device=self.device)[None, :] < self.cnt[:, None]
-        v = torch.where(valid, self.cand_v, torch.full_like(self.cand_v, float("-inf")))
-        self._merge(v, self.cand_i)
-
-    def finish_topk(self):
-        v, i = self._held()
-        bad = v == float("-inf")
-        v = torch.where(bad, torch.full_like(v, float("nan")), v)
-        i = torch.where(bad, torch.full_like(i, -1), i)
-        return v, i

@@ -49,7 +49,7 @@ def test_correlate_and_topk(rng, precision, tol, K, N, M):
 
 @pytest.mark.gpu
 def test_constants_nan_and_fused_path(rng):
-    from daunce_fast.correlation.cuda import CudaEngine
+    from daunce_fast.correlation.cuda_launch import CudaEngine
 
     a = torch.randn(16, 4000, device="cuda")
     b = torch.randn(16, 70, device="cuda")

@@ -129,14 +129,14 @@ def test_cpu_fused_and_unfused_paths_agree(rng, monkeypatch):
     """The cpu backend multiplies and selects per thread in one region when torch's BLAS exports
     sgemm_ (fused), else per tile with torch.matmul + a separate selection: same exact result."""
     from daunce_fast._backends import available_backends
-    from daunce_fast.correlation import cpu
+    from daunce_fast.correlation import cpu_launch
 
     if "cpu" not in available_backends():
         pytest.skip("extension not built")
     a = rng.standard_normal((9, 2000)).astype(np.float32)
     b = rng.standard_normal((9, 77)).astype(np.float32)
     v1, i1 = daunce_fast.topk(a, b, 13, backend="cpu", tile=300)
-    monkeypatch.setattr(cpu, "blas_sgemm", lambda: 0)
+    monkeypatch.setattr(cpu_launch, "blas_sgemm", lambda: 0)
     v2, i2 = daunce_fast.topk(a, b, 13, backend="cpu", tile=300)
     assert_topk_matches(v2, i2, correlate_reference(a, b).numpy(), 13, tol=1e-5)
     assert_topk_matches(v1, i1, correlate_reference(a, b).numpy(), 13, tol=1e-5)

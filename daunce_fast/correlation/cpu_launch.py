@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .._ext import C
-from ._prep import TileStats, first_stats_overflow
+from .standardise import TileStats, first_stats_overflow
 
 # Unfused path / full mode: score tile of about 16 MiB (4096 rows at M = 1000), standardised chunk
 # of about 16 MiB. Every sgemm / selection call is an OpenMP region, and on a shared, oversubscribed machine each region
@@ -83,7 +83,11 @@ def _fused_self_check(addr: int) -> bool:
 class CpuEngine:
     torch_based = False
 
-    def __init__(self, K: int, M: int, *, method: str, compute64: bool = False, tile: int | None = None):
+    def __init__(self, K: int, M: int, *, method: str, device="cpu", precision: str | None = None,
+                 compute64: bool = False, tile: int | None = None):
+        # device: always host memory here (the argument keeps the engines' common signature)
+        if precision not in (None, "fp32"):
+            raise ValueError(f"precision={precision!r} needs a GPU backend (triton or cuda); the cpu backend computes fp32")
         self.K, self.M = K, M
         self.pearson = method == "pearson"
         self.np_dtype = np.float64 if compute64 else np.float32

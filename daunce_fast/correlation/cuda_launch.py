@@ -1,26 +1,29 @@
 """cuda backend: the hand-written kernels of csrc/cuda/corr_tile.cu (64 x 64 tiles, SIMT fp32 or
-WMMA tensor cores for tf32 / bf16; no cuBLAS), driven like the triton backend: a fused product +
-threshold filter appends candidates to per-column buffers, merged into the running top-k with
-torch.topk after each tile; the first tile (and any tile that overflows a buffer) goes unfused.
-Operands stay float32 in memory; the kernel rounds them to tf32 / bf16 when staging them.
+WMMA tensor cores for tf32 / bf16; no cuBLAS), driven like the triton backend by
+:class:`.filter_engine.FilterTopkEngine`: a fused product + threshold filter appends candidates
+to per-column buffers, merged into the running top-k with torch.topk after each tile; the first
+tile (and any tile that overflows a buffer) goes unfused. Operands stay float32 in memory; the
+kernel rounds them to tf32 / bf16 when staging them.
 """
 from __future__ import annotations
 
 import torch
 
 from .._ext import C
-from .triton_launch import TritonEngine
+from .filter_engine import FilterTopkEngine
 
 _PREC = {"fp32": 0, "tf32": 1, "bf16": 2}
 
 
-class CudaEngine(TritonEngine):
-    def __init__(self, K: int, M: int, *, method: str, device, precision: str, tile: int | None = None):
+class CudaEngine(FilterTopkEngine):
+    def __init__(self, K: int, M: int, *, method: str, device, precision: str | None = None, compute64: bool = False,
+                 tile: int | None = None):
+        # compute64 (float64 output) does not change the product here: it stays fp32 / tf32 / bf16
         device = torch.device(device)
         if device.type != "cuda":
             raise ValueError("the cuda backend needs CUDA tensors")
-        super().__init__(K, M, method=method, device=device, precision="fp32", tile=tile)
-        self.prec_code = _PREC[precision]
+        super().__init__(K, M, method=method, device=device, dtype=torch.float32, tile=tile)
+        self.prec_code = _PREC[precision or "tf32"]
 
     def _stream(self) -> int:
         return torch.cuda.current_stream(self.device).cuda_stream
