@@ -1,11 +1,16 @@
+import importlib
 import shutil
 
 import numpy as np
 import pytest
 
 import daunce_fast
+import daunce_fast.correlation  # noqa: F401  (each op package registers its kernels on import)
+import daunce_fast.lora  # noqa: F401
+import daunce_fast.losses  # noqa: F401
 from daunce_fast import _backends, _ext
-from daunce_fast._backends import BackendUnavailableError, select_backend
+from daunce_fast._backends import (BackendUnavailableError, dispatch, implemented, kernel, register_kernel,
+                                   select_backend)
 
 
 def test_available_backends_order_and_content():
@@ -67,3 +72,87 @@ def test_extension_built_with_cuda_when_nvcc_present():
     if shutil.which("nvcc") and os.environ.get("DAUNCE_FAST_CUDA", "auto") != "0":
         assert info["cuda"], "nvcc is on PATH but the extension was built without CUDA kernels"
         assert "90" in info["cuda_archs"] or os.environ.get("DAUNCE_FAST_CUDA_ARCHS")
+
+
+# ------------------------------------------------------------------------------ kernel registry
+
+# The preference orders each op had before the registry (its IMPLEMENTED tuple), and the label
+# its select_backend call used; the registry must reproduce both.
+BEFORE = {
+    "multilora_linear": ("multilora_linear", ("torch", "triton")),
+    "multilora_linear.backward": ("multilora_linear", ("torch", "triton")),
+    "losses.row_stats": ("losses.per_example_loss", ("triton", "torch")),
+    "losses.row_grad": ("losses.per_example_loss", ("triton", "torch")),
+    "correlation.engine": ("correlate", ("cuda", "triton", "cpu", "torch")),
+}
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    monkeypatch.setattr(_backends, "_REGISTRY", {k: dict(v) for k, v in _backends._REGISTRY.items()})
+    monkeypatch.setattr(_backends, "_KERNELS", dict(_backends._KERNELS))
+
+
+def test_every_op_is_registered_in_its_old_preference_order():
+    assert set(_backends._REGISTRY) == set(BEFORE)
+    for op, (_, order) in BEFORE.items():
+        assert implemented(op) == order, op
+
+
+@pytest.mark.parametrize("op,backend", [(op, b) for op, (_, order) in BEFORE.items() for b in order])
+def test_registered_target_imports_where_its_backend_is_live(op, backend):
+    if not _backends.backend_status(backend)[0]:
+        pytest.skip(f"{backend} not live here: {_backends.backend_status(backend)[1]}")
+    module, _, attr = _backends._REGISTRY[op][backend].partition(":")
+    assert module.rsplit(".", 1)[-1] == f"{backend}_launch", f"kernels live in {backend}_launch.py"
+    fn = kernel(op, backend)
+    assert callable(fn) and fn is getattr(importlib.import_module(module), attr)
+    assert kernel(op, backend) is fn  # cached
+
+
+@pytest.mark.parametrize("env", [None, "torch", "cpu", "triton", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_dispatch_picks_what_select_backend_picked_before(monkeypatch, device, env):
+    if env is None:
+        monkeypatch.delenv("DAUNCE_FAST_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("DAUNCE_FAST_BACKEND", env)
+
+    def outcome(fn):
+        try:
+            return fn()
+        except BackendUnavailableError as exc:
+            return f"error: {exc}"
+
+    for op, (label, order) in BEFORE.items():
+        for forced in (None, *_backends.BACKENDS):
+            before = outcome(lambda: select_backend(label, order, device, forced))
+            now = outcome(lambda: select_backend(label, implemented(op), device, forced))
+            assert now == before, (op, device, forced)
+            picked = outcome(lambda: dispatch(op, device, forced)[0])
+            assert picked == before or (picked.startswith("error") and before.startswith("error")), (op, forced)
+
+
+def test_register_kernel_is_lazy_and_checks_its_arguments(scratch_registry):
+    register_kernel("test.op", "torch", "no_such_module_anywhere:fn")  # nothing imported yet
+    register_kernel("test.op", "torch", "no_such_module_anywhere:fn")  # same target again: fine
+    assert implemented("test.op") == ("torch",)
+    with pytest.raises(ModuleNotFoundError):
+        kernel("test.op", "torch")
+    with pytest.raises(ValueError, match="already registered"):
+        register_kernel("test.op", "torch", "json:loads")
+    with pytest.raises(ValueError, match="unknown backend"):
+        register_kernel("test.op", "numba", "json:loads")
+    with pytest.raises(ValueError, match="module:attr"):
+        register_kernel("test.op", "cpu", "json.loads")
+    with pytest.raises(BackendUnavailableError, match="no 'cpu' backend"):
+        kernel("test.op", "cpu")
+    with pytest.raises(KeyError, match="no kernels registered"):
+        implemented("test.unknown")
+    register_kernel("test.op2", "cpu", "json:dumps")
+    register_kernel("test.op2", "torch", "json:loads")
+    import json
+
+    assert implemented("test.op2") == ("cpu", "torch")
+    expected = ("cpu", json.dumps) if _ext.extension_available() else ("torch", json.loads)
+    assert dispatch("test.op2", "cpu") == expected

@@ -23,7 +23,7 @@ for _backend, _target in (("cuda", "cuda_launch:CudaEngine"), ("triton", "triton
                           ("cpu", "cpu_launch:CpuEngine"), ("torch", "torch_launch:TorchEngine")):
     register_kernel(ENGINE_OP, _backend, f"daunce_fast.correlation.{_target}")
 
-from .api import correlate, topk  # noqa: E402  (after the registrations above)
+from .api import correlate, topk  # after the registrations above: api reads the registry on import
 
 
 @torch.library.custom_op("daunce_fast::corr_topk", mutates_args=())
