@@ -62,9 +62,11 @@ def _blocks(start: int, stop: int, width: int) -> list[tuple[int, int]]:
 
 def _global_error(exc: ValueError, b0: int, name: str) -> ValueError:
     """The error of correlating block [b0, ...) of matrix ``name``, with a non-finite entry's column
-    counted in the whole matrix (other errors, and the other matrix's, as they are)."""
+    counted in the whole matrix, built from the error's fields (other errors, and the other
+    matrix's, as they are). A plain ValueError: peers name the type in their DistributedError
+    ("... failed on rank 1: ValueError: train has a non-finite value ..."), as documented."""
     if isinstance(exc, NonFiniteInputError) and exc.matrix == name:
-        return exc.at_offset(b0)
+        return ValueError(str(exc.at_offset(b0)))
     return exc
 
 
