@@ -6,24 +6,13 @@ implementations, so torch.compile and tracing tools can use them without graph b
 Backend choice as in the Python functions (backend=None: the best live one for the device),
 through the same registry path.
 
-Registry: op ``correlation.engine``, one engine class per backend (the backend's kernel set:
-standardise, score tile, top-k selection; constructor ``(K, M, *, method, device, precision,
-compute64, tile)``), best first. ``correlate`` and ``topk`` pick among them with
-``select_backend`` and build the chosen one (api._setup, api._engine).
+The engines behind them are registered per backend in engines.py.
 """
 from __future__ import annotations
 
 import torch
 
-from .._backends import register_kernel
-
-ENGINE_OP = "correlation.engine"
-# Registered before importing api (which reads the registry): best first.
-for _backend, _target in (("cuda", "cuda_launch:CudaEngine"), ("triton", "triton_launch:TritonEngine"),
-                          ("cpu", "cpu_launch:CpuEngine"), ("torch", "torch_launch:TorchEngine")):
-    register_kernel(ENGINE_OP, _backend, f"daunce_fast.correlation.{_target}")
-
-from .api import correlate, topk  # after the registrations above: api reads the registry on import
+from .api import correlate, topk
 
 
 @torch.library.custom_op("daunce_fast::corr_topk", mutates_args=())

@@ -307,12 +307,12 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
 def _resume_metadata(tr, te, method: str, out_dtype: str, backend, precision) -> dict:
     """The score store's identity (correlation._resume.resume_metadata), with the backend that
     daunce_fast.correlate will pick for the blocks (they live where the inputs live)."""
-    from .._backends import select_backend
+    from .._backends import implemented, select_backend
     from ._resume import effective_precision, resume_metadata
-    from .api import IMPLEMENTED
+    from .engines import ENGINE_OP
 
     dev = "cuda" if any(m.device.type == "cuda" for m in (tr, te)) else "cpu"
-    chosen = select_backend("correlate", IMPLEMENTED, dev, backend)
+    chosen = select_backend("correlate", implemented(ENGINE_OP), dev, backend)
     prec = effective_precision(chosen, check_options(method, "raise", precision), dev, out_dtype)
     return resume_metadata(tr, te, method=method, out_dtype=out_dtype, backend=chosen, precision=prec)
 
