@@ -1,16 +1,20 @@
-"""The LDS studies' scripts (bench/lds_baselines.py, bench/lds.py) on a tiny ground truth of
-daunce_fast.evaluation.groundtruth. The scripts are not a package: bench/ is put on sys.path."""
+"""The LDS baselines (daunce_fast.evaluation.baselines) and the LDS study's command line
+(bench/quality/lds.py, run as a script in a subprocess: no test imports bench/) on a tiny ground
+truth of daunce_fast.evaluation.groundtruth."""
+import json
+import os
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from daunce_fast.demos.tasks import mlp
+from daunce_fast.evaluation.baselines import ExactIF, hessian, if_dattri, trak
 from daunce_fast.evaluation.groundtruth import Recipe, build
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _data(n=37, d=5, c=3, dtype=torch.float32):
@@ -21,7 +25,7 @@ def _data(n=37, d=5, c=3, dtype=torch.float32):
 
 
 # ---------------------------------------------------------------------------------------------
-# Baselines (bench/lds_baselines.py) and the harness (bench/lds.py) on a tiny ground truth.
+# Baselines (daunce_fast.evaluation.baselines) and the study (bench/quality/lds.py) on a tiny ground truth.
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_gt():
@@ -31,8 +35,6 @@ def tiny_gt():
 
 
 def test_hessian_matches_torch_func():
-    from lds_baselines import hessian
-
     x, y = _data(n=9, d=3)
     m = mlp(3, 3, hidden=4, depth=1, seed=0)
     names = [k for k, _ in m.named_parameters()]
@@ -50,8 +52,6 @@ def test_hessian_matches_torch_func():
 
 def test_exact_if_matches_dattri_explicit(tiny_gt, tmp_path):
     pytest.importorskip("dattri")
-    from lds_baselines import ExactIF, if_dattri
-
     ex = ExactIF(tiny_gt, cache=tmp_path / "h.pt")
     ours, _ = ex.scores(0.1)
     theirs, _ = if_dattri(tiny_gt, regularization=0.1)
@@ -65,8 +65,6 @@ def test_trak_margin_matches_dattri_formula(tiny_gt):
     """Our stable log-odds equals dattri's logp - log(1 - exp(logp)) where the latter is finite, so
     TRAK runs with dattri's function; and TRAK returns [N_train, N_test] finite scores."""
     pytest.importorskip("dattri")
-    from lds_baselines import trak
-
     s, _ = trak(tiny_gt, num_ckpts=2, regularization=1.0, proj_dim=16)
     assert s.shape == (tiny_gt["subsets"].shape[1], tiny_gt["targets"].shape[1]) and torch.isfinite(s).all()
     z = torch.randn(6, 3)
@@ -78,47 +76,31 @@ def test_trak_margin_matches_dattri_formula(tiny_gt):
     torch.testing.assert_close(ours, dattri_f, atol=1e-5, rtol=1e-5)
 
 
-def test_lds_cli_end_to_end_with_fake_daunce(tiny_gt, tmp_path, monkeypatch):
-    """bench/lds.py runs baselines and calls the daunce hook with the agreed API (a stand-in class
-    here: it checks the arguments and returns grad-dot scores)."""
-    import lds as lds_cli
-
-    import daunce_fast
-
-    monkeypatch.setattr(lds_cli, "load_or_build", lambda name, **kw: tiny_gt)
-    monkeypatch.setattr(lds_cli, "CACHE", tmp_path)
-    calls = []
-
-    class FakeDaunce:
-        def __init__(self, model, **kw):
-            calls.append(kw)
-            assert isinstance(model, torch.nn.Module)
-            assert set(kw) == {"num_models", "ratio", "objective", "rho", "gamma", "rank", "optimizer", "lr",
-                               "epochs", "batch_size", "seed", "workdir", "perturbation"}
-            self.model = model
-            self.config = types.SimpleNamespace(rho=0.03 if kw["rho"] is None else kw["rho"])
-
-        def fit(self, train):
-            assert isinstance(train, torch.utils.data.TensorDataset)
-
-        def scores(self, train, test, method):
-            from lds_baselines import per_example_grads
-
-            assert method in ("pearson", "covariance")
-            g_tr = per_example_grads(self.model, *train.tensors)
-            g_te = per_example_grads(self.model, *test.tensors)
-            return (g_tr @ g_te.T).numpy()
-
-    monkeypatch.setitem(vars(daunce_fast), "Daunce", FakeDaunce)  # no lazy import of the real one
-    rows = lds_cli.main(["--dataset", "breast_cancer", "--methods", "graddot,trak1,if,daunce", "--trak-reg", "1",
-                         "--trak-proj-dim", "16", "--if-damping", "0.1", "--K", "8,16", "--objective", "if",
-                         "--score-method", "pearson,covariance", "--no-record"])
+def test_lds_cli_end_to_end(tiny_gt, tmp_path):
+    """bench/quality/lds.py, run as a script on the tiny ground truth (--ground-truth) with its smallest
+    options: every baseline and DAUNCE give one row per setting, recorded under DAUNCE_FAST_BENCH_OUT
+    (the Hessian cache goes there too). DAUNCE is the library's own class, so a keyword the script
+    passes that Daunce does not accept fails the run."""
+    pytest.importorskip("dattri")
+    gt_path = tmp_path / "gt.pt"
+    torch.save(tiny_gt, gt_path)
+    env = {**os.environ, "DAUNCE_FAST_BENCH_OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(ROOT / "bench" / "quality" / "lds.py"), "--dataset", "breast_cancer",
+           "--ground-truth", str(gt_path), "--methods", "graddot,trak1,if,daunce", "--trak-reg", "1",
+           "--trak-proj-dim", "16", "--if-damping", "0.1", "--K", "8,16", "--epochs", "1", "--objective", "if",
+           "--score-method", "pearson,covariance"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert (tmp_path / "out" / "hessian_breast_cancer.pt").exists()
     by = {(r["method"], r["params"]): r for r in rows}
-    assert len(rows) == 1 + 1 + 1 + 4
-    assert [c["num_models"] for c in calls] == [8, 16] and calls[0]["rank"] == "full"
-    assert calls[0]["perturbation"] == "hessian" and calls[0]["rho"] is None  # the library's defaults
+    assert len(rows) == len(by) == 1 + 1 + 1 + 4
+    assert all(r["bench"] == "lds" and r["dataset"] == "breast_cancer" for r in rows)
     daunce_rows = [r for r in rows if r["method"] == "daunce"]
-    graddot = next(r for r in rows if r["method"] == "graddot")
-    for r in daunce_rows:  # the stand-in returns grad-dot scores: same LDS
-        assert r["lds"] == pytest.approx(graddot["lds"], abs=1e-6)
+    assert [r["params"].split()[0] for r in daunce_rows] == ["K=8", "K=8", "K=16", "K=16"]
+    assert [r["params"].split()[-1] for r in daunce_rows] == ["score=pearson", "score=covariance"] * 2
+    for r in daunce_rows:  # the library's defaults: the hessian perturbation at its rho
+        assert " hessian rho=0.03 " in r["params"]
+        assert r["wall_s"] >= r["fit_s"] > 0
     assert all(-1 <= r["lds"] <= 1 and r["wall_s"] >= 0 for r in by.values())

@@ -1,4 +1,4 @@
-"""Baseline attributors for the LDS benchmark, each returning scores [N_train, N_test] (positive =
+"""Baseline attributors for the LDS studies, each returning scores [N_train, N_test] (positive =
 helpful, i.e. training on i lowers the loss of test example j) and its wall time.
 
 - ``trak``: dattri's TRAKAttributor on θ0 (1 checkpoint) or θ0 plus extra full-data models
@@ -10,15 +10,16 @@ helpful, i.e. training on i lowers the loss of test example j) and its wall time
   `regularization` λI). Score = g_trainᵀ(H+λI)⁻¹g_test of the CE loss: upweighting i moves the test
   loss by -g_testᵀH⁻¹g_i, so positive = helpful. No flip. torch.func.hessian's forward-over-reverse
   materialises P tangents over the whole batch, so it is only run when P·N is small (breast_cancer).
-- ``if_exact``: the same quantity computed here (Hessian by P/chunk batched HVPs, one eigh), so that
+- ``ExactIF``: the same quantity computed here (Hessian by P/chunk batched HVPs, one eigh), so that
   a whole damping grid costs one factorisation; checked against ``if_dattri`` in the tests.
 - ``grad_dot``: g_trainᵀg_test (CE gradients at θ0), positive = helpful.
 
-Every function takes the ground-truth dict of bench/lds_data.py (θ0, extra checkpoints, recipe).
+Every function takes a ground-truth dict of ``daunce_fast.evaluation.groundtruth.build`` (θ0, extra
+checkpoints, recipe; bench/quality/lds_data.py caches them). dattri is imported inside ``trak`` and
+``if_dattri`` only: this module imports without it.
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -26,13 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
-
-from lds_data import load_task, model_from_state  # noqa: E402
+from .groundtruth import load_task, model_from_state
 
 
 def _loaders(task):

@@ -1,23 +1,24 @@
 """LDS benchmark: attribution quality (linear datamodeling score) and wall time of DAUNCE through
 daunce_fast beside dattri's TRAK and influence functions, on bundled tabular tasks.
 
-    PYTHONPATH=$PWD python bench/lds.py --dataset digits --dataset breast_cancer \
+    PYTHONPATH=$PWD python bench/quality/lds.py --dataset digits --dataset breast_cancer \
         --methods graddot,trak1,trak5,if [--trak-reg 0,1e-3,1e-2,1e-1,1] [--if-damping ...]
-    PYTHONPATH=$PWD python bench/lds.py --dataset digits --methods daunce \
+    PYTHONPATH=$PWD python bench/quality/lds.py --dataset digits --methods daunce \
         --K 64,256,1024,2048 --objective if,efim --score-method pearson,covariance \
         --rho 0.3,1 --epochs 1,5,20 [--lr 1e-3] [--optimizer adam] [--ratio 0.5]
 
-Ground truth: bench/out/lds_<dataset>.pt from bench/lds_data.py (built on first use). LDS as in
+Ground truth: bench/out/lds_<dataset>.pt from bench/quality/lds_data.py (built on first use;
+--ground-truth PATH reads another file). LDS as in
 dattri: targets are negative test losses, predicted = sum of scores over each subset, Spearman
-per test example across subsets, mean ignoring NaN (daunce_fast.metrics.lds). Every method's
+per test example across subsets, mean ignoring NaN (daunce_fast.evaluation.metrics.lds). Every method's
 scores are [N_train, N_test] with positive = helpful.
 
 Prints one table row per method and hyper-parameter setting (dataset, method, params, lds,
 lds_all, nan_tests, nonfinite_scores, wall_s, extra_s; see _lds) and appends the rows to
-bench/out/results.jsonl (bench/_harness.record).
+bench/out/results.jsonl (bench/harness.record; DAUNCE_FAST_BENCH_OUT moves bench/out).
 wall_s is the attribution itself (θ0 is given), cpu_s its CPU seconds (all threads; robust to
 other processes sharing the cores, which inflate wall_s); extra_s is what the method needs on top, here the
-plain sequential training (examples.train_classifier) of TRAK's extra checkpoints.
+plain sequential training (daunce_fast.demos.tasks.train_classifier) of TRAK's extra checkpoints.
 Hyper-parameters (TRAK/IF damping, DAUNCE settings) are chosen on the same ground truth they are
 scored on, for every method alike: best-of-grid numbers are mildly optimistic for all of them.
 """
@@ -36,14 +37,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 HERE = Path(__file__).resolve().parent
-for p in (HERE, HERE.parent):
+for p in (HERE, HERE.parent, HERE.parents[1]):  # this folder (lds_data), bench/ (the harness), the repo root
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from _harness import OUT, print_table, record  # noqa: E402
-from lds_baselines import ExactIF, grad_dot, if_dattri, trak  # noqa: E402
+from harness import OUT, print_table, record  # noqa: E402
 from lds_data import load_or_build, load_task, model_from_state  # noqa: E402
 
+from daunce_fast.evaluation.baselines import ExactIF, grad_dot, if_dattri, trak  # noqa: E402
 from daunce_fast.evaluation.metrics import lds  # noqa: E402
 
 CACHE = OUT  # where the exact-IF Hessian eigendecomposition is cached (bench/out by default)
@@ -156,7 +157,7 @@ def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float | N
 
 
 def bench_dataset(name: str, a) -> list[dict]:
-    gt = load_or_build(name)
+    gt = torch.load(a.ground_truth, weights_only=False) if a.ground_truth else load_or_build(name)
     r = gt["recipe"]
     print(f"\n== {name}: N_train={gt['subsets'].shape[1]} N_test={gt['targets'].shape[1]} "
           f"subsets={gt['subsets'].shape[0]} recipe=mlp{r['hidden']}x{r['depth']} {r['optimizer']} "
@@ -234,6 +235,9 @@ def main(argv=None):
     ap.add_argument("--methods", default="graddot,trak1,trak5,if", help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 cores shared by several sessions)")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/out/results.jsonl")
+    ap.add_argument("--ground-truth", metavar="PATH",
+                    help="a ground-truth file (torch.save of a groundtruth.build dict) instead of "
+                         "bench/out/lds_<dataset>.pt; give one --dataset, the name it was built for")
     g = ap.add_argument_group("baselines")
     g.add_argument("--trak-reg", default="0,1e-2,1e-1,1,10,100", help="TRAK regularization grid")
     g.add_argument("--trak-proj-dim", type=int, default=512)

@@ -9,7 +9,7 @@
    the tile read time should not depend on the file size. Tiles are read with reader.read (pread
    per row), through the memory map, and through the map opened with advice="random".
 
-  python bench/bench_storage.py [--size-gb 2] [--rows 100] [--tile-cols 65536] [--read-tile 4096]
+  python bench/ops/bench_storage.py [--size-gb 2] [--rows 100] [--tile-cols 65536] [--read-tile 4096]
                                 [--repeats 3] [--dir /tmp]
 Files are deleted at the end (also on error).
 """
@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/: the shared harness
+sys.path[:0] = [BENCH, os.path.dirname(BENCH)]
 
-from _harness import peak_rss_delta, print_table, record  # noqa: E402
+from harness import peak_rss_delta, print_table, record  # noqa: E402
 
 import daunce_fast.storage as st  # noqa: E402
 

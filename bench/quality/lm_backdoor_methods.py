@@ -1,4 +1,4 @@
-"""Attribution methods compared by bench/lm_backdoor.py, each returning scores [N_train, N_query]
+"""Attribution methods compared by bench/quality/lm_backdoor.py, each returning scores [N_train, N_query]
 (positive = the training pair helped the query, i.e. lowered its loss)."""
 from __future__ import annotations
 

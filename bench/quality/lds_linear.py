@@ -12,9 +12,9 @@ random first-order drive of model k. Then cov_k(L_i, L_j) = g_iᵀ (H+λ)⁻¹ �
   g_iᵀ(H+λ)⁻¹g_j for λ small.
 
 This prints the LDS of both limits (and of the plain GGN influence function) for a damping grid,
-i.e. the best any K can reach with each perturbation, on bench/lds_data.py's ground truth.
+i.e. the best any K can reach with each perturbation, on bench/quality/lds_data.py's ground truth.
 
-    PYTHONPATH=$PWD python bench/lds_linear.py digits [THREADS] [K,K,...]
+    PYTHONPATH=$PWD python bench/quality/lds_linear.py digits [THREADS] [K,K,...]
 
 With K values it also runs the Monte Carlo estimator itself in the linear limit (exact solves,
 K models, ratio 0.5 subsets, at the lambda of the best "hessian" limit): the LDS that sampling noise
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-for p in (HERE, HERE.parent):
+for p in (HERE, HERE.parents[1]):  # this folder (lds_data) and the repo root
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 

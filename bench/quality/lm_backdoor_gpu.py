@@ -1,4 +1,4 @@
-"""GPU section of bench/lm_backdoor.py (runs only where CUDA is present): DAUNCE throughput on a
+"""GPU section of bench/quality/lm_backdoor.py (runs only where CUDA is present): DAUNCE throughput on a
 0.5B-parameter Llama built from a config (random weights), K = 100 adapters, 512-token sequences,
 versus the reference way (PEFT LoRA models trained one after another, each saved and reloaded to
 record the losses), extrapolated from a few models to K.

@@ -11,7 +11,7 @@ machine's load), so it includes the all_gather of the [M, k] candidates and the 
 of the processes. Rows alternate (1, W, 1, W, ...) so the machine's load hits both alike; the load
 average is printed before and after.
 
-    python bench/bench_distributed.py [--world 2] [--repeats 3] [--n 200000] [--k 100]
+    python bench/ops/bench_distributed.py [--world 2] [--repeats 3] [--n 200000] [--k 100]
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # bench/: the shared harness
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
 
 
 def _worker(path: str, k: int, repeats: int, single: bool) -> None:
@@ -100,7 +100,7 @@ def main():
 
     import numpy as np
 
-    from _harness import machine, print_table, record
+    from harness import machine, print_table, record
     from daunce_fast import storage
 
     cores = os.cpu_count()

@@ -13,7 +13,7 @@ GPU (--gpu, only when CUDA is present): N=1e6, M=1e4, K=100, k=100: achieved TFL
 the triton and cuda backends vs the measured TF32 torch.matmul of the same shape (chunked over N
 into a reused buffer: the full fp32 output would be 40 GB).
 
-  python bench/bench_correlation.py [--quick] [--skip-numpy] [--skip-disk] [--gpu] [--gpu-only]
+  python bench/ops/bench_correlation.py [--quick] [--skip-numpy] [--skip-disk] [--gpu] [--gpu-only]
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _harness import compare, machine, print_table, record  # noqa: E402
+BENCH = Path(__file__).resolve().parents[1]  # bench/ (the shared harness) and the repo root
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+from harness import compare, machine, print_table, record  # noqa: E402
 
 import daunce_fast  # noqa: E402
 
@@ -73,9 +73,9 @@ def peak_in_subprocess(K, N, M, k):
     import subprocess
 
     code = f"""
-import sys; sys.path[:0] = {[str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]!r}
+import sys; sys.path[:0] = {[str(Path(__file__).resolve().parent), str(BENCH), str(BENCH.parent)]!r}
 import numpy as np, torch, daunce_fast
-from _harness import peak_rss_delta
+from harness import peak_rss_delta
 from bench_correlation import losses
 A, B = losses({K}, {N}, 0).numpy(), losses({K}, {M}, 1).numpy()
 daunce_fast.topk(A[:, :1000], B, {k}, backend="cpu")  # import / load everything once

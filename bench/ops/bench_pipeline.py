@@ -8,7 +8,7 @@ the K trainings as a loop in this process instead (no process start-up: a lower 
 reference's cost).
 daunce_fast: Daunce(...).fit(train, record={"test": test}) then .scores(...) (full matrix).
 
-    python bench/bench_pipeline.py [--models 64] [--epochs 10] [--threads 1] [--in-process]
+    python bench/ops/bench_pipeline.py [--models 64] [--epochs 10] [--threads 1] [--in-process]
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import print_table, record  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
+from harness import print_table, record  # noqa: E402
 
 from daunce_fast.daunce import Daunce, DaunceConfig  # noqa: E402
 from daunce_fast.daunce.objectives import base_terms, cross_entropy_per_example, daunce_loss  # noqa: E402

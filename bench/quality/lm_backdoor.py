@@ -1,17 +1,17 @@
 """Backdoor detection on a small instruction-tuned Llama: DAUNCE vs black-box DAUNCE vs Grad-Dot vs random.
 
-The corpus, model and θ0 recipe live in daunce_fast/lm_demo.py (shared with the demo and the test).
+The corpus, model and θ0 recipe live in daunce_fast/demos/lm_backdoor.py (shared with the demo and the test).
 For each θ0 checkpoint (``early``: the backdoor just fires; ``saturated``: target probability near
 1) every method scores the training pairs for the triggered queries; the table gives recall@k
 (k = number of poisoned pairs) and AUROC of poisoned-vs-clean, from the aggregated ranking (mean of
 the queries' z-scored scores) and per query, the wall time, and for the clean control queries the
 share of poisoned pairs among their top k (should stay near the poison rate).
 
-    PYTHONPATH=$PWD python bench/lm_backdoor.py                       # defaults below
-    PYTHONPATH=$PWD python bench/lm_backdoor.py --daunce K=64 --daunce K=64,objective=blackbox
-    PYTHONPATH=$PWD python bench/lm_backdoor.py --gpu                 # H200 throughput section only
+    PYTHONPATH=$PWD python bench/quality/lm_backdoor.py               # defaults below
+    PYTHONPATH=$PWD python bench/quality/lm_backdoor.py --daunce K=64 --daunce K=64,objective=blackbox
+    PYTHONPATH=$PWD python bench/quality/lm_backdoor.py --gpu         # H200 throughput section only
 
-A DAUNCE spec is comma-separated key=value pairs over lm_demo.lm_defaults() (K = num_models;
+A DAUNCE spec is comma-separated key=value pairs over daunce_fast.demos.lm_backdoor.lm_defaults() (K = num_models;
 targets=mlp|all; method=covariance|pearson, default both from one fit). Results are appended as JSON lines to --out.
 """
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--baselines", default="random,graddot,graddot-mlp")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared CPU)")
     ap.add_argument("--cache", default="/tmp/lm_backdoor_cache")
-    ap.add_argument("--out", default="bench/lm_backdoor_results.jsonl")
+    ap.add_argument("--out", default="bench/out/lm_backdoor_results.jsonl", help="raw rows, appended (not committed)")
     ap.add_argument("--gpu", action="store_true", help="run only the GPU throughput section (needs CUDA)")
     args = ap.parse_args(argv)
 
@@ -127,6 +127,7 @@ def main(argv=None) -> int:
         print(f"{ckpt:9s} {name:44s} recall {ev['agg_recall']:.3f} auroc {ev['agg_auroc']:.3f} | per-query recall "
               f"{ev['query_recall']:.3f} auroc {ev['query_auroc']:.3f} | clean top-k poisoned {ev['clean_poison_share']:.3f}"
               f" | {secs:.1f} s", flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as f:
             f.write(json.dumps({**row, "n_train": len(train), "poison": args.poison, "seed": args.seed}) + "\n")
 

@@ -1,6 +1,6 @@
 """Benchmark: fused/chunked per-example loss head vs explicit logits + F.cross_entropy(reduction="none").
 
-    PYTHONPATH=$PWD python bench/bench_loss_head.py [--rows 512] [--d 256] [--vocab 32000 128000]
+    PYTHONPATH=$PWD python bench/ops/bench_loss_head.py [--rows 512] [--d 256] [--vocab 32000 128000]
                                                     [--repeats 3] [--threads 1]
 
 CPU section: the chunked torch path vs the explicit path, forward+backward (gradient w.r.t.
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import _status_kib, compare, print_table, record  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
+from harness import _status_kib, compare, print_table, record  # noqa: E402
 
 from daunce_fast.losses import per_example_loss  # noqa: E402
 

@@ -1,7 +1,7 @@
 """LDS of DAUNCE ensembles over θ0 checkpoints (θ0 and the extra full-data models of
-bench/lds_data.py), with daunce_fast.daunce.ensemble_scores; prints LDS as checkpoints are added.
+bench/quality/lds_data.py), with daunce_fast.daunce.ensemble_scores; prints LDS as checkpoints are added.
 
-    PYTHONPATH=$PWD python bench/lds_ensemble.py DATASET K [THREADS]
+    PYTHONPATH=$PWD python bench/quality/lds_ensemble.py DATASET K [THREADS]
 """
 import sys
 import tempfile
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from daunce_fast.daunce import Daunce, ensemble_scores  # noqa: E402
 from daunce_fast.demos.tasks import load_tabular, mlp  # noqa: E402

@@ -1,6 +1,6 @@
 """LDS ground truth for the bundled tabular tasks: θ0 plus S models retrained on random 50% subsets.
 
-    PYTHONPATH=$PWD python bench/lds_data.py --dataset digits [--subsets 100] [--threads 1]
+    PYTHONPATH=$PWD python bench/quality/lds_data.py --dataset digits [--subsets 100] [--threads 1]
 
 Writes bench/out/lds_<dataset>.pt (torch.save of a dict):
     recipe        dict: data set, split, MLP shape, optimiser settings, seeds (everything to rebuild it)
@@ -15,10 +15,10 @@ Writes bench/out/lds_<dataset>.pt (torch.save of a dict):
 
 All retrained models of one call are trained together in one batched pass (stacked weights
 [S, out, in], torch.bmm, per-model minibatches and per-model Adam/SGD state), which is the same
-computation as ``daunce_fast.examples.train_classifier`` run on each subset with the model's seed:
+computation as ``daunce_fast.demos.tasks.train_classifier`` run on each subset with the model's seed:
 the optimisers are elementwise, so one torch.optim instance over stacked tensors keeps independent
 per-model state, and the loss is the sum over models of each model's own batch mean, so every
-model gets exactly its own gradient. tests/test_lds_groundtruth.py checks this against the plain
+model gets exactly its own gradient. tests/evaluation/test_lds_groundtruth.py checks this against the plain
 trainer.
 """
 from __future__ import annotations
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from daunce_fast.evaluation.groundtruth import (  # noqa: E402, F401 (re-exported to the LDS studies)
     Recipe, build, load_task, model_from_state)
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = ROOT / "bench" / "out"
 
 
 # Defaults per data set. digits: the MLP 64-64-10 of the issue's earlier experiment.

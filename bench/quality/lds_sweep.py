@@ -1,7 +1,7 @@
-"""Grid sweep of DAUNCE options on the LDS ground truth of bench/lds_data.py (run that first).
+"""Grid sweep of DAUNCE options on the LDS ground truth of bench/quality/lds_data.py (run that first).
 
-    PYTHONPATH=$PWD python bench/lds_sweep.py DATASET THREADS 'JSON grid'
-    e.g. python bench/lds_sweep.py digits 1 '{"num_models":[512],"epochs":[5,10],"rho":[0.3,1.0]}'
+    PYTHONPATH=$PWD python bench/quality/lds_sweep.py DATASET THREADS 'JSON grid'
+    e.g. python bench/quality/lds_sweep.py digits 1 '{"num_models":[512],"epochs":[5,10],"rho":[0.3,1.0]}'
 
 Prints one JSON line per combination: the options, LDS of covariance and Pearson scores
 (non-finite scores set to 0), and the wall time of fit + recording.
@@ -9,7 +9,7 @@ Prints one JSON line per combination: the options, LDS of covariance and Pearson
 from pathlib import Path
 import sys, time, tempfile, json, itertools
 import numpy as np, torch
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / 'bench' / 'out'
 from daunce_fast.demos.tasks import load_tabular, mlp

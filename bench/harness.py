@@ -14,8 +14,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 OUT = Path(os.environ.get("DAUNCE_FAST_BENCH_OUT", HERE / "out"))

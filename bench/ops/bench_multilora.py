@@ -12,7 +12,7 @@ r=16, 512 tokens per adapter: our LoRA linears vs the bare frozen GEMMs, fwd+bwd
 hidden 2048 and 16 layers, K=100 adapters with one 256-token sequence each: our step vs the loop
 of PEFT models.
 
-    PYTHONPATH=. python bench/bench_multilora.py [--repeats 5] [--skip-cpu] [--skip-gpu]
+    PYTHONPATH=. python bench/ops/bench_multilora.py [--repeats 5] [--skip-cpu] [--skip-gpu]
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import compare, machine, print_table, record  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
+from harness import compare, machine, print_table, record  # noqa: E402
 
 from daunce_fast import lora  # noqa: E402
 
@@ -62,7 +62,7 @@ def lora_arith_fraction(hidden, inter, layers, vocab, r):
 
 
 def compare_cpu(fns: dict, repeats: int) -> dict:
-    """Interleaved repeats like _harness.compare, timing wall clock and this process's CPU time.
+    """Interleaved repeats like harness.compare, timing wall clock and this process's CPU time.
 
     On a CPU shared with other jobs, wall time includes the time this process waits for a core;
     process CPU time does not (with one torch thread it is the work itself)."""
