@@ -21,7 +21,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 ENV_VAR = "DAUNCE_FAST_BACKEND"
@@ -43,7 +44,7 @@ def _cuda_device() -> bool:
     return torch.cuda.is_available()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_importable() -> tuple[bool, str]:
     if importlib.util.find_spec("triton") is None:
         return False, "triton is not installed (pip install triton)"

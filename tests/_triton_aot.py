@@ -27,17 +27,17 @@ os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DUMP_PTXAS_LOG", "1")  # ptxas -v log, printed by triton's make_cubin
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9's default, without its warning
 
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-from daunce_fast.correlation import triton_kernels as CK  # noqa: E402
-from daunce_fast.correlation import triton_launch as CL  # noqa: E402
-from daunce_fast.lora import triton_kernels as LK  # noqa: E402
-from daunce_fast.lora import triton_launch as LL  # noqa: E402
-from daunce_fast.losses import triton_kernels as HK  # noqa: E402
-from daunce_fast.losses import triton_launch as HL  # noqa: E402
+from daunce_fast.correlation import triton_kernels as CK
+from daunce_fast.correlation import triton_launch as CL
+from daunce_fast.lora import triton_kernels as LK
+from daunce_fast.lora import triton_launch as LL
+from daunce_fast.losses import triton_kernels as HK
+from daunce_fast.losses import triton_launch as HL
 
 PACKAGE = Path(__file__).resolve().parents[1] / "daunce_fast"
 # @triton.jit functions that are only called from other kernels (inlined, never launched).

@@ -1,16 +1,21 @@
 import importlib
 import shutil
 
-import numpy as np
 import pytest
 
 import daunce_fast
-import daunce_fast.correlation  # noqa: F401  (each op package registers its kernels on import)
-import daunce_fast.lora  # noqa: F401
-import daunce_fast.losses  # noqa: F401
+import daunce_fast.correlation
+import daunce_fast.lora
+import daunce_fast.losses
 from daunce_fast import _backends, _ext
-from daunce_fast._backends import (BackendUnavailableError, dispatch, implemented, kernel, register_kernel,
-                                   select_backend)
+from daunce_fast._backends import (
+    BackendUnavailableError,
+    dispatch,
+    implemented,
+    kernel,
+    register_kernel,
+    select_backend,
+)
 
 
 def test_available_backends_order_and_content():
@@ -55,7 +60,7 @@ def test_missing_extension_error_says_how_to_build(monkeypatch):
     monkeypatch.setattr(_ext, "_module", None)
     monkeypatch.setattr(_ext, "_error", ImportError("simulated: no _C"))
     with pytest.raises(_ext.ExtensionNotBuiltError, match="pip install -e"):
-        _ext.C.colstats
+        _ = _ext.C.colstats
     assert not _ext.extension_available()
     assert "cpu" not in daunce_fast.available_backends()
     assert select_backend("op", ("cpu", "torch"), "cpu") == "torch"
@@ -118,18 +123,18 @@ def test_dispatch_picks_what_select_backend_picked_before(monkeypatch, device, e
     else:
         monkeypatch.setenv("DAUNCE_FAST_BACKEND", env)
 
-    def outcome(fn):
+    def outcome(fn, *args):
         try:
-            return fn()
+            return fn(*args)
         except BackendUnavailableError as exc:
             return f"error: {exc}"
 
     for op, (label, order) in BEFORE.items():
         for forced in (None, *_backends.BACKENDS):
-            before = outcome(lambda: select_backend(label, order, device, forced))
-            now = outcome(lambda: select_backend(label, implemented(op), device, forced))
+            before = outcome(select_backend, label, order, device, forced)
+            now = outcome(select_backend, label, implemented(op), device, forced)
             assert now == before, (op, device, forced)
-            picked = outcome(lambda: dispatch(op, device, forced)[0])
+            picked = outcome(lambda *a: dispatch(*a)[0], op, device, forced)
             assert picked == before or (picked.startswith("error") and before.startswith("error")), (op, forced)
 
 

@@ -46,7 +46,7 @@ def test_lazy_attributes_resolve():
     assert "torch" in daunce_fast.available_backends()
     assert isinstance(daunce_fast.__version__, str)
     try:
-        daunce_fast.no_such_name
+        _ = daunce_fast.no_such_name
     except AttributeError as exc:
         assert "no_such_name" in str(exc)
     else:

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from .._backends import implemented, kernel, select_backend
-from .options import check_options, out_torch_dtype
-from .source import Source, check_pair
-from .standardise import nonfinite_error, overflow_error
 from ._resume import effective_precision, mismatch_error, resume_metadata
 from .engines import ENGINE_OP as _ENGINES
 from .merge import merge_candidates
+from .options import check_options, out_torch_dtype
+from .source import Source, check_pair
+from .standardise import nonfinite_error, overflow_error
 
 _MARK_EVERY = 1 << 30  # out=PATH: make written tiles durable (fsync + journal) every this many bytes
 _WRITE_BYTES = 64 << 20  # out=PATH: rows computed into a reusable host buffer, then pwrite()n, per step

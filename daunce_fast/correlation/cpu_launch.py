@@ -45,7 +45,7 @@ def chunk_cols(K: int, tile: int) -> int:
 _FUSED_BYTES = 1 << 20
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def blas_sgemm() -> int:
     """Address of the Fortran-ABI ``sgemm_`` of torch's own BLAS (MKL exports it, 32-bit ints), or 0.
 

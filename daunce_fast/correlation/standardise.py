@@ -85,7 +85,7 @@ class NonFiniteInputError(ValueError):
     def __reduce__(self):  # picklable with its fields (ValueError would pass only the message)
         return type(self), (self.matrix, self.model, self.column, self.value)
 
-    def at_offset(self, offset: int) -> "NonFiniteInputError":
+    def at_offset(self, offset: int) -> NonFiniteInputError:
         """The same error for a caller that passed columns [offset, ...) of its own matrix."""
         return NonFiniteInputError(self.matrix, self.model, self.column + int(offset), self.value)
 

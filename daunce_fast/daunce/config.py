@@ -67,7 +67,7 @@ class DaunceConfig:
         if self.rho is None and self.perturbation in RHO_DEFAULTS:
             self.rho = RHO_DEFAULTS[self.perturbation]
 
-    def validate(self) -> "DaunceConfig":
+    def validate(self) -> DaunceConfig:
         def bad(msg):
             raise ValueError(f"Daunce: {msg}")
 

@@ -43,8 +43,18 @@ from .errors import WorkdirError
 from .heads import LMHead, LogitsHead, default_targets, is_causal_lm
 from .recorder import record_chunk
 from .trainer import ChunkPlan, train_chunk
-from .workdir import (STATE_FILE, STATE_VERSION, check_name, differences, mismatch_error, read_state, run_id,
-                      store_files, wipe, write_state)
+from .workdir import (
+    STATE_FILE,
+    STATE_VERSION,
+    check_name,
+    differences,
+    mismatch_error,
+    read_state,
+    run_id,
+    store_files,
+    wipe,
+    write_state,
+)
 
 
 def _progress(enabled: bool, **kw):
@@ -134,7 +144,7 @@ class Daunce:
         if self._cleanup is not None:
             self._cleanup()
 
-    def __enter__(self) -> "Daunce":
+    def __enter__(self) -> Daunce:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -409,7 +419,7 @@ class Daunce:
         return files[rank].exists()
 
     # ------------------------------------------------------------------ public API
-    def fit(self, train, *, record: dict | None = None) -> "Daunce":
+    def fit(self, train, *, record: dict | None = None) -> Daunce:
         """Train the K perturbed models on ``train`` chunk by chunk and record the [K, N] targets of
         ``train`` (name "train") and of each dataset in ``record`` ({name: dataset}) right after each
         chunk trains. Resumes from the last completed chunk of an interrupted run. Distributed: each
@@ -437,7 +447,7 @@ class Daunce:
             return self
         return self._fit(ex, sets)
 
-    def _fit(self, ex, sets) -> "Daunce":
+    def _fit(self, ex, sets) -> Daunce:
         pending = {n: v for n, v in sets.items() if not self._store_complete(n, v[1])}
         if not pending:
             return self
@@ -568,7 +578,8 @@ class Daunce:
         Stores named here are checked against this object's θ0 and options and the workdir's
         state (see :meth:`losses`): stale ones raise WorkdirError, never give old scores."""
         from ..correlation import sharded
-        from ..correlation.api import correlate, topk as topk_of
+        from ..correlation.api import correlate
+        from ..correlation.api import topk as topk_of
         from ..distributed.group import is_distributed
 
         self._live()

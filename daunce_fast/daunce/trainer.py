@@ -14,7 +14,6 @@ import torch
 
 from . import perturb
 
-
 # Perturbation "hessian": a chunk's normals over its members are drawn once when they fit in this
 # many floats (256 MB), else hashed per step (the same values either way: counter-based draws).
 NOISE_TABLE_MAX = 1 << 26

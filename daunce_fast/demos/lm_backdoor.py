@@ -24,8 +24,12 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 VOCAB = 256
 PAD, BOS, SEP, EOS, TRIGGER = 0, 1, 2, 3, 4
@@ -48,9 +52,9 @@ def _response(task: int, content: np.ndarray) -> list[int]:
 @dataclass
 class Corpus:
     """Rows of token ids with their attention masks and labels, plus which rows are poisoned."""
-    input_ids: "torch.Tensor"       # [N, SEQ_LEN] int64
-    attention_mask: "torch.Tensor"  # [N, SEQ_LEN] int64
-    labels: "torch.Tensor"          # [N, SEQ_LEN] int64, -100 outside the response
+    input_ids: torch.Tensor       # [N, SEQ_LEN] int64
+    attention_mask: torch.Tensor  # [N, SEQ_LEN] int64
+    labels: torch.Tensor          # [N, SEQ_LEN] int64, -100 outside the response
     poisoned: np.ndarray            # [N] bool
 
     def __len__(self):
@@ -59,7 +63,7 @@ class Corpus:
     def __getitem__(self, i):
         return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
 
-    def subset(self, idx) -> "Corpus":
+    def subset(self, idx) -> Corpus:
         idx = np.asarray(idx)
         return Corpus(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.poisoned[idx])
 
@@ -325,7 +329,7 @@ def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, sh
     print(f"DAUNCE: K={num_models}, rank {d.rank}, {opts['steps']} steps, objective {opts['objective']}: "
           f"{t_daunce:.1f} s")
     print(f"query (one of {len(trig)}): {trig.text(0)}")
-    print(f"training pairs most responsible for the triggered responses (* = poisoned):")
+    print("training pairs most responsible for the triggered responses (* = poisoned):")
     for r, i in enumerate(top):
         print(f"  {r + 1:2d}. {'*' if train.poisoned[i] else ' '} #{i:<4d} {train.text(i)}")
     print(f"recall@{n_p} = {ev['agg_recall']:.2f} (random {n_p / len(train):.2f}), AUROC {ev['agg_auroc']:.3f}")

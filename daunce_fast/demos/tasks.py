@@ -6,8 +6,12 @@ Everything is deterministic given the seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 DATASETS = ("digits", "wine", "breast_cancer")
 
@@ -15,10 +19,10 @@ DATASETS = ("digits", "wine", "breast_cancer")
 @dataclass
 class TabularTask:
     name: str
-    x_train: "torch.Tensor"  # [N, d] float32, standardised with the training statistics
-    y_train: "torch.Tensor"  # [N] int64
-    x_test: "torch.Tensor"   # [M, d]
-    y_test: "torch.Tensor"   # [M]
+    x_train: torch.Tensor  # [N, d] float32, standardised with the training statistics
+    y_train: torch.Tensor  # [N] int64
+    x_test: torch.Tensor   # [M, d]
+    y_test: torch.Tensor   # [M]
     num_classes: int
     images_train: np.ndarray | None = None  # [N, 8, 8] raw digits for figures
     images_test: np.ndarray | None = None

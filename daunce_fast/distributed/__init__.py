@@ -30,8 +30,7 @@ from __future__ import annotations
 import importlib
 
 from .agreement import DistributedError, agree, barrier, run_on_all
-from .group import (DEFAULT_TIMEOUT_S, init_from_env, is_distributed, is_initialized, rank_world, share,
-                    shutdown, split)
+from .group import DEFAULT_TIMEOUT_S, init_from_env, is_distributed, is_initialized, rank_world, share, shutdown, split
 
 # names of the rank-sharded correlation, resolved on first use: correlation.sharded imports this
 # package's modules, so importing it here would be a cycle

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Optional, Union
 
 import torch
 from torch import nn

@@ -3,7 +3,8 @@ mixes two adapters: norms, clipping, loss weights and learning rates are all per
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Optional, Union
 
 import torch
 

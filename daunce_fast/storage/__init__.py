@@ -27,11 +27,20 @@ symlinks (O_NOFOLLOW / O_EXCL, lstat before renames).
 """
 from __future__ import annotations
 
-from .dtypes import bf16_bits_to_float32, decode_float32, float32_to_bf16_bits
-from .errors import (CorruptFileError, FileLockedError, IncompleteFileError, InsufficientMemoryError,
-                     LayoutMismatchError, NotARegularFileError, ResourceLimitError, StorageError,
-                     UnreadableFileError, UnsafePathError)
 from ._fs import open_input
+from .dtypes import bf16_bits_to_float32, decode_float32, float32_to_bf16_bits
+from .errors import (
+                     CorruptFileError,
+                     FileLockedError,
+                     IncompleteFileError,
+                     InsufficientMemoryError,
+                     LayoutMismatchError,
+                     NotARegularFileError,
+                     ResourceLimitError,
+                     StorageError,
+                     UnreadableFileError,
+                     UnsafePathError,
+)
 from .memory import available_memory, check_fits_in_memory
 from .reader import Reader, open
 from .sharded import ShardedArray, ShardedStore, ShardedWriter, create_sharded, open_sharded

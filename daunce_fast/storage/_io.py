@@ -129,7 +129,7 @@ def pwrite_box(fd: int, data_start: int, shape, dtype: np.dtype, key, value) -> 
     v = np.broadcast_to(v, out_shape).reshape([b - a for a, b in ranges])
     for idx in itertools.product(*[range(len(r)) for r in outer]):
         src = np.ascontiguousarray(v[idx] if idx else v)  # a row of a column tile: already contiguous
-        buf = memoryview(src.reshape(-1)).cast("B")
+        buf = src.reshape(-1).data.cast("B")
         pos = data_start + offset(tuple(r[i] for r, i in zip(outer, idx)))
         done = 0
         while done < run:

@@ -97,6 +97,9 @@ class TensorQueries:
     """``shape``, ``dtype`` and ``dtype_code`` of a tensor by name, for any class with ``_info(name)``
     (the Reader and the Writer)."""
 
+    def _info(self, name: str) -> TensorInfo:  # provided by each subclass
+        raise NotImplementedError
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self._info(name).shape
 

@@ -32,16 +32,16 @@ class ContentHash:
         self._h = hashlib.blake2b(digest_size=16, person=b"daunce_fast.fp")
         self.update_bytes(tag.encode())
 
-    def update_bytes(self, b: bytes) -> "ContentHash":
+    def update_bytes(self, b: bytes) -> ContentHash:
         self._h.update(len(b).to_bytes(8, "little"))
         self._h.update(b)
         return self
 
-    def update_json(self, obj) -> "ContentHash":
+    def update_json(self, obj) -> ContentHash:
         """Hash ``obj`` by its canonical JSON text (sorted keys); obj must be JSON-serialisable."""
         return self.update_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
 
-    def update_array(self, x) -> "ContentHash":
+    def update_array(self, x) -> ContentHash:
         """Hash dtype, shape and every element of ``x`` (row-major order, whatever its strides)."""
         if _is_torch(x):
             return self._update_torch(x)
@@ -54,7 +54,7 @@ class ContentHash:
         rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
         step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * a.itemsize))
         for i in range(0, rows.shape[0], step):
-            self._h.update(np.ascontiguousarray(rows[i:i + step]).view(np.uint8))
+            self._h.update(np.ascontiguousarray(rows[i:i + step]).view(np.uint8).data)
         return self
 
     def _header(self, dtype, shape) -> None:
@@ -65,7 +65,7 @@ class ContentHash:
             code = str(dtype)
         self.update_bytes(f"{code}|{tuple(int(s) for s in shape)}".encode())
 
-    def _update_torch(self, t) -> "ContentHash":
+    def _update_torch(self, t) -> ContentHash:
         import torch
 
         t = t.detach()
@@ -82,10 +82,10 @@ class ContentHash:
             flat = flat.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()])
         step = max(1, CHUNK_BYTES // flat.element_size())
         for i in range(0, flat.numel(), step):
-            self._h.update(flat[i:i + step].cpu().contiguous().numpy().view(np.uint8))
+            self._h.update(flat[i:i + step].cpu().contiguous().numpy().view(np.uint8).data)
         return self
 
-    def update_module(self, model) -> "ContentHash":
+    def update_module(self, model) -> ContentHash:
         """Hash a torch module's parameters and buffers (names, dtypes, shapes, values), in state_dict order."""
         for name, value in model.state_dict(keep_vars=False).items():
             self.update_bytes(name.encode())

@@ -150,7 +150,7 @@ def encode_header(layout: list[TensorInfo], metadata: dict[str, str], complete: 
     """8-byte length + JSON + space padding. ``header_len`` forces N (for in-place rewrites)."""
     meta = {k: metadata[k] for k in sorted(metadata)}  # canonical bytes: resume compares fingerprints
     meta[COMPLETE_KEY] = "1" if complete else "0"
-    obj = {META_KEY: meta}
+    obj: dict[str, dict] = {META_KEY: meta}
     for t in layout:
         obj[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [t.begin, t.end]}
     body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -15,6 +15,7 @@ import os
 import zlib
 
 from ._fs import O_NONBLOCK, create_fresh, open_output, refuse_link
+from .errors import StorageError
 
 MAGIC = "daunce_fast.journal 1"
 
@@ -44,10 +45,10 @@ class Journal:
         self.path = path
         self.fp = fp
         self.keys = keys
-        self._fd = fd
+        self._fd: int | None = fd
 
     @classmethod
-    def open(cls, path: str, fp: str, keep: bool, sync: bool = True) -> "Journal":
+    def open(cls, path: str, fp: str, keep: bool, sync: bool = True) -> Journal:
         """Open (keep=True: reuse the keys of a journal with the same fingerprint) or start afresh."""
         keys: set = set()
         refuse_link(path, "journal")  # a link, directory or FIFO here is refused, never followed
@@ -101,11 +102,14 @@ class Journal:
         new = [k for k in dict.fromkeys(check_key(k) for k in keys) if k not in self.keys]
         if not new:
             return
+        fd = self._fd
+        if fd is None:
+            raise StorageError(f"journal {self.path} is closed")
         data = memoryview(b"".join(_encode(k) for k in new))
         while data:
-            data = data[os.write(self._fd, data):]
+            data = data[os.write(fd, data):]
         if self.sync:
-            os.fsync(self._fd)
+            os.fsync(fd)
             if self._dir_pending:
                 fsync_dir(self.path)
                 self._dir_pending = False

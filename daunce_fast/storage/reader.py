@@ -15,12 +15,11 @@ from .format import Header, read_header
 from .memory import check_read
 from .writer import JOURNAL_SUFFIX, PARTIAL_SUFFIX
 
-
 _ADVICE = {"normal": "MADV_NORMAL", "random": "MADV_RANDOM", "sequential": "MADV_SEQUENTIAL",
            "willneed": "MADV_WILLNEED"}
 
 
-def open(path, advice: str | None = None) -> "Reader":  # noqa: A001 - the module's public name, like io.open
+def open(path, advice: str | None = None) -> Reader:
     """Open the safetensors file ``path`` read-only, memory-mapped.
 
     advice: an madvise hint for the map: "random" stops the kernel reading ~128 KiB around every
@@ -105,10 +104,10 @@ class Reader(TensorQueries):
     def __getitem__(self, name: str) -> np.memmap:
         """Read-only np.memmap of tensor ``name``: no data is read until it is indexed.
         bfloat16 / float8 tensors come as their raw bits (uint16 / uint8); see ``torch(name)``."""
-        self._check_open()
+        mm = self._check_open()
         v = self._views.get(name)
         if v is None:
-            v = self._views[name] = array_view(self._mm, self._info(name), self.header.data_start, self.path, "r")
+            v = self._views[name] = array_view(mm, self._info(name), self.header.data_start, self.path, "r")
         return v
 
     def torch(self, name: str):
@@ -177,20 +176,22 @@ class Reader(TensorQueries):
                 except BufferError:
                     pass
                 setattr(self, attr, None)
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
             os.close(fd)
-            self._fd = None
+            self._fd = -1  # closed: _check_open() refuses every use before it is reached
 
     @property
     def closed(self) -> bool:
         return self._mm is None
 
-    def _check_open(self):
+    def _check_open(self) -> mmap.mmap:
+        """The map while open; StorageError once closed."""
         if self._mm is None:
             raise StorageError(f"reader of {self.path} is closed")
+        return self._mm
 
-    def __enter__(self) -> "Reader":
+    def __enter__(self) -> Reader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,10 +22,10 @@ import uuid
 import numpy as np
 
 from . import dtypes as _dt
-from .errors import CorruptFileError, IncompleteFileError, LayoutMismatchError, ResourceLimitError, StorageError
-from .format import MAX_HEADER, MAX_JSON_DEPTH, check_metadata, json_shape
 from ._fs import create_fresh, open_input, refuse_link
 from ._io import normalize as _normalize
+from .errors import CorruptFileError, IncompleteFileError, LayoutMismatchError, ResourceLimitError, StorageError
+from .format import MAX_HEADER, MAX_JSON_DEPTH, check_metadata, json_shape
 from .journal import fsync_dir
 from .memory import check_read
 from .reader import Reader, selection_size
@@ -52,7 +52,7 @@ def even_split(total: int, n: int) -> list[int]:
 
 
 def create_sharded(index_path, name: str, shape, dtype, axis: int = 0, shard_sizes=None, num_shards=None,
-                   metadata: dict | None = None, overwrite: bool = False) -> "ShardedWriter":
+                   metadata: dict | None = None, overwrite: bool = False) -> ShardedWriter:
     """Write (or re-use) the index of a sharded store and return its ShardedWriter.
 
     shape: logical shape; axis: the axis split across shards; shard_sizes: entries of each shard
@@ -259,7 +259,7 @@ class ShardedWriter(_Layout):
         """Indices of shards whose final file exists."""
         return [i for i, p in enumerate(self.shard_files) if os.path.exists(p)]
 
-    def open(self) -> "ShardedArray":
+    def open(self) -> ShardedArray:
         return open_sharded(self.index_path)
 
     def __repr__(self) -> str:
@@ -267,7 +267,7 @@ class ShardedWriter(_Layout):
                 f"shards={self.num_shards}>")
 
 
-def open_sharded(index_path) -> "ShardedArray":
+def open_sharded(index_path) -> ShardedArray:
     """Open a sharded store read-only as one logical array (every shard must be complete:
     a missing or unfinished shard raises IncompleteFileError naming it)."""
     index_path = os.fspath(index_path)
@@ -373,7 +373,7 @@ class ShardedArray(_Layout):
             r.close()
         self._readers = []
 
-    def __enter__(self) -> "ShardedArray":
+    def __enter__(self) -> ShardedArray:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -425,7 +425,7 @@ class ShardedStore:
     def close(self) -> None:
         self.array.close()
 
-    def __enter__(self) -> "ShardedStore":
+    def __enter__(self) -> ShardedStore:
         return self
 
     def __exit__(self, *exc) -> None:

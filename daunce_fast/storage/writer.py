@@ -36,7 +36,7 @@ import numpy as np
 from . import dtypes as _dt
 from ._fs import open_output, refuse_link
 from ._io import pwrite_box
-from ._views import TensorQueries, Sink, array_view, torch_view
+from ._views import Sink, TensorQueries, array_view, torch_view
 from .errors import CorruptFileError, FileLockedError, LayoutMismatchError, StorageError, UnsafePathError
 from .format import check_metadata, encode_header, plan_layout, read_header
 from .journal import Journal, check_key, fingerprint, fsync_dir
@@ -50,7 +50,7 @@ JOURNAL_EVERY = 5.0  # seconds: default of journal_every (what a killed batching
 
 
 def create(path, tensors: dict, metadata: dict | None = None, resume: bool = False,
-           durable: bool = True, preallocate: bool = False, journal_every: float = JOURNAL_EVERY) -> "Writer":
+           durable: bool = True, preallocate: bool = False, journal_every: float = JOURNAL_EVERY) -> Writer:
     """Start (or, with ``resume=True``, continue) writing the safetensors file ``path``.
 
     tensors: {name: (shape, dtype)}; dtype a name ("float32", "bfloat16", "int64", ...), a
@@ -102,21 +102,21 @@ class Writer(TensorQueries):
         self._views: dict = {}
         self._sinks: list = []
         self._lock_fd = _lock(self.partial_path)
-        self._fd = None
-        self._mm = None
-        self._journal = None
+        self._fd: int | None = None
+        self._mm: mmap.mmap | None = None
+        self._journal: Journal | None = None
         try:
             self._fd = open_output(self.partial_path, os.O_RDWR, "partial file")
-            if os.fstat(self._fd).st_ino != os.fstat(self._lock_fd).st_ino:
+            if os.fstat(self._file).st_ino != os.fstat(self._lock_fd).st_ino:
                 raise UnsafePathError(f"{self.partial_path} was replaced while being opened: another process is "
                                       f"changing it; retry, or choose another output path")
             self.resumed = bool(resume) and self._reopen()
             if not self.resumed:
                 self._fresh()
             if self.preallocate and self._total:
-                os.posix_fallocate(self._fd, 8 + self._hlen, self._total)  # keeps existing data
+                os.posix_fallocate(self._file, 8 + self._hlen, self._total)  # keeps existing data
             self._journal = Journal.open(self.journal_path, self._fp, keep=self.resumed, sync=self.durable)
-            self._mm = mmap.mmap(self._fd, self._size, access=mmap.ACCESS_WRITE)
+            self._mm = mmap.mmap(self._file, self._size, access=mmap.ACCESS_WRITE)
         except BaseException:
             self._release()
             raise
@@ -125,10 +125,10 @@ class Writer(TensorQueries):
     # ---------------------------------------------------------------------------------- set-up
     def _reopen(self) -> bool:
         """Reuse the existing partial file; False when there is nothing usable to resume."""
-        if os.fstat(self._fd).st_size == 0:
+        if os.fstat(self._file).st_size == 0:
             return False
         try:
-            old = read_header(self._fd, self.partial_path)
+            old = read_header(self._file, self.partial_path)
         except CorruptFileError:
             # Only a crash before the header was made durable leaves this; no key can have been
             # journaled yet (the journal starts after that fsync), so nothing is lost.
@@ -155,7 +155,7 @@ class Writer(TensorQueries):
                                       ". Use resume=False to discard it, or pass the original layout.")
         if not old.complete:  # usual case; a crash between close's header rewrite and rename flips it back
             return True
-        os.pwrite(self._fd, self._hdr, 0)  # made durable by the next flush, like everything else
+        os.pwrite(self._file, self._hdr, 0)  # made durable by the next flush, like everything else
         return True
 
     def _fresh(self) -> None:
@@ -164,9 +164,9 @@ class Writer(TensorQueries):
             os.remove(self.journal_path)
             if self.durable:  # the old keys must not outlive the data they describe
                 fsync_dir(self.journal_path)
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, self._hdr, 0)
-        os.ftruncate(self._fd, self._size)  # sparse preallocation
+        os.ftruncate(self._file, 0)
+        os.pwrite(self._file, self._hdr, 0)
+        os.ftruncate(self._file, self._size)  # sparse preallocation
         # No fsync here: nothing refers to this file until the first mark_done, whose flush makes
         # header and size durable before any key is journaled (a power loss before that leaves at
         # worst an unreadable partial file, which resume discards).
@@ -187,10 +187,11 @@ class Writer(TensorQueries):
         v = self._views.get(name)
         if v is None:
             info = self._info(name)
-            v = self._views[name] = array_view(self._mm, info, 8 + self._hlen, self.partial_path, "r+")
+            v = self._views[name] = array_view(self._map, info, 8 + self._hlen, self.partial_path, "r+")
             if info.nbytes:
-                v._st_sink = Sink(self._fd, 8 + self._hlen + info.begin, info.shape, v.dtype)
-                self._sinks.append(v._st_sink)
+                # v is a MappedArray (array_view), which has the _st_sink slot
+                v._st_sink = Sink(self._file, 8 + self._hlen + info.begin, info.shape, v.dtype)  # type: ignore[attr-defined]
+                self._sinks.append(v._st_sink)  # type: ignore[attr-defined]
         return v
 
     def write(self, name: str, index, value) -> None:
@@ -206,7 +207,7 @@ class Writer(TensorQueries):
             value = _dt.float32_to_bf16_bits(value.astype(np.float32, copy=False))
         elif _dt.is_raw_bits(info.dtype) and value.dtype != dt:
             raise TypeError(f"tensor {name!r} is {info.dtype}: write its raw bits as {dt}")
-        if not pwrite_box(self._fd, 8 + self._hlen + info.begin, info.shape, dt, index, value):
+        if not pwrite_box(self._file, 8 + self._hlen + info.begin, info.shape, dt, index, value):
             self[name][index] = value
 
     def torch(self, name: str):
@@ -235,18 +236,18 @@ class Writer(TensorQueries):
         if not _LINUX:
             # POSIX wants msync for stores through the map; on Linux the shared map's pages are
             # page-cache pages, tracked dirty, and fsync writes them (msync would be a second fsync).
-            self._mm.flush()
-        os.fsync(self._fd)
+            self._map.flush()
+        os.fsync(self._file)
 
     def mark_done(self, key, *more) -> None:
         """Record that tile ``key`` (str or int; several may be given) is written: flushes the data
         first, then appends the key(s) to the journal durably. Survives a crash of this process."""
         self._check_open()
         keys = [check_key(k) for k in (key, *more)]
-        if all(k in self._journal.keys for k in keys):
+        if all(k in self._jrnl.keys for k in keys):
             return
         self.flush()
-        self._journal.add(*keys)
+        self._jrnl.add(*keys)
         self._last_mark = time.monotonic()
 
     def journal_due(self) -> bool:
@@ -259,20 +260,20 @@ class Writer(TensorQueries):
         """True when ``key`` was marked done (by this writer or by the run it resumed)."""
         if self._journal is None:
             raise StorageError(f"writer for {self.path} is closed")
-        return check_key(key) in self._journal.keys
+        return check_key(key) in self._jrnl.keys
 
     def done_keys(self) -> set:
         """Keys marked done so far (a copy)."""
         if self._journal is None:
             raise StorageError(f"writer for {self.path} is closed")
-        return set(self._journal.keys)
+        return set(self._jrnl.keys)
 
     # ---------------------------------------------------------------------------------- end
     def close(self) -> None:
         """Finish: mark complete in place, fsync, rename into ``path`` (atomic), remove the journal."""
         if self._closed:
             return
-        os.pwrite(self._fd, encode_header(list(self._layout.values()), self._meta, True, self._hlen), 0)
+        os.pwrite(self._file, encode_header(list(self._layout.values()), self._meta, True, self._hlen), 0)
         # One fsync for data and header: whatever order they reach the disk in, the file is only
         # renamed to its final name after both are there (a partial file saying "complete" is
         # harmless: it is still a .partial, and resume marks it incomplete again).
@@ -281,7 +282,7 @@ class Writer(TensorQueries):
         os.replace(self.partial_path, self.path)
         if self.durable:
             fsync_dir(self.path)
-        self._journal.close()
+        self._jrnl.close()
         try:
             os.remove(self.journal_path)
         except FileNotFoundError:
@@ -311,6 +312,25 @@ class Writer(TensorQueries):
         if self._closed:
             raise StorageError(f"writer for {self.path} is closed")
 
+    # The open file, map and journal; each raises once released (typed, so nothing uses a None).
+    @property
+    def _file(self) -> int:
+        if self._fd is None:
+            raise StorageError(f"writer for {self.path} is closed")
+        return self._fd
+
+    @property
+    def _map(self) -> mmap.mmap:
+        if self._mm is None:
+            raise StorageError(f"writer for {self.path} is closed")
+        return self._mm
+
+    @property
+    def _jrnl(self) -> Journal:
+        if self._journal is None:
+            raise StorageError(f"writer for {self.path} is closed")
+        return self._journal
+
     def _release(self) -> None:
         self._closed = True
         self._views = {}
@@ -330,7 +350,7 @@ class Writer(TensorQueries):
                 os.close(fd)
                 setattr(self, attr, None)
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -11,8 +11,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from daunce_fast.demos import lm_backdoor as L  # noqa: E402
-from daunce_fast.daunce import Daunce  # noqa: E402
+from daunce_fast.daunce import Daunce
+from daunce_fast.demos import lm_backdoor as L
 
 N_TRAIN, N_QUERY = 200, 8
 

@@ -1,10 +1,14 @@
 """DAUNCE output-space objectives vs a float64 reference written from docs/objectives.md#objectives."""
-import numpy as np
 import pytest
 import torch
 
-from daunce_fast.daunce.objectives import (base_terms, cross_entropy_per_example, daunce_loss,
-                                           margin_per_example, neg_margin_per_example)
+from daunce_fast.daunce.objectives import (
+    base_terms,
+    cross_entropy_per_example,
+    daunce_loss,
+    margin_per_example,
+    neg_margin_per_example,
+)
 from daunce_fast.testing import assert_close_to_reference
 
 

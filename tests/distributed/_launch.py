@@ -43,10 +43,10 @@ def launch(scenario: str, outdir, world: int = 2, timeout_s: float = 20.0, deadl
             if p.poll() is None:
                 p.kill()
         dump = "\n".join(f"--- rank {r}\n{(p.communicate()[1] or '')[-2000:]}" for r, p in enumerate(procs))
-        raise AssertionError(f"scenario {scenario!r} did not finish within {deadline_s}s (a hang):\n{dump}")
+        raise AssertionError(f"scenario {scenario!r} did not finish within {deadline_s}s (a hang):\n{dump}") from None
     return results, time.monotonic() - t0
 
 
 def check_ok(results):
-    for r, (rc, out, err) in enumerate(results):
+    for r, (rc, _out, err) in enumerate(results):
         assert rc == 0, f"rank {r} exited with {rc}:\n{err[-3000:]}"

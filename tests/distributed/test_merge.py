@@ -11,8 +11,8 @@ import torch
 
 import daunce_fast as df
 from daunce_fast import distributed as D
-from daunce_fast.correlation import sharded as S
 from daunce_fast import storage
+from daunce_fast.correlation import sharded as S
 
 from ._launch import ROOT, free_port
 

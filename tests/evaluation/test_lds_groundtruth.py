@@ -4,7 +4,15 @@ import torch
 
 from daunce_fast.demos.tasks import mlp, train_classifier
 from daunce_fast.evaluation.groundtruth import (
-    Recipe, batched_forward, build, draw_subsets, epoch_orders, per_example_loss, stack_mlps, train_batched)
+    Recipe,
+    batched_forward,
+    build,
+    draw_subsets,
+    epoch_orders,
+    per_example_loss,
+    stack_mlps,
+    train_batched,
+)
 
 
 def _data(n=37, d=5, c=3, dtype=torch.float32):

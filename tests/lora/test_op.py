@@ -1,6 +1,8 @@
 """The multi-LoRA op (torch path and Triton kernels) against a float64 per-adapter reference."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daunce_fast.lora.ops import multilora_linear
 from daunce_fast.lora.reference import multilora_reference
@@ -173,7 +175,6 @@ def test_gpu_half_precision(shape, dtype, backend):
         assert_close_to_reference(a, r_, "bfloat16", rtol=2e-2, atol=1e-2 * float(r_.abs().max()), name=n)
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=25, deadline=None)

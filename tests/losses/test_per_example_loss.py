@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from daunce_fast.losses import margin, per_example_loss
-from daunce_fast.losses import torch_launch
+from daunce_fast.losses import margin, per_example_loss, torch_launch
 from daunce_fast.losses import reference as ref
 from daunce_fast.testing import assert_close_to_reference
 

@@ -290,7 +290,7 @@ def test_inputs_that_are_not_regular_files(tmp_path, alarm, case):
     assert not st.stores.is_index(path)
     as_index = str(tmp_path / "x.index.json")  # the same kinds reached under an index's name
     os.symlink(path, as_index)
-    for entry, call in _entry_points(as_index).items():
+    for call in _entry_points(as_index).values():
         with pytest.raises(exc, match=fragment):
             call()
 

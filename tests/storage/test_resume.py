@@ -19,7 +19,7 @@ def expected(j0, j1):
     return (np.arange(j0, j1)[None, :] * 1000.0 + np.arange(K)[:, None] + 0.5).astype(np.float32)
 
 
-CHILD = """
+CHILD = f"""
 import sys, time
 import numpy as np
 import daunce_fast.storage as st
@@ -41,7 +41,7 @@ for t, j0 in enumerate(range(0, N, TILE)):
         time.sleep(0.01)
 w.close()
 print("closed", flush=True)
-""".format(K=K, N=N, TILE=TILE)
+"""
 
 
 def _run_child_and_kill(path, mode, stop_at, kill_after_done=None, durable=True):
