@@ -108,7 +108,7 @@ def cpu_section(args, rows):
 
     fns, cpu = with_cpu_time({"matmul (limit)": bare, "ours topk (cpu)": ours, "torch full + topk": torch_way})
     res = compare(fns, baseline="matmul (limit)", warmup=1, repeats=args.repeats)
-    del out
+    out = None  # free the [N, M] buffer (bare() is not called again)
     cpu_med = {name: float(np.median(v[1:])) for name, v in cpu.items()}  # [0] is the warm-up call
     if not args.skip_numpy:
         def numpy_way():

@@ -99,8 +99,8 @@ def main():
         return _worker(a.worker, a.k, a.repeats, a.single)
 
     import numpy as np
-
     from harness import machine, print_table, record
+
     from daunce_fast import storage
 
     cores = os.cpu_count()

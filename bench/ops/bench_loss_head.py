@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
-from harness import _status_kib, compare, print_table, record  # noqa: E402
+from harness import _status_kib, compare, print_table, record
 
-from daunce_fast.losses import per_example_loss  # noqa: E402
+from daunce_fast.losses import per_example_loss
 
 
 def explicit(h, W, y):
@@ -80,7 +80,8 @@ def cpu_section(args):
     for V in args.vocab:
         h, W, y = _cpu_inputs(R, T, args.d, V)
         for phase, wrap in PHASES.items():
-            res = compare({k: (lambda f=f: wrap(f, h, W, y)) for k, f in IMPLS.items()}, baseline="explicit",
+            res = compare({k: (lambda f=f, wrap=wrap, h=h, W=W, y=y: wrap(f, h, W, y)) for k, f in IMPLS.items()},
+                          baseline="explicit",
                           repeats=args.repeats)
             mem = {k: _peak_in_child(k, phase, V, R, T, args) for k in IMPLS}
             for k in IMPLS:
@@ -105,7 +106,8 @@ def gpu_section(args):
                      "triton": lambda h_, W_, y_: per_example_loss(h_, W_, y_, backend="triton"),
                      "chunked": lambda h_, W_, y_: per_example_loss(h_, W_, y_, backend="torch")}
             for phase, wrap in (("fwd+bwd", fwd_bwd), ("fwd", lambda f, *a: f(*a))):
-                res = compare({k: (lambda f=f: wrap(f, h, W, y)) for k, f in impls.items()}, baseline="explicit",
+                res = compare({k: (lambda f=f, wrap=wrap, h=h, W=W, y=y: wrap(f, h, W, y)) for k, f in impls.items()},
+                              baseline="explicit",
                               repeats=args.repeats)
                 mem = {}
                 for k, f in impls.items():

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
-from harness import compare, machine, print_table, record  # noqa: E402
+from harness import compare, machine, print_table, record
 
-from daunce_fast import lora  # noqa: E402
+from daunce_fast import lora
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared harness
-from harness import print_table, record  # noqa: E402
+from harness import print_table, record
 
-from daunce_fast.daunce import Daunce, DaunceConfig  # noqa: E402
-from daunce_fast.daunce.objectives import base_terms, cross_entropy_per_example, daunce_loss  # noqa: E402
-from daunce_fast.daunce.heads import hessian_direction  # noqa: E402
-from daunce_fast.daunce.trainer import ChunkPlan, lr_factor, make_optimizer  # noqa: E402
-from daunce_fast.demos.tasks import load_tabular, mlp, train_classifier  # noqa: E402
+from daunce_fast.daunce import Daunce, DaunceConfig
+from daunce_fast.daunce.heads import hessian_direction
+from daunce_fast.daunce.objectives import base_terms, cross_entropy_per_example, daunce_loss
+from daunce_fast.daunce.trainer import ChunkPlan, lr_factor, make_optimizer
+from daunce_fast.demos.tasks import load_tabular, mlp, train_classifier
 
 
 def train_one(theta0, task, cfg: DaunceConfig, k: int, workdir: Path) -> None:

@@ -143,7 +143,7 @@ def bench_read(d, x_full, size_bytes, read_tile, repeats, K):
         rng = np.random.default_rng(0)
         starts = rng.integers(0, N - read_tile, size=repeats + 1)
 
-        def tile_read(j0, via):
+        def tile_read(j0, via, path=path):
             with st.open(path, advice="random" if via == "map+random" else None) as r:  # open included
                 if via.startswith("map"):
                     return np.array(r["loss"][:, j0:j0 + read_tile])
@@ -157,7 +157,7 @@ def bench_read(d, x_full, size_bytes, read_tile, repeats, K):
             for via in vias:
                 drop_cache(path)
                 t0 = time.perf_counter()
-                got, m = peak_rss_delta(lambda: tile_read(int(j0), via))
+                got, m = peak_rss_delta(lambda j0=j0, via=via: tile_read(int(j0), via))
                 t1 = time.perf_counter()
                 got2 = tile_read(int(j0), via)  # now cached
                 t2 = time.perf_counter()
@@ -169,7 +169,7 @@ def bench_read(d, x_full, size_bytes, read_tile, repeats, K):
         for rep in range(min(repeats, 2) + 1):
             drop_cache(path)
             t0 = time.perf_counter()
-            full, mem["load_file cold"] = peak_rss_delta(lambda: load_file(path)["loss"])
+            full, mem["load_file cold"] = peak_rss_delta(lambda path=path: load_file(path)["loss"])
             dt = time.perf_counter() - t0
             assert full.shape == (K, N)
             del full
@@ -203,7 +203,7 @@ def main(argv=None):
     d = tempfile.mkdtemp(prefix="bench_storage_", dir=args.dir)
     try:
         x = np.random.default_rng(0).standard_normal((K, N), dtype=np.float32)
-        print("load average %.2f %.2f %.2f at the start" % os.getloadavg())
+        print("load average {:.2f} {:.2f} {:.2f} at the start".format(*os.getloadavg()))
         print(f"matrix [{K}, {N}] float32 = {x.nbytes / 1e9:.2f} GB; write tile [{K}, {args.tile_cols}] "
               f"({K * args.tile_cols * 4 / 1e6:.1f} MB), read tile [{K}, {args.read_tile}]; dir {d}")
         rows = []
@@ -216,7 +216,7 @@ def main(argv=None):
             rr = bench_read(d, x, size, args.read_tile, args.repeats, K)
             rows += rr
             print_table(rr, ["variant", "GB", "tile", "median_s", "min_s", "vs_load_file", "peak_rss_MB"])
-        load = "load average %.2f %.2f %.2f (2 cores, shared)" % os.getloadavg()
+        load = "load average {:.2f} {:.2f} {:.2f} (2 cores, shared)".format(*os.getloadavg())
         print(load)
         for r in rows:
             r["loadavg"] = load

@@ -33,8 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from daunce_fast.evaluation.groundtruth import (  # noqa: E402, F401 (re-exported to the LDS studies)
-    Recipe, build, load_task, model_from_state)
+from daunce_fast.evaluation.groundtruth import Recipe, build, load_task, model_from_state  # noqa: E402, F401 (re-exported to the LDS studies)
 
 OUT = ROOT / "bench" / "out"
 
@@ -86,7 +85,7 @@ def main(argv=None):
         i = gt["info"]
         t = gt["targets"]
         print(f"{name}: N={i['n_train']} M={i['n_test']} recipe={gt['recipe']}")
-        print(f"  full models: {i['full_models_s']:.1f}s  test acc {['%.3f' % v for v in i['full_test_acc']]}")
+        print(f"  full models: {i['full_models_s']:.1f}s  test acc {[f'{v:.3f}' for v in i['full_test_acc']]}")
         print(f"  {a.subsets}x{a.runs_per_subset} subset models: {i['subset_models_s']:.1f}s  "
               f"mean test acc {i['subset_test_acc_mean']:.3f}  target mean {t.mean():.3f} "
               f"across-subset std (median over tests) {t.std(0).median():.4f}")

@@ -6,22 +6,33 @@
 Prints one JSON line per combination: the options, LDS of covariance and Pearson scores
 (non-finite scores set to 0), and the wall time of fit + recording.
 """
+import itertools
+import json
+import sys
+import tempfile
+import time
 from pathlib import Path
-import sys, time, tempfile, json, itertools
-import numpy as np, torch
+
+import numpy as np
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / 'bench' / 'out'
-from daunce_fast.demos.tasks import load_tabular, mlp
-from daunce_fast.daunce import Daunce
-from daunce_fast.evaluation.metrics import lds
+from daunce_fast.daunce import Daunce  # noqa: E402
+from daunce_fast.demos.tasks import load_tabular, mlp  # noqa: E402
+from daunce_fast.evaluation.metrics import lds  # noqa: E402
+
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
 ds = sys.argv[1]
 g = torch.load(f'{OUT}/lds_{ds}.pt', weights_only=False)
 r = g['recipe']
 t = load_tabular(ds, test_size=r['test_size'], seed=r['split_seed'])
-m = mlp(t.x_train.shape[1], t.num_classes, hidden=r['hidden'], depth=r['depth']); m.load_state_dict(g['theta0']); m.eval()
-tr = torch.utils.data.TensorDataset(t.x_train, t.y_train); te = torch.utils.data.TensorDataset(t.x_test, t.y_test)
+m = mlp(t.x_train.shape[1], t.num_classes, hidden=r['hidden'], depth=r['depth'])
+m.load_state_dict(g['theta0'])
+m.eval()
+tr = torch.utils.data.TensorDataset(t.x_train, t.y_train)
+te = torch.utils.data.TensorDataset(t.x_test, t.y_test)
 grid = json.loads(sys.argv[3])
 keys = list(grid)
 for vals in itertools.product(*[grid[k] for k in keys]):

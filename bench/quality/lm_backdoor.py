@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse_spec(spec: str) -> dict:
-    from daunce_fast.demos import lm_backdoor as L
     from daunce_fast.demos.lm_backdoor import lm_defaults
 
     opts = lm_defaults()
@@ -106,8 +105,9 @@ def main(argv=None) -> int:
 
         return run_gpu()
 
-    from daunce_fast.demos import lm_backdoor as L
     from lm_backdoor_methods import daunce_scores, graddot_scores, random_scores
+
+    from daunce_fast.demos import lm_backdoor as L
 
     train, trig, clean, ck = theta0(args)
     n_p = int(train.poisoned.sum())

@@ -85,7 +85,7 @@ def _peft(base, ids, labels, models=2):
         g = torch.Generator().manual_seed(m)
         sub = torch.randperm(len(ids), generator=g)[:len(ids) // 2]
         pm.train()
-        for s in range(STEPS):
+        for _ in range(STEPS):
             idx = sub[torch.randint(0, len(sub), (BATCH,), generator=g)]
             out = pm(input_ids=ids[idx].cuda(), labels=labels[idx].cuda())
             opt.zero_grad(set_to_none=True)
