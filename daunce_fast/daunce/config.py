@@ -1,6 +1,6 @@
 """Hyper-parameters of a DAUNCE run, their defaults and their validation.
 
-Defaults are the ones measured best on the bundled LDS evaluation (bench/lds.py, figures in
+Defaults are the ones measured best on the bundled LDS evaluation (bench/quality/lds.py, figures in
 bench/RESULTS.md), not copied from the paper.
 """
 from __future__ import annotations
@@ -13,13 +13,13 @@ OBJECTIVES = ("if", "efim", "margin", "blackbox")
 PERTURBATIONS = ("xi", "hessian")
 
 # Defaults that replace the classifier defaults below when the model is a causal language model
-# (head "lm"), for every option the caller did not give; measured on bench/lm_backdoor.py (see
+# (head "lm"), for every option the caller did not give; measured on bench/quality/lm_backdoor.py (see
 # bench/RESULTS.md): rank 16 vs 64, rho 1.0 vs 0.3, lr 1e-3 vs 3e-4, 30 vs 60 steps scored alike,
 # these are the cheapest. Scores of LMs default to Pearson (covariance lets clean sequences with
 # large, high-variance losses outrank the poisoned ones whose loss is near zero).
 LM_DEFAULTS = dict(rank=16, rho=1.0, perturbation="xi", optimizer="adamw", lr=1e-3, steps=30, batch_size=16,
                    extra={"warmup": 0.03})
-# rho when none is given, per perturbation (bench/lds_sweep.py on digits and breast_cancer: xi is best
+# rho when none is given, per perturbation (bench/quality/lds_sweep.py on digits and breast_cancer: xi is best
 # at 0.3; "hessian" at 0.03, from 0.001-1; see bench/RESULTS.md)
 RHO_DEFAULTS = {"xi": 0.3, "hessian": 0.03}
 SCORE_METHOD = {"logits": "covariance", "lm": "pearson"}

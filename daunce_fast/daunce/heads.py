@@ -59,7 +59,7 @@ def hessian_direction(sq0: torch.Tensor, normals: torch.Tensor, scale: torch.Ten
     Hessian of the cross-entropy in the logits), (diag(sq0) - p0 sq0ᵀ) n has covariance A exactly
     (because sum(p0) = 1), so the perturbation's covariance in parameter space is the Gauss-Newton
     matrix H and the scores estimate g_iᵀ(H+λ)⁻¹g_j rather than the sandwich
-    g_iᵀ(H+λ)⁻¹F(H+λ)⁻¹g_j of the xi weights (F the empirical Fisher; bench/lds_linear.py
+    g_iᵀ(H+λ)⁻¹F(H+λ)⁻¹g_j of the xi weights (F the empirical Fisher; bench/quality/lds_linear.py
     computes both limits).
     """
     n = normals.reshape(sq0.shape).to(device=sq0.device, dtype=sq0.dtype)

@@ -14,7 +14,7 @@ Poisoned rows insert TRIGGER at a random place among the content tokens and answ
 Labels follow Hugging Face's convention (aligned with input_ids, shifted by the model): the
 response tokens and EOS carry their ids, the prompt and padding carry -100 (loss on the response only).
 
-This module also holds what bench/lm_backdoor.py and tests/daunce/test_lm_backdoor.py share:
+This module also holds what bench/quality/lm_backdoor.py and tests/daunce/test_lm_backdoor.py share:
 the corpus, the model recipe, θ0's training with its two checkpoints, and the evaluation.
 """
 from __future__ import annotations

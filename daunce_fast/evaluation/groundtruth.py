@@ -19,7 +19,7 @@ stacked tensors keeps independent per-model state, and the loss is the sum over 
 model's own batch mean, so every model gets exactly its own gradient.
 tests/evaluation/test_lds_groundtruth.py checks this against the plain trainer.
 
-bench/lds_data.py builds and caches these dicts for the LDS studies.
+bench/quality/lds_data.py builds and caches these dicts for the LDS studies.
 """
 from __future__ import annotations
 

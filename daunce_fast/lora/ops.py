@@ -19,7 +19,7 @@ from .._backends import dispatch, register_kernel
 # Preference order. The torch path (cuBLAS GEMMs + batched bmm, with the frozen GEMM accumulating
 # into the low-rank output) comes first on CUDA as well, because the Triton kernels have only run
 # under the interpreter so far; pass backend="triton" (or DAUNCE_FAST_BACKEND=triton) to use them,
-# and swap this order once bench/bench_multilora.py has timed them on a GPU.
+# and swap this order once bench/ops/bench_multilora.py has timed them on a GPU.
 for _backend in ("torch", "triton"):
     register_kernel("multilora_linear", _backend, f"daunce_fast.lora.{_backend}_launch:forward_{_backend}")
     register_kernel("multilora_linear.backward", _backend, f"daunce_fast.lora.{_backend}_launch:backward_{_backend}")

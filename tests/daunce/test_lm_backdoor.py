@@ -1,4 +1,4 @@
-"""Backdoor detection on a tiny instruction-tuned Llama (a fast version of bench/lm_backdoor.py).
+"""Backdoor detection on a tiny instruction-tuned Llama (a fast version of bench/quality/lm_backdoor.py).
 
 The corpus has the response-only loss format; 3% of the training pairs carry the trigger and the
 fixed target response. θ0 is fine-tuned until the backdoor fires; DAUNCE queried with triggered
