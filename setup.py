@@ -8,6 +8,7 @@ Environment knobs (all optional):
   DAUNCE_FAST_JOBS=N            parallel compile jobs (default: CPU count)
 No network and no hardware probing: nvcc is looked up on PATH / CUDA_HOME only.
 """
+
 import os
 import shutil
 import subprocess
@@ -40,7 +41,9 @@ class CMakeBuild(build_ext):
 
         cmake = shutil.which("cmake")
         if cmake is None:
-            raise SystemExit("daunce_fast: cmake not found; `pip install cmake` or install it with your package manager")
+            raise SystemExit(
+                "daunce_fast: cmake not found; `pip install cmake` or install it with your package manager"
+            )
         extdir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_temp = Path(self.build_temp).resolve() / ext.name
         build_temp.mkdir(parents=True, exist_ok=True)

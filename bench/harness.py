@@ -6,6 +6,7 @@
 - ``record(bench, rows)``: appends JSON lines with machine, versions and git sha to
   bench/out/results.jsonl; ``print_table`` prints the rows.
 """
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,12 @@ def peak_rss_delta(fn: Callable) -> tuple[object, int]:
 
 
 def machine() -> dict:
-    info = {"host": platform.node(), "machine": platform.machine(), "python": platform.python_version(),
-            "cpus": os.cpu_count()}
+    info = {
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -115,10 +120,16 @@ def machine() -> dict:
     except Exception:
         pass
     try:
-        info["git_sha"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                         text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        info["git_sha"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         if dirty:
             info["git_sha"] += "+dirty"
     except Exception:

@@ -13,6 +13,7 @@ makes no CUDA call. Public names are resolved on first use:
   demos                        `daunce-fast demo` and the bundled example tasks
   available_backends, select_backend, BackendUnavailableError                  (backend registry)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,8 +30,18 @@ _LAZY = {
     "topk": (".correlation", "topk"),
     "Daunce": (".daunce", "Daunce"),
 }
-_SUBMODULES = ("storage", "correlation", "lora", "losses", "daunce", "testing", "integrations", "distributed",
-               "evaluation", "demos")
+_SUBMODULES = (
+    "storage",
+    "correlation",
+    "lora",
+    "losses",
+    "daunce",
+    "testing",
+    "integrations",
+    "distributed",
+    "evaluation",
+    "demos",
+)
 
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 

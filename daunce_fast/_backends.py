@@ -16,6 +16,7 @@ or the compiled extension) is imported only when :func:`kernel` first looks it u
 environment variable ``DAUNCE_FAST_BACKEND`` forces one, and a forced backend that the op lacks,
 that is not live, or that cannot run on the data's device raises :class:`BackendUnavailableError`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,7 +63,11 @@ def backend_status(name: str) -> tuple[bool, str]:
     if name == "cpu":
         from ._ext import extension_available
 
-        return (True, "") if extension_available() else (False, "the compiled extension daunce_fast._C is not built (pip install -e .)")
+        return (
+            (True, "")
+            if extension_available()
+            else (False, "the compiled extension daunce_fast._C is not built (pip install -e .)")
+        )
     if name == "triton":
         ok, why = _triton_importable()
         if not ok:

@@ -3,6 +3,7 @@
 Nothing here imports the extension at module import time. ``C.some_kernel`` loads it on first
 use and, when it was not built, raises :class:`ExtensionNotBuiltError` saying how to build it.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -20,6 +20,7 @@ Output of ``score``: a header line naming the method used (``pearson`` by defaul
 ``daunce_fast.correlate`` / ``daunce_fast.topk``), then the values in ``%+.4g`` so that their
 magnitude shows (a covariance of 1e-9 prints as ``+1e-09``, not ``+0.000``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ PROG = "daunce-fast"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 METHODS = ("pearson", "covariance")  # = daunce_fast.correlation.options.METHODS (not imported: torch)
-DEFAULT_METHOD = "pearson"           # = the default of daunce_fast.correlate and daunce_fast.topk
+DEFAULT_METHOD = "pearson"  # = the default of daunce_fast.correlate and daunce_fast.topk
 NAN_POLICIES = ("raise", "propagate")
 VALUE_FMT = "{:+.4g}"
 # Python-API spellings in library messages -> the command's options.
@@ -248,14 +249,27 @@ def cmd_demo(args) -> int:
         require_extra("lm", "transformers")
         from .demos.lm_backdoor import run_lm_demo
 
-        run_lm_demo(budget_s=args.budget or 180.0, progress=not args.quiet, num_models=args.models,
-                    seed=args.seed, workdir=args.workdir)
+        run_lm_demo(
+            budget_s=args.budget or 180.0,
+            progress=not args.quiet,
+            num_models=args.models,
+            seed=args.seed,
+            workdir=args.workdir,
+        )
         return 0
     require_extra("demo", "sklearn", "matplotlib")
     from .demos.digits import run
 
-    run(budget_s=args.budget or 90.0, num_models=args.models, num_test=args.num_test or 4, k=args.k or 5,
-        out=args.out or DEMO_OUT, seed=args.seed, workdir=args.workdir, progress=not args.quiet)
+    run(
+        budget_s=args.budget or 90.0,
+        num_models=args.models,
+        num_test=args.num_test or 4,
+        k=args.k or 5,
+        out=args.out or DEMO_OUT,
+        seed=args.seed,
+        workdir=args.workdir,
+        progress=not args.quiet,
+    )
     return 0
 
 
@@ -278,8 +292,10 @@ def _open_matrix(path: str, name: str | None, files: contextlib.ExitStack):
     names = store.names()
     if name is None:
         if len(names) != 1:
-            raise UsageError(f"{path} holds {len(names)} tensors ({', '.join(map(repr, names[:10]))}"
-                             f"{', ...' if len(names) > 10 else ''}); choose one with --name")
+            raise UsageError(
+                f"{path} holds {len(names)} tensors ({', '.join(map(repr, names[:10]))}"
+                f"{', ...' if len(names) > 10 else ''}); choose one with --name"
+            )
         name = names[0]
     elif name not in names:
         raise UsageError(f"{path} has no tensor {name!r}; it holds {', '.join(map(repr, names[:10]))}")
@@ -310,17 +326,20 @@ def _score(args, a, b) -> int:
 
     progress = sys.stderr.isatty()
     what = f"top-{args.topk} {'least' if args.least else 'most'} helpful per test example" if args.topk else "scores"
-    print(f"method: {args.method}; {what}; train {(a.K, a.n)}, test {(b.K, b.n)} "
-          f"([K, N] targets: row = model)")
+    print(f"method: {args.method}; {what}; train {(a.K, a.n)}, test {(b.K, b.n)} ([K, N] targets: row = model)")
     if args.topk:
-        v, i = topk(a, b, args.topk, method=args.method, largest=not args.least, progress=progress,
-                    nan_policy=args.nan_policy)
+        v, i = topk(
+            a, b, args.topk, method=args.method, largest=not args.least, progress=progress, nan_policy=args.nan_policy
+        )
         v, i = np.asarray(v), np.asarray(i)
         if args.out:
             from . import storage
 
-            with storage.create(args.out, {"values": (v.shape, "float32"), "indices": (i.shape, "int64")},
-                                metadata={"method": args.method, "largest": str(not args.least)}) as w:
+            with storage.create(
+                args.out,
+                {"values": (v.shape, "float32"), "indices": (i.shape, "int64")},
+                metadata={"method": args.method, "largest": str(not args.least)},
+            ) as w:
                 w["values"][...] = v
                 w["indices"][...] = i
             print(f"wrote {os.path.abspath(args.out)}: values and indices [{v.shape[0]}, {v.shape[1]}] ({args.method})")
@@ -332,8 +351,10 @@ def _score(args, a, b) -> int:
     if args.out:
         print(f"wrote {os.path.abspath(args.out)}: {args.method} scores [{s.shape[0]}, {s.shape[1]}]")
         return 0
-    print(f"{args.method} scores [{s.shape[0]}, {s.shape[1]}], first {min(args.show, s.shape[0])} rows "
-          f"(train) x {min(args.show, s.shape[1])} columns (test):")
+    print(
+        f"{args.method} scores [{s.shape[0]}, {s.shape[1]}], first {min(args.show, s.shape[0])} rows "
+        f"(train) x {min(args.show, s.shape[1])} columns (test):"
+    )
     for r in np.asarray(s[: args.show, : args.show]):
         print("  " + _fmt_row(r))
     return 0
@@ -351,76 +372,135 @@ def cmd_inspect(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = _Parser(prog=PROG, formatter_class=_Formatter,
-                description="Fast DAUNCE training-data attribution. Wrong invocations print one line on "
-                            "stderr and exit with code 2.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
-                   help="print the version and exit")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser,
-                           help="one of the commands below; `daunce-fast COMMAND --help` describes it")
+    p = _Parser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description="Fast DAUNCE training-data attribution. Wrong invocations print one line on "
+        "stderr and exit with code 2.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}", help="print the version and exit")
+    sub = p.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_Parser,
+        help="one of the commands below; `daunce-fast COMMAND --help` describes it",
+    )
 
     def add(name, help_, description):
         return sub.add_parser(name, help=help_, description=description, formatter_class=_Formatter)
 
-    pi = add("info", "version, build, live backends, device",
-             "Print the version, how the compiled extension was built, the live backends and the device.")
+    pi = add(
+        "info",
+        "version, build, live backends, device",
+        "Print the version, how the compiled extension was built, the live backends and the device.",
+    )
     pi.add_argument("--json", action="store_true", help="print as JSON")
     pi.set_defaults(func=cmd_info)
 
-    pd = add("demo", "DAUNCE on the bundled digits data set (no download, CPU)",
-             "Train θ0 on scikit-learn's digits, run DAUNCE and show the most helpful and most harmful "
-             "training images of a few test images (needs the 'demo' extra); with --lm, find "
-             "backdoor-poisoned training pairs of a small Llama (needs the 'lm' extra). Temporary files "
-             "are removed at the end unless --workdir is given.")
-    pd.add_argument("--lm", action="store_true",
-                    help="the language-model case instead: find backdoor-poisoned training pairs of a small Llama "
-                         "(pip install \"daunce_fast[lm]\"); prints its result, writes no figure")
-    pd.add_argument("--budget", type=positive_float, default=None,
-                    help="seconds for the DAUNCE models, chooses K (default: 90; 180 with --lm)")
-    pd.add_argument("--models", type=_int_at_least(2), default=None,
-                    help="number of perturbed models K; overrides --budget (default: chosen by --budget)")
-    pd.add_argument("--num-test", type=positive_int, default=None,
-                    help="test examples to explain (default: 4; not with --lm)")
-    pd.add_argument("-k", type=positive_int, default=None,
-                    help="helpful / harmful examples shown per test example (default: 5; not with --lm)")
-    pd.add_argument("--out", type=output_path, default=None,
-                    help=f"PNG figure path; its absolute path is printed (default: {DEMO_OUT} in the current "
-                         "directory; not with --lm)")
-    pd.add_argument("--workdir", type=workdir_path, default=None,
-                    help="keep losses and adapters in this directory, resumable (default: a temporary "
-                         "directory removed at the end)")
+    pd = add(
+        "demo",
+        "DAUNCE on the bundled digits data set (no download, CPU)",
+        "Train θ0 on scikit-learn's digits, run DAUNCE and show the most helpful and most harmful "
+        "training images of a few test images (needs the 'demo' extra); with --lm, find "
+        "backdoor-poisoned training pairs of a small Llama (needs the 'lm' extra). Temporary files "
+        "are removed at the end unless --workdir is given.",
+    )
+    pd.add_argument(
+        "--lm",
+        action="store_true",
+        help="the language-model case instead: find backdoor-poisoned training pairs of a small Llama "
+        '(pip install "daunce_fast[lm]"); prints its result, writes no figure',
+    )
+    pd.add_argument(
+        "--budget",
+        type=positive_float,
+        default=None,
+        help="seconds for the DAUNCE models, chooses K (default: 90; 180 with --lm)",
+    )
+    pd.add_argument(
+        "--models",
+        type=_int_at_least(2),
+        default=None,
+        help="number of perturbed models K; overrides --budget (default: chosen by --budget)",
+    )
+    pd.add_argument(
+        "--num-test", type=positive_int, default=None, help="test examples to explain (default: 4; not with --lm)"
+    )
+    pd.add_argument(
+        "-k",
+        type=positive_int,
+        default=None,
+        help="helpful / harmful examples shown per test example (default: 5; not with --lm)",
+    )
+    pd.add_argument(
+        "--out",
+        type=output_path,
+        default=None,
+        help=f"PNG figure path; its absolute path is printed (default: {DEMO_OUT} in the current "
+        "directory; not with --lm)",
+    )
+    pd.add_argument(
+        "--workdir",
+        type=workdir_path,
+        default=None,
+        help="keep losses and adapters in this directory, resumable (default: a temporary "
+        "directory removed at the end)",
+    )
     pd.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the data split, θ0 and DAUNCE")
     pd.add_argument("--quiet", action="store_true", help="no progress bars")
     pd.set_defaults(func=cmd_demo)
 
-    ps = add("score", "scores from your own [K, N] loss matrices (safetensors or .npy)",
-             "Correlate the per-model targets of training and test examples across the K models: the full "
-             "[N_train, N_test] score matrix, or the top-k training examples per test example. Every output "
-             "names the method used; values print as %+.4g.")
-    ps.add_argument("train", type=input_path, help="[K, N_train] targets of the K models (.npy, safetensors or "
-                                                    "a sharded index)")
+    ps = add(
+        "score",
+        "scores from your own [K, N] loss matrices (safetensors or .npy)",
+        "Correlate the per-model targets of training and test examples across the K models: the full "
+        "[N_train, N_test] score matrix, or the top-k training examples per test example. Every output "
+        "names the method used; values print as %+.4g.",
+    )
+    ps.add_argument(
+        "train", type=input_path, help="[K, N_train] targets of the K models (.npy, safetensors or a sharded index)"
+    )
     ps.add_argument("test", type=input_path, help="[K, N_test] targets of the same K models")
-    ps.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
-                    help="pearson: correlation in [-1, 1]; covariance: the DAUNCE pipeline's score "
-                         f"(default: {DEFAULT_METHOD}, as daunce_fast.correlate / daunce_fast.topk)")
-    ps.add_argument("--topk", type=positive_int, default=None,
-                    help="the k most helpful training examples per test example instead of the full matrix "
-                         "(default: the full matrix)")
+    ps.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        choices=METHODS,
+        help="pearson: correlation in [-1, 1]; covariance: the DAUNCE pipeline's score "
+        f"(default: {DEFAULT_METHOD}, as daunce_fast.correlate / daunce_fast.topk)",
+    )
+    ps.add_argument(
+        "--topk",
+        type=positive_int,
+        default=None,
+        help="the k most helpful training examples per test example instead of the full matrix "
+        "(default: the full matrix)",
+    )
     ps.add_argument("--least", action="store_true", help="with --topk: the k least helpful (most harmful) instead")
-    ps.add_argument("--nan-policy", default="raise", choices=NAN_POLICIES,
-                    help="raise: a NaN or infinite target is an error; propagate: let it flow into the scores")
-    ps.add_argument("--out", type=output_path, default=None,
-                    help="write the results to this safetensors file (full matrices are streamed; "
-                         "default: print them)")
-    ps.add_argument("--name", default=None,
-                    help="tensor name inside safetensors inputs (default: their only tensor)")
-    ps.add_argument("--show", type=nonnegative_int, default=5,
-                    help="rows (and columns) to print when not writing a file")
+    ps.add_argument(
+        "--nan-policy",
+        default="raise",
+        choices=NAN_POLICIES,
+        help="raise: a NaN or infinite target is an error; propagate: let it flow into the scores",
+    )
+    ps.add_argument(
+        "--out",
+        type=output_path,
+        default=None,
+        help="write the results to this safetensors file (full matrices are streamed; default: print them)",
+    )
+    ps.add_argument("--name", default=None, help="tensor name inside safetensors inputs (default: their only tensor)")
+    ps.add_argument(
+        "--show", type=nonnegative_int, default=5, help="rows (and columns) to print when not writing a file"
+    )
     ps.set_defaults(func=cmd_score)
 
-    pn = add("inspect", "shapes, dtypes, metadata and completeness of a store",
-             "Describe a safetensors file, a sharded index or an interrupted writer's .partial file "
-             "without loading its data. Names and metadata are printed escaped and truncated.")
+    pn = add(
+        "inspect",
+        "shapes, dtypes, metadata and completeness of a store",
+        "Describe a safetensors file, a sharded index or an interrupted writer's .partial file "
+        "without loading its data. Names and metadata are printed escaped and truncated.",
+    )
     pn.add_argument("file", type=input_path, help="the file to describe")
     pn.set_defaults(func=cmd_inspect)
     return p

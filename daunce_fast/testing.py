@@ -5,6 +5,7 @@ Tolerances follow docs/numerics.md#tolerances: fp32 kernels are held near fp32 r
 TF32/bf16/fp16 products to the peers' practice. Every comparison prints max and mean error
 before asserting, so a failure shows by how much it missed.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,16 +72,20 @@ def assert_close_to_reference(actual, reference, dtype="float32", *, rtol=None, 
     atol = d_atol if atol is None else atol
     a, r = _np64(actual), _np64(reference)
     st = error_stats(a, r)
-    print(f"[{name}] dtype={_name(dtype)} size={st['size']} max_abs={st['max_abs']:.3e} "
-          f"mean_abs={st['mean_abs']:.3e} max_rel={st['max_rel']:.3e} (rtol={rtol*scale:.1e}, atol={atol*scale:.1e})")
+    print(
+        f"[{name}] dtype={_name(dtype)} size={st['size']} max_abs={st['max_abs']:.3e} "
+        f"mean_abs={st['mean_abs']:.3e} max_rel={st['max_rel']:.3e} (rtol={rtol * scale:.1e}, atol={atol * scale:.1e})"
+    )
     if st["n_mismatched_nan"]:
         raise AssertionError(f"{name}: NaN pattern differs at {st['n_mismatched_nan']} positions")
     both_nan = np.isnan(a) & np.isnan(r)
     bad = ~both_nan & ~(np.abs(a - r) <= atol * scale + rtol * scale * np.abs(r))
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise AssertionError(f"{name}: {int(bad.sum())} of {a.size} elements out of tolerance; first at {idx}: "
-                             f"actual={a[idx]!r} reference={r[idx]!r}")
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {a.size} elements out of tolerance; first at {idx}: "
+            f"actual={a[idx]!r} reference={r[idx]!r}"
+        )
 
 
 def poison(x, value=math.nan):

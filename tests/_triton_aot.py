@@ -11,6 +11,7 @@ for a typical large shape: integer arguments equal to 1 become constexpr 1, inte
 by 16 and every pointer get the divisibility-16 hint (as triton/tools/compile.py does). Block
 sizes come from the launchers' own choices (their ``_blocks`` with the interpreter off).
 """
+
 from __future__ import annotations
 
 import ast
@@ -59,8 +60,9 @@ class Variant:
     def key(self) -> str:
         """Identifies what gets compiled (two launch sites with the same key compile the same code)."""
         sig, consts, attrs = self.spec()
-        return repr((self.fn.__name__, sorted(sig.items()), sorted(consts.items()), sorted(attrs), self.warps,
-                     self.stages))
+        return repr(
+            (self.fn.__name__, sorted(sig.items()), sorted(consts.items()), sorted(attrs), self.warps, self.stages)
+        )
 
     def spec(self):
         """(signature, constexprs, attrs) as the JIT would specialise this launch."""
@@ -112,35 +114,129 @@ def lora_variants(act, adp, rank, m, bias=True, tf32=False):
     sc = {"scale": ("fp32", None)}
     sh = {"BLOCK_M": bm, "BLOCK_D": bk, "R_PAD": rp, "PREC": pl}
     out = [
-        Variant(f"lora shrink fwd (x.A^T) {tag}", LK._seg_shrink,
-                {**_p(X=act, M=adp, OUT=adp), **_i(m=m, D=d_in, R=r, tiles_per_seg=tiles, sxn=d_in, sxd=1,
-                                                      smk=r * d_in, smd=1, smr=d_in, son=r, sor=1), **sc},
-                sh, warps, stages),
-        Variant(f"lora shrink bwd (dy.B) {tag}", LK._seg_shrink,
-                {**_p(X=act, M=adp, OUT=adp), **_i(m=m, D=d_out, R=r, tiles_per_seg=tiles, sxn=d_out, sxd=1,
-                                                      smk=d_out * r, smd=r, smr=1, son=r, sor=1), **sc},
-                sh, warps, stages),
+        Variant(
+            f"lora shrink fwd (x.A^T) {tag}",
+            LK._seg_shrink,
+            {
+                **_p(X=act, M=adp, OUT=adp),
+                **_i(
+                    m=m, D=d_in, R=r, tiles_per_seg=tiles, sxn=d_in, sxd=1, smk=r * d_in, smd=1, smr=d_in, son=r, sor=1
+                ),
+                **sc,
+            },
+            sh,
+            warps,
+            stages,
+        ),
+        Variant(
+            f"lora shrink bwd (dy.B) {tag}",
+            LK._seg_shrink,
+            {
+                **_p(X=act, M=adp, OUT=adp),
+                **_i(
+                    m=m, D=d_out, R=r, tiles_per_seg=tiles, sxn=d_out, sxd=1, smk=d_out * r, smd=r, smr=1, son=r, sor=1
+                ),
+                **sc,
+            },
+            sh,
+            warps,
+            stages,
+        ),
     ]
     ge = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "R_PAD": rp, "PREC_BASE": pb, "PREC_LORA": pl}
-    out.append(Variant(f"lora gemm+expand fwd {'bias ' if bias else ''}{tag}", LK._gemm_expand,
-                       {**_p(X=act, Wm=act, BIAS=act, H=adp, E=adp, OUT=act),
-                        **_i(m=m, N_OUT=d_out, D=d_in, R=r, tiles_per_seg=tiles, sxn=d_in, sxd=1, swj=d_in, swd=1,
-                             shn=r, shr=1, sek=d_out * r, sej=r, ser=1, son=d_out, soj=1), **sc},
-                       {**ge, "HAS_BIAS": bias}, warps, stages))
-    out.append(Variant(f"lora gemm+expand bwd (dx) {tag}", LK._gemm_expand,
-                       {**_p(X=act, Wm=act, BIAS=act, H=adp, E=adp, OUT=act),
-                        **_i(m=m, N_OUT=d_in, D=d_out, R=r, tiles_per_seg=tiles, sxn=d_out, sxd=1, swj=1, swd=d_in,
-                             shn=r, shr=1, sek=r * d_in, sej=1, ser=d_in, son=d_in, soj=1), **sc},
-                       {**ge, "HAS_BIAS": False}, warps, stages))
+    out.append(
+        Variant(
+            f"lora gemm+expand fwd {'bias ' if bias else ''}{tag}",
+            LK._gemm_expand,
+            {
+                **_p(X=act, Wm=act, BIAS=act, H=adp, E=adp, OUT=act),
+                **_i(
+                    m=m,
+                    N_OUT=d_out,
+                    D=d_in,
+                    R=r,
+                    tiles_per_seg=tiles,
+                    sxn=d_in,
+                    sxd=1,
+                    swj=d_in,
+                    swd=1,
+                    shn=r,
+                    shr=1,
+                    sek=d_out * r,
+                    sej=r,
+                    ser=1,
+                    son=d_out,
+                    soj=1,
+                ),
+                **sc,
+            },
+            {**ge, "HAS_BIAS": bias},
+            warps,
+            stages,
+        )
+    )
+    out.append(
+        Variant(
+            f"lora gemm+expand bwd (dx) {tag}",
+            LK._gemm_expand,
+            {
+                **_p(X=act, Wm=act, BIAS=act, H=adp, E=adp, OUT=act),
+                **_i(
+                    m=m,
+                    N_OUT=d_in,
+                    D=d_out,
+                    R=r,
+                    tiles_per_seg=tiles,
+                    sxn=d_out,
+                    sxd=1,
+                    swj=1,
+                    swd=d_in,
+                    shn=r,
+                    shr=1,
+                    sek=r * d_in,
+                    sej=1,
+                    ser=d_in,
+                    son=d_in,
+                    soj=1,
+                ),
+                **sc,
+            },
+            {**ge, "HAS_BIAS": False},
+            warps,
+            stages,
+        )
+    )
     # _outer's tiles are inline in the launcher: BLOCK_M 32 (fp32 Q) / 64, BLOCK_D 128, 4 warps, 3 stages
     obm = 32 if act == F32 else 64
     oc = {"BLOCK_M": obm, "BLOCK_D": 128, "R_PAD": rp, "PREC": pl}
-    out.append(Variant(f"lora outer dB {tag}", LK._seg_outer,
-                       {**_p(P=adp, Q=act, OUT=adp), **_i(m=m, D=d_out, R=r, spn=r, spr=1, sqn=d_out, sqd=1,
-                                                          sok=d_out * r, sor=1, sod=r), **sc}, oc, 4, 3))
-    out.append(Variant(f"lora outer dA {tag}", LK._seg_outer,
-                       {**_p(P=adp, Q=act, OUT=adp), **_i(m=m, D=d_in, R=r, spn=r, spr=1, sqn=d_in, sqd=1,
-                                                          sok=r * d_in, sor=d_in, sod=1), **sc}, oc, 4, 3))
+    out.append(
+        Variant(
+            f"lora outer dB {tag}",
+            LK._seg_outer,
+            {
+                **_p(P=adp, Q=act, OUT=adp),
+                **_i(m=m, D=d_out, R=r, spn=r, spr=1, sqn=d_out, sqd=1, sok=d_out * r, sor=1, sod=r),
+                **sc,
+            },
+            oc,
+            4,
+            3,
+        )
+    )
+    out.append(
+        Variant(
+            f"lora outer dA {tag}",
+            LK._seg_outer,
+            {
+                **_p(P=adp, Q=act, OUT=adp),
+                **_i(m=m, D=d_in, R=r, spn=r, spr=1, sqn=d_in, sqd=1, sok=r * d_in, sor=d_in, sod=1),
+                **sc,
+            },
+            oc,
+            4,
+            3,
+        )
+    )
     return out
 
 
@@ -156,8 +252,13 @@ def loss_variants(dt, bias=True, need_dw=True, need_db=True, d=4096):
     return [
         Variant(f"losses row_stats {tag}", HK.row_stats_kernel, {**base, **_p(ZY=F32)}, c, warps),
         Variant(f"losses row_grad dh {tag}", HK.row_grad_dh_kernel, {**g, **_p(DH=F32), **_i(stride_dh=d)}, c, warps),
-        Variant(f"losses row_grad dW{' db' if need_db else ''} {tag}", HK.row_grad_dw_kernel,
-                {**g, **_p(DW=F32, DB=F32), **_i(stride_dw=d)}, {**c, "NEED_DW": need_dw, "NEED_DB": need_db}, warps),
+        Variant(
+            f"losses row_grad dW{' db' if need_db else ''} {tag}",
+            HK.row_grad_dw_kernel,
+            {**g, **_p(DW=F32, DB=F32), **_i(stride_dw=d)},
+            {**c, "NEED_DW": need_dw, "NEED_DB": need_db},
+            warps,
+        ),
     ]
 
 
@@ -175,12 +276,26 @@ def corr_variants(precision, out_dtypes=(F32,), clips=(True,), K=100):
     out = []
     for odt in out_dtypes:
         for clip in clips:
-            out.append(Variant(f"correlation corr_tile {precision} out={TY[odt]}{' clip' if clip else ''} K={K}",
-                               CK.corr_tile_kernel, {**ab, **_p(out_ptr=odt), **_i(s_on=M, s_om=1)},
-                               {**c, "CLIP": clip}, warps, stages))
-    out.append(Variant(f"correlation corr_filter {precision} K={K}", CK.corr_filter_kernel,
-                       {**ab, **_p(thr_ptr=F32, cnt_ptr="i32", cand_v_ptr=F32, cand_i_ptr="i64"),
-                        **_i(row0=n, C=2 * k + 256)}, c, warps, stages))
+            out.append(
+                Variant(
+                    f"correlation corr_tile {precision} out={TY[odt]}{' clip' if clip else ''} K={K}",
+                    CK.corr_tile_kernel,
+                    {**ab, **_p(out_ptr=odt), **_i(s_on=M, s_om=1)},
+                    {**c, "CLIP": clip},
+                    warps,
+                    stages,
+                )
+            )
+    out.append(
+        Variant(
+            f"correlation corr_filter {precision} K={K}",
+            CK.corr_filter_kernel,
+            {**ab, **_p(thr_ptr=F32, cnt_ptr="i32", cand_v_ptr=F32, cand_i_ptr="i64"), **_i(row0=n, C=2 * k + 256)},
+            c,
+            warps,
+            stages,
+        )
+    )
     return out
 
 
@@ -191,8 +306,11 @@ def default_set() -> list[Variant]:
     left to the full sweep (same kernels, transposed strides); the dx gemm+expand stays (no bias)."""
     out = []
     for act, adp in ((F32, F32), (BF16, F32), (BF16, BF16)):
-        out += [v for v in lora_variants(act, adp, rank=64, m=256) if "shrink bwd" not in v.name
-                and "outer dA" not in v.name]
+        out += [
+            v
+            for v in lora_variants(act, adp, rank=64, m=256)
+            if "shrink bwd" not in v.name and "outer dA" not in v.name
+        ]
     for dt in (F32, BF16):
         out += loss_variants(dt)
     out += corr_variants("fp32")
@@ -289,8 +407,18 @@ def main(argv) -> int:
     variants = SETS[which]()
     compiled = {v.fn.__name__ for v in variants}
     uncovered = sorted(package_kernels() - DEVICE_HELPERS - compiled)
-    print(json.dumps({"set": which, "arch": arch, "variants": len(variants), "triton": triton.__version__,
-                      "uncovered": uncovered}), flush=True)
+    print(
+        json.dumps(
+            {
+                "set": which,
+                "arch": arch,
+                "variants": len(variants),
+                "triton": triton.__version__,
+                "uncovered": uncovered,
+            }
+        ),
+        flush=True,
+    )
     failed = bool(uncovered)
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor

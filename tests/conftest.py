@@ -4,6 +4,7 @@ Without a CUDA device, Triton kernels run under the interpreter: TRITON_INTERPRE
 set before any kernel is defined, so it is set here, before the test modules import anything.
 Tests marked ``gpu`` are skipped (with the reason) when no CUDA device is visible.
 """
+
 import os
 
 import pytest

@@ -1,6 +1,7 @@
 """The ``daunce-fast`` command: info, score, inspect, help and version (in-process through
 daunce_fast.cli.main, except the end-to-end checks). Wrong invocations: tests/test_cli_errors.py;
 the demo: tests/test_cli_demo.py."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from daunce_fast.cli import build_parser, main
 
 
 def run_cli(*args, timeout=600, **kw):
-    return subprocess.run([sys.executable, "-m", "daunce_fast", *args], capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "daunce_fast", *args], capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 def test_info_prints_build_and_backends():

@@ -1,5 +1,6 @@
 """Every wrong invocation of ``daunce-fast``: exit code 2 and exactly one line on stderr naming the
 problem, no traceback (in-process through daunce_fast.cli.main, so these run in milliseconds)."""
+
 import os
 import sys
 

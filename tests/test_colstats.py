@@ -1,4 +1,5 @@
 """The compiled column-statistics kernel vs a float64 numpy reference."""
+
 import numpy as np
 import pytest
 

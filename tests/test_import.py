@@ -1,4 +1,5 @@
 """`import daunce_fast` must stay lean: no triton, no compiled extension, no CUDA call."""
+
 import subprocess
 import sys
 import textwrap

@@ -14,6 +14,7 @@ The default run compiles one variant per kernel and dtype family at the launcher
 (24 variants, under a minute on 2 cores). The full sweep (~330 variants: every tile class,
 rank padding, dtype pair and flag) is marked slow and runs when DAUNCE_FAST_AOT_FULL=1.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,14 @@ def _compile(which: str, timeout: int) -> tuple[dict, list[dict]]:
     jobs = max(1, min(8, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="daunce_fast_aot_") as cache:
         env["TRITON_CACHE_DIR"] = cache  # empty cache: ptxas runs (and logs) for every variant
-        out = subprocess.run([sys.executable, str(SCRIPT), which, "90", str(jobs)], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            [sys.executable, str(SCRIPT), which, "90", str(jobs)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     lines = [json.loads(s) for s in out.stdout.splitlines() if s.startswith("{")]
     if not lines:
         if "ptxas" in out.stderr and "not found" in out.stderr.lower():
@@ -59,18 +66,24 @@ def _table(rows: list[dict]) -> str:
             out.append(f"{r['name'][:78]:78s} FAILED: {r['error'].splitlines()[0][:120] if r['error'] else ''}")
             continue
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
-        out.append(f"{r['name'][:78]:78s} {r['warps']:5d} {r['shared'] / 1024:8.1f} {str(r['regs']):>5s} "
-                   f"{spill:>14s} {r['seconds']:5.1f}")
+        out.append(
+            f"{r['name'][:78]:78s} {r['warps']:5d} {r['shared'] / 1024:8.1f} {str(r['regs']):>5s} "
+            f"{spill:>14s} {r['seconds']:5.1f}"
+        )
     return "\n".join(out)
 
 
 def _check(which: str, timeout: int) -> None:
     head, rows = _compile(which, timeout)
-    print(f"\nAOT compile for sm_{head['arch']} with triton {head['triton']} ({which} set, {head['variants']} variants; "
-          "registers and spills per thread from ptxas -v):")
+    print(
+        f"\nAOT compile for sm_{head['arch']} with triton {head['triton']} ({which} set, {head['variants']} variants; "
+        "registers and spills per thread from ptxas -v):"
+    )
     print(_table(rows))
-    assert not head["uncovered"], (f"Triton kernels without an AOT variant: {head['uncovered']}; add their launch "
-                                   "variants to tests/_triton_aot.py (or list a device helper in DEVICE_HELPERS)")
+    assert not head["uncovered"], (
+        f"Triton kernels without an AOT variant: {head['uncovered']}; add their launch "
+        "variants to tests/_triton_aot.py (or list a device helper in DEVICE_HELPERS)"
+    )
     assert len(rows) == head["variants"], f"only {len(rows)} of {head['variants']} variants reported"
     failed = [r for r in rows if not r["ok"]]
     assert not failed, "compile errors:\n" + "\n\n".join(f"{r['name']}:\n{r['error']}" for r in failed)
@@ -84,8 +97,10 @@ def test_kernels_compile_for_sm90():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DAUNCE_FAST_AOT_FULL") != "1",
-                    reason="full AOT sweep (~330 variants, minutes on 2 cores): set DAUNCE_FAST_AOT_FULL=1")
+@pytest.mark.skipif(
+    os.environ.get("DAUNCE_FAST_AOT_FULL") != "1",
+    reason="full AOT sweep (~330 variants, minutes on 2 cores): set DAUNCE_FAST_AOT_FULL=1",
+)
 def test_kernels_compile_for_sm90_full_sweep():
     """Every tile class, rank padding, dtype pair and flag combination the launchers produce."""
     _check("full", timeout=3600)

@@ -15,6 +15,7 @@ into a reused buffer: the full fp32 output would be 40 GB).
 
   python bench/ops/bench_correlation.py [--quick] [--skip-numpy] [--skip-disk] [--gpu] [--gpu-only]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,6 +64,7 @@ def with_cpu_time(fns):
             r = fn()
             cpu[name].append(time.process_time() - c0)
             return r
+
         return g
 
     return {name: wrap(name, fn) for name, fn in fns.items()}, cpu
@@ -111,6 +113,7 @@ def cpu_section(args, rows):
     out = None  # free the [N, M] buffer (bare() is not called again)
     cpu_med = {name: float(np.median(v[1:])) for name, v in cpu.items()}  # [0] is the warm-up call
     if not args.skip_numpy:
+
         def numpy_way():
             s = standardise_numpy(An).T @ standardise_numpy(Bn)
             part = np.argpartition(-s, k - 1, axis=0)[:k]
@@ -121,7 +124,11 @@ def cpu_section(args, rows):
         t0, c0 = time.perf_counter(), time.process_time()
         numpy_way()
         t, c = time.perf_counter() - t0, time.process_time() - c0
-        res["numpy full + argpartition"] = {"median_s": t, "min_s": None, "ratio": t / res["matmul (limit)"]["median_s"]}
+        res["numpy full + argpartition"] = {
+            "median_s": t,
+            "min_s": None,
+            "ratio": t / res["matmul (limit)"]["median_s"],
+        }
         cpu_med["numpy full + argpartition"] = c
     ours_t = res["ours topk (cpu)"]["median_s"]
     peak = peak_in_subprocess(K, N, M, k)
@@ -130,15 +137,33 @@ def cpu_section(args, rows):
     tv, ti = torch_way()
     same = np.mean([len(np.intersect1d(i[j], ti[:, j].numpy())) / k for j in range(M)])
     for name, r in res.items():
-        rows.append({"case": f"CPU K={K} N={N} M={M} k={k}", "what": name, "median_s": r["median_s"],
-                     "ratio_to_matmul": r["ratio"], "ours_speedup": r["median_s"] / ours_t,
-                     "cpu_s": cpu_med[name], "cpu_ratio_to_matmul": cpu_med[name] / cpu_med["matmul (limit)"],
-                     "cpu_ours_speedup": cpu_med[name] / cpu_med["ours topk (cpu)"]})
-    rows.append({"case": f"CPU K={K} N={N} M={M} k={k}", "what": "topk peak extra RSS (MB)",
-                 "median_s": None, "ratio_to_matmul": None, "ours_speedup": None, "value": peak / 1e6,
-                 "note": f"full fp32 [N,M] would be {N * M * 4 / 1e6:.0f} MB; top-k sets equal to torch.topk: {same:.4f}"})
-    print(f"topk peak extra RSS: {peak / 1e6:.1f} MB (full matrix {N * M * 4 / 1e6:.0f} MB); "
-          f"mean overlap with torch.topk sets: {same:.4f}")
+        rows.append(
+            {
+                "case": f"CPU K={K} N={N} M={M} k={k}",
+                "what": name,
+                "median_s": r["median_s"],
+                "ratio_to_matmul": r["ratio"],
+                "ours_speedup": r["median_s"] / ours_t,
+                "cpu_s": cpu_med[name],
+                "cpu_ratio_to_matmul": cpu_med[name] / cpu_med["matmul (limit)"],
+                "cpu_ours_speedup": cpu_med[name] / cpu_med["ours topk (cpu)"],
+            }
+        )
+    rows.append(
+        {
+            "case": f"CPU K={K} N={N} M={M} k={k}",
+            "what": "topk peak extra RSS (MB)",
+            "median_s": None,
+            "ratio_to_matmul": None,
+            "ours_speedup": None,
+            "value": peak / 1e6,
+            "note": f"full fp32 [N,M] would be {N * M * 4 / 1e6:.0f} MB; top-k sets equal to torch.topk: {same:.4f}",
+        }
+    )
+    print(
+        f"topk peak extra RSS: {peak / 1e6:.1f} MB (full matrix {N * M * 4 / 1e6:.0f} MB); "
+        f"mean overlap with torch.topk sets: {same:.4f}"
+    )
 
 
 def disk_section(args, rows):
@@ -166,13 +191,24 @@ def disk_section(args, rows):
 
     # ours always ends with an fsync (the storage writer makes the file durable before renaming it
     # into place), so "numpy.save + fsync" is the like-for-like baseline; plain numpy.save is shown too.
-    res = compare({"numpy.save + fsync": np_save_fsync, "numpy.save": np_save, "ours correlate(out=PATH)": ours},
-                  baseline="numpy.save", warmup=1, repeats=max(2, args.repeats - 2))
+    res = compare(
+        {"numpy.save + fsync": np_save_fsync, "numpy.save": np_save, "ours correlate(out=PATH)": ours},
+        baseline="numpy.save",
+        warmup=1,
+        repeats=max(2, args.repeats - 2),
+    )
     for name, r in res.items():
-        rows.append({"case": f"disk K={K} N={N} M={M} fp32 ({N * M * 4 / 1e9:.1f} GB)", "what": name,
-                     "median_s": r["median_s"], "ratio_to_numpy_save": r["ratio"],
-                     "ratio_to_numpy_save_fsync": r["median_s"] / res["numpy.save + fsync"]["median_s"],
-                     "GB_per_s": N * M * 4 / 1e9 / r["median_s"], "times": [round(x, 3) for x in r["times"]]})
+        rows.append(
+            {
+                "case": f"disk K={K} N={N} M={M} fp32 ({N * M * 4 / 1e9:.1f} GB)",
+                "what": name,
+                "median_s": r["median_s"],
+                "ratio_to_numpy_save": r["ratio"],
+                "ratio_to_numpy_save_fsync": r["median_s"] / res["numpy.save + fsync"]["median_s"],
+                "GB_per_s": N * M * 4 / 1e9 / r["median_s"],
+                "times": [round(x, 3) for x in r["times"]],
+            }
+        )
     for p in (p_ours, p_np):
         p.unlink(missing_ok=True)
 
@@ -197,6 +233,7 @@ def gpu_section(args, rows):
             for j0 in range(0, N, chunk):
                 j1 = min(N, j0 + chunk)
                 torch.matmul(Za[j0:j1], Zb, out=buf[: j1 - j0])
+
         return f
 
     fns = {"torch.matmul tf32": mm(True), "torch.matmul fp32": mm(False)}
@@ -204,7 +241,9 @@ def gpu_section(args, rows):
     for be in ("triton", "cuda"):
         if be in live:
             for prec in ("tf32", "bf16", "fp32"):
-                fns[f"topk {be} {prec}"] = (lambda be=be, prec=prec: daunce_fast.topk(A, B, k, backend=be, precision=prec))
+                fns[f"topk {be} {prec}"] = lambda be=be, prec=prec: daunce_fast.topk(
+                    A, B, k, backend=be, precision=prec
+                )
     res = compare(fns, baseline="torch.matmul tf32", warmup=1, repeats=3)
     torch.backends.cuda.matmul.allow_tf32 = False
     # agreement on the first 200 test columns with a float64 reference
@@ -212,13 +251,19 @@ def gpu_section(args, rows):
 
     ref_v, ref_i = topk_reference(A, B[:, :200], k)
     for name, r in res.items():
-        row = {"case": f"GPU K={K} N={N} M={M} k={k}", "what": name, "median_s": r["median_s"],
-               "TFLOP/s": flop / r["median_s"] / 1e12, "fraction_of_tf32_matmul": 1.0 / r["ratio"]}
+        row = {
+            "case": f"GPU K={K} N={N} M={M} k={k}",
+            "what": name,
+            "median_s": r["median_s"],
+            "TFLOP/s": flop / r["median_s"] / 1e12,
+            "fraction_of_tf32_matmul": 1.0 / r["ratio"],
+        }
         if name.startswith("topk"):
             _, be, prec = name.split()
             v, i = daunce_fast.topk(A, B[:, :200], k, backend=be, precision=prec)
-            row["topk_set_overlap_vs_fp64"] = float(np.mean([
-                len(np.intersect1d(i[j].cpu().numpy(), ref_i[j].cpu().numpy())) / k for j in range(200)]))
+            row["topk_set_overlap_vs_fp64"] = float(
+                np.mean([len(np.intersect1d(i[j].cpu().numpy(), ref_i[j].cpu().numpy())) / k for j in range(200)])
+            )
             row["max_value_err"] = float((v.double() - ref_v).abs().max())
         rows.append(row)
 
@@ -239,19 +284,31 @@ def main():
     if not args.gpu_only:
         if not args.skip_cpu:
             cpu_section(args, rows)
-            print_table([r for r in rows if r["case"].startswith("CPU")],
-                        ["what", "median_s", "ratio_to_matmul", "ours_speedup", "cpu_s", "cpu_ratio_to_matmul",
-                         "cpu_ours_speedup", "value"])
+            print_table(
+                [r for r in rows if r["case"].startswith("CPU")],
+                [
+                    "what",
+                    "median_s",
+                    "ratio_to_matmul",
+                    "ours_speedup",
+                    "cpu_s",
+                    "cpu_ratio_to_matmul",
+                    "cpu_ours_speedup",
+                    "value",
+                ],
+            )
         if not args.skip_disk:
             disk_section(args, rows)
-            print_table([r for r in rows if r["case"].startswith("disk")],
-                        ["case", "what", "median_s", "ratio_to_numpy_save", "ratio_to_numpy_save_fsync", "GB_per_s",
-                         "times"])
+            print_table(
+                [r for r in rows if r["case"].startswith("disk")],
+                ["case", "what", "median_s", "ratio_to_numpy_save", "ratio_to_numpy_save_fsync", "GB_per_s", "times"],
+            )
     if args.gpu or args.gpu_only:
         gpu_section(args, rows)
-        print_table([r for r in rows if r["case"].startswith("GPU")],
-                    ["what", "median_s", "TFLOP/s", "fraction_of_tf32_matmul", "topk_set_overlap_vs_fp64",
-                     "max_value_err"])
+        print_table(
+            [r for r in rows if r["case"].startswith("GPU")],
+            ["what", "median_s", "TFLOP/s", "fraction_of_tf32_matmul", "topk_set_overlap_vs_fp64", "max_value_err"],
+        )
     print("recorded in", record("correlation", rows))
 
 

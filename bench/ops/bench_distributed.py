@@ -13,6 +13,7 @@ average is printed before and after.
 
     python bench/ops/bench_distributed.py [--world 2] [--repeats 3] [--n 200000] [--k 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,18 +70,37 @@ def _port() -> int:
 def _launch(path, world, threads, k, repeats, single=False) -> dict:
     port, procs = _port(), []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS=str(threads),
+            PYTHONPATH=str(ROOT),
+            CUDA_VISIBLE_DEVICES="",
+        )
         args = [sys.executable, __file__, "--worker", path, "--k", str(k), "--repeats", str(repeats)]
-        procs.append(subprocess.Popen(args + (["--single"] if single else []), env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                args + (["--single"] if single else []),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=3600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         if p.returncode:
             raise RuntimeError(f"a rank failed:\n{err[-3000:]}")
     per_rank = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-    return {"times": per_rank[0]["times"], "checksum": per_rank[0]["checksum"],
-            "cpu": [sum(r["cpu"][i] for r in per_rank) for i in range(len(per_rank[0]["cpu"]))]}
+    return {
+        "times": per_rank[0]["times"],
+        "checksum": per_rank[0]["checksum"],
+        "cpu": [sum(r["cpu"][i] for r in per_rank) for i in range(len(per_rank[0]["cpu"]))],
+    }
 
 
 def main():
@@ -109,14 +129,16 @@ def main():
         rng = np.random.default_rng(0)
         with storage.create(path, {"A": ((a.K, a.n), "float32"), "B": ((a.K, a.m), "float32")}) as w:
             for j0 in range(0, a.n, 50_000):
-                w["A"][:, j0:j0 + 50_000] = rng.standard_normal((a.K, min(50_000, a.n - j0)), dtype=np.float32)
+                w["A"][:, j0 : j0 + 50_000] = rng.standard_normal((a.K, min(50_000, a.n - j0)), dtype=np.float32)
             w["B"][...] = rng.standard_normal((a.K, a.m), dtype=np.float32)
         load0 = os.getloadavg()
         per = max(1, cores // a.world)
-        configs = ((f"df.topk, 1 process x {cores} threads", 1, cores, True),
-                   (f"distributed.topk, 1 rank x {cores} threads", 1, cores, False),
-                   (f"df.topk, 1 process x {per} thread(s)", 1, per, True),
-                   (f"distributed.topk, {a.world} ranks x {per} thread(s)", a.world, per, False))
+        configs = (
+            (f"df.topk, 1 process x {cores} threads", 1, cores, True),
+            (f"distributed.topk, 1 rank x {cores} threads", 1, cores, False),
+            (f"df.topk, 1 process x {per} thread(s)", 1, per, True),
+            (f"distributed.topk, {a.world} ranks x {per} thread(s)", a.world, per, False),
+        )
         runs = {c[0]: [] for c in configs}
         cpus = {c[0]: [] for c in configs}
         sums = set()
@@ -128,12 +150,27 @@ def main():
                 sums.add(out["checksum"])
         load1 = os.getloadavg()
     base = statistics.median(runs[configs[0][0]])
-    rows = [{"run": name, "K": a.K, "N": a.n, "M": a.m, "k": a.k, "median_s": statistics.median(t), "min_s": min(t),
-             "speedup": base / statistics.median(t), "cpu_s": statistics.median(cpus[name]), "times": [round(x, 3) for x in t], "load_before": load0[0],
-             "load_after": load1[0]} for name, t in runs.items()]
+    rows = [
+        {
+            "run": name,
+            "K": a.K,
+            "N": a.n,
+            "M": a.m,
+            "k": a.k,
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "speedup": base / statistics.median(t),
+            "cpu_s": statistics.median(cpus[name]),
+            "times": [round(x, 3) for x in t],
+            "load_before": load0[0],
+            "load_after": load1[0],
+        }
+        for name, t in runs.items()
+    ]
     print(f"machine: {machine()}")
-    print(f"load average before {load0}, after {load1} on {cores} cores; identical indices in all runs: "
-          f"{len(sums) == 1}")
+    print(
+        f"load average before {load0}, after {load1} on {cores} cores; identical indices in all runs: {len(sums) == 1}"
+    )
     print_table(rows, ["run", "K", "N", "M", "k", "median_s", "min_s", "speedup", "cpu_s", "times"])
     record("distributed_topk_scaling", rows)
 

@@ -12,6 +12,7 @@ parallel region waits for a descheduled thread and 2-thread timings are noise).
 GPU section (only with CUDA): the Triton kernels and the chunked torch path vs the explicit
 path, time and peak allocated CUDA memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,7 @@ def fwd_bwd(fn, h, W, y):
 
 def _cpu_inputs(R, T, d, V):
     torch.manual_seed(0)
-    return torch.randn(R, T, d), torch.randn(V, d) / d ** 0.5, torch.randint(0, V, (R, T))
+    return torch.randn(R, T, d), torch.randn(V, d) / d**0.5, torch.randint(0, V, (R, T))
 
 
 def _ours(h_, W_, y_):
@@ -67,8 +68,20 @@ def probe(args):
 
 
 def _peak_in_child(impl, phase, V, R, T, args):
-    cmd = [sys.executable, __file__, "--d", str(args.d), "--threads", str(args.threads),
-           "--probe", impl, phase, str(V), str(R), str(T)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--d",
+        str(args.d),
+        "--threads",
+        str(args.threads),
+        "--probe",
+        impl,
+        phase,
+        str(V),
+        str(R),
+        str(T),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int([ln for ln in out.stdout.splitlines() if ln.startswith("PEAK_BYTES")][-1].split()[1])
 
@@ -80,14 +93,28 @@ def cpu_section(args):
     for V in args.vocab:
         h, W, y = _cpu_inputs(R, T, args.d, V)
         for phase, wrap in PHASES.items():
-            res = compare({k: (lambda f=f, wrap=wrap, h=h, W=W, y=y: wrap(f, h, W, y)) for k, f in IMPLS.items()},
-                          baseline="explicit",
-                          repeats=args.repeats)
+            res = compare(
+                {k: (lambda f=f, wrap=wrap, h=h, W=W, y=y: wrap(f, h, W, y)) for k, f in IMPLS.items()},
+                baseline="explicit",
+                repeats=args.repeats,
+            )
             mem = {k: _peak_in_child(k, phase, V, R, T, args) for k in IMPLS}
             for k in IMPLS:
-                rows.append({"device": "cpu", "V": V, "rows": R * T, "d": args.d, "phase": phase, "impl": k,
-                             "threads": args.threads, "ms": res[k]["median_s"] * 1e3, "time_ratio": res[k]["ratio"],
-                             "peak_MiB": mem[k] / 2**20, "mem_ratio": mem[k] / max(mem["explicit"], 1)})
+                rows.append(
+                    {
+                        "device": "cpu",
+                        "V": V,
+                        "rows": R * T,
+                        "d": args.d,
+                        "phase": phase,
+                        "impl": k,
+                        "threads": args.threads,
+                        "ms": res[k]["median_s"] * 1e3,
+                        "time_ratio": res[k]["ratio"],
+                        "peak_MiB": mem[k] / 2**20,
+                        "mem_ratio": mem[k] / max(mem["explicit"], 1),
+                    }
+                )
     return rows
 
 
@@ -100,15 +127,19 @@ def gpu_section(args):
         for V in args.vocab:
             torch.manual_seed(0)
             h = torch.randn(R, T, args.gpu_d, device=dev, dtype=dtype)
-            W = (torch.randn(V, args.gpu_d, device=dev) / args.gpu_d ** 0.5).to(dtype)
+            W = (torch.randn(V, args.gpu_d, device=dev) / args.gpu_d**0.5).to(dtype)
             y = torch.randint(0, V, (R, T), device=dev)
-            impls = {"explicit": explicit,
-                     "triton": lambda h_, W_, y_: per_example_loss(h_, W_, y_, backend="triton"),
-                     "chunked": lambda h_, W_, y_: per_example_loss(h_, W_, y_, backend="torch")}
+            impls = {
+                "explicit": explicit,
+                "triton": lambda h_, W_, y_: per_example_loss(h_, W_, y_, backend="triton"),
+                "chunked": lambda h_, W_, y_: per_example_loss(h_, W_, y_, backend="torch"),
+            }
             for phase, wrap in (("fwd+bwd", fwd_bwd), ("fwd", lambda f, *a: f(*a))):
-                res = compare({k: (lambda f=f, wrap=wrap, h=h, W=W, y=y: wrap(f, h, W, y)) for k, f in impls.items()},
-                              baseline="explicit",
-                              repeats=args.repeats)
+                res = compare(
+                    {k: (lambda f=f, wrap=wrap, h=h, W=W, y=y: wrap(f, h, W, y)) for k, f in impls.items()},
+                    baseline="explicit",
+                    repeats=args.repeats,
+                )
                 mem = {}
                 for k, f in impls.items():
                     torch.cuda.synchronize()
@@ -118,10 +149,21 @@ def gpu_section(args):
                     torch.cuda.synchronize()
                     mem[k] = torch.cuda.max_memory_allocated() - base
                 for k in impls:
-                    rows.append({"device": "cuda", "dtype": str(dtype).replace("torch.", ""), "V": V,
-                                 "rows": R * T, "d": args.gpu_d, "phase": phase, "impl": k,
-                                 "ms": res[k]["median_s"] * 1e3, "time_ratio": res[k]["ratio"],
-                                 "peak_MiB": mem[k] / 2**20, "mem_ratio": mem[k] / max(mem["explicit"], 1)})
+                    rows.append(
+                        {
+                            "device": "cuda",
+                            "dtype": str(dtype).replace("torch.", ""),
+                            "V": V,
+                            "rows": R * T,
+                            "d": args.gpu_d,
+                            "phase": phase,
+                            "impl": k,
+                            "ms": res[k]["median_s"] * 1e3,
+                            "time_ratio": res[k]["ratio"],
+                            "peak_MiB": mem[k] / 2**20,
+                            "mem_ratio": mem[k] / max(mem["explicit"], 1),
+                        }
+                    )
     return rows
 
 
@@ -140,7 +182,20 @@ def main():
     torch.set_num_threads(args.threads)
     if args.probe:
         return probe(args)
-    cols = ["device", "dtype", "threads", "V", "rows", "d", "phase", "impl", "ms", "time_ratio", "peak_MiB", "mem_ratio"]
+    cols = [
+        "device",
+        "dtype",
+        "threads",
+        "V",
+        "rows",
+        "d",
+        "phase",
+        "impl",
+        "ms",
+        "time_ratio",
+        "peak_MiB",
+        "mem_ratio",
+    ]
     rows = []
     if not args.no_cpu:
         rows += cpu_section(args)

@@ -14,6 +14,7 @@ of PEFT models.
 
     PYTHONPATH=. python bench/ops/bench_multilora.py [--repeats 5] [--skip-cpu] [--skip-gpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,15 @@ def build_llama(hidden, layers, heads, inter, vocab, dtype=torch.float32, device
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                      num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        vocab_size=vocab,
+        max_position_embeddings=512,
+    )
     cfg._attn_implementation = "sdpa"
     model = LlamaForCausalLM(cfg).to(device=device, dtype=dtype)
     model.train()  # dropout is 0 in Llama; train mode as a training step would be
@@ -76,8 +84,15 @@ def compare_cpu(fns: dict, repeats: int) -> dict:
             fn()
             cpu[k].append(time.process_time() - c0)
             wall[k].append(time.perf_counter() - w0)
-    return {k: {"wall_med": statistics.median(wall[k]), "wall_min": min(wall[k]), "cpu_med": statistics.median(cpu[k]),
-                "cpu_min": min(cpu[k])} for k in fns}
+    return {
+        k: {
+            "wall_med": statistics.median(wall[k]),
+            "wall_min": min(wall[k]),
+            "cpu_med": statistics.median(cpu[k]),
+            "cpu_min": min(cpu[k]),
+        }
+        for k in fns
+    }
 
 
 def cpu_section(args):
@@ -116,7 +131,7 @@ def cpu_section(args):
         for k in range(K):
             pm = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=r, lora_alpha=32, target_modules=TARGETS))
             ps = [p for p in pm.parameters() if p.requires_grad]
-            models.append((pm, torch.optim.AdamW(ps, lr=1e-4, fused=args.fused_adamw), ids[k * m:(k + 1) * m]))
+            models.append((pm, torch.optim.AdamW(ps, lr=1e-4, fused=args.fused_adamw), ids[k * m : (k + 1) * m]))
 
         def peft_loop():
             for pm, o, x in models:
@@ -129,15 +144,29 @@ def cpu_section(args):
     base_case = res["base fwd+bwd (limit)"]
     rows = []
     for name, v in res.items():
-        rows.append({"case": name, **v, "x_base_wall": v["wall_med"] / base_case["wall_med"],
-                     "x_base_cpu": v["cpu_med"] / base_case["cpu_med"], "seq/s": K * m / v["wall_med"]})
+        rows.append(
+            {
+                "case": name,
+                **v,
+                "x_base_wall": v["wall_med"] / base_case["wall_med"],
+                "x_base_cpu": v["cpu_med"] / base_case["cpu_med"],
+                "seq/s": K * m / v["wall_med"],
+            }
+        )
     if "PEFT loop (K models)" in res:
         p, o = res["PEFT loop (K models)"], res["ours step"]
-        rows.append({"case": "speed-up: PEFT loop / ours step", "x_base_wall": p["wall_med"] / o["wall_med"],
-                     "x_base_cpu": p["cpu_med"] / o["cpu_med"]})
+        rows.append(
+            {
+                "case": "speed-up: PEFT loop / ours step",
+                "x_base_wall": p["wall_med"] / o["wall_med"],
+                "x_base_cpu": p["cpu_med"] / o["cpu_med"],
+            }
+        )
     frac = lora_arith_fraction(hidden, inter, layers, vocab, r)
-    print(f"\nCPU: Llama h{hidden} L{layers} MLP {inter} vocab {vocab} seq {T}; K={K} r={r} m={m}; "
-          f"torch threads={torch.get_num_threads()}; LoRA arithmetic over the frozen linears: +{100 * frac:.1f}%")
+    print(
+        f"\nCPU: Llama h{hidden} L{layers} MLP {inter} vocab {vocab} seq {T}; K={K} r={r} m={m}; "
+        f"torch threads={torch.get_num_threads()}; LoRA arithmetic over the frozen linears: +{100 * frac:.1f}%"
+    )
     print_table(rows, ["case", "wall_med", "wall_min", "cpu_med", "cpu_min", "x_base_wall", "x_base_cpu", "seq/s"])
     record("multilora_cpu", rows)
 
@@ -166,12 +195,22 @@ def gpu_layer_section(args):
             for (a, b), lay in zip(shapes, layers[be]):
                 y = lay(xs[a])
                 torch.autograd.grad(y, [xs[a], lay.lora_A, lay.lora_B], gs[b])
+
         return run
 
-    res = compare({"frozen GEMMs fwd+bwd(dX)": frozen, "ours torch path (cuBLAS+bmm)": ours("torch"),
-                   "ours Triton kernels": ours("triton")}, warmup=2, repeats=args.repeats)
-    rows = [{"case": n, "median_s": v["median_s"], "ratio": v["ratio"], "tokens/s": K * m / v["median_s"]}
-            for n, v in res.items()]
+    res = compare(
+        {
+            "frozen GEMMs fwd+bwd(dX)": frozen,
+            "ours torch path (cuBLAS+bmm)": ours("torch"),
+            "ours Triton kernels": ours("triton"),
+        },
+        warmup=2,
+        repeats=args.repeats,
+    )
+    rows = [
+        {"case": n, "median_s": v["median_s"], "ratio": v["ratio"], "tokens/s": K * m / v["median_s"]}
+        for n, v in res.items()
+    ]
     print(f"\nGPU (a): Llama-7B-shaped layer (7 projections), K={K}, r={r}, {m} tokens/adapter, bf16")
     print_table(rows, ["case", "median_s", "ratio", "tokens/s"])
     record("multilora_gpu_layer", rows)
@@ -209,15 +248,22 @@ def gpu_model_section(args):
         for k in range(K):
             pm.set_adapter(f"a{k}")
             opts[k].zero_grad(set_to_none=True)
-            row_losses(pm(input_ids=ids[k:k + 1]).logits, ids[k:k + 1]).mean().backward()
+            row_losses(pm(input_ids=ids[k : k + 1]).logits, ids[k : k + 1]).mean().backward()
             opts[k].step()
 
-    res = compare({"PEFT loop (K adapters, one at a time)": peft_loop, "ours step": ours_step}, warmup=1,
-                  repeats=max(2, args.repeats // 2))
-    rows = [{"case": n, "median_s": v["median_s"], "ratio": v["ratio"], "tokens/s": K * T / v["median_s"]}
-            for n, v in res.items()]
-    print(f"\nGPU (b): Llama h2048 L16, K={K} adapters x one {T}-token sequence, r={r}, bf16: "
-          f"speed-up {1 / res['ours step']['ratio']:.1f}x")
+    res = compare(
+        {"PEFT loop (K adapters, one at a time)": peft_loop, "ours step": ours_step},
+        warmup=1,
+        repeats=max(2, args.repeats // 2),
+    )
+    rows = [
+        {"case": n, "median_s": v["median_s"], "ratio": v["ratio"], "tokens/s": K * T / v["median_s"]}
+        for n, v in res.items()
+    ]
+    print(
+        f"\nGPU (b): Llama h2048 L16, K={K} adapters x one {T}-token sequence, r={r}, bf16: "
+        f"speed-up {1 / res['ours step']['ratio']:.1f}x"
+    )
     print_table(rows, ["case", "median_s", "ratio", "tokens/s"])
     record("multilora_gpu_model", rows)
 

@@ -10,6 +10,7 @@ daunce_fast: Daunce(...).fit(train, record={"test": test}) then .scores(...) (fu
 
     python bench/ops/bench_pipeline.py [--models 64] [--epochs 10] [--threads 1] [--in-process]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,18 @@ def train_one(theta0, task, cfg: DaunceConfig, k: int, workdir: Path) -> None:
         g0 = g0_all[idx] if noise is None else g0_all[idx] + hessian_direction(sq0[idx], *noise)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, step, plan.total_steps)
-        obj, _ = daunce_loss(model(x[idx]), y[idx], c, num_models=1, objective=cfg.objective, gamma=cfg.gamma,
-                             target_fn=cross_entropy_per_example, z0=z0_all[idx], t0=t0_all[idx], g0=g0)
+        obj, _ = daunce_loss(
+            model(x[idx]),
+            y[idx],
+            c,
+            num_models=1,
+            objective=cfg.objective,
+            gamma=cfg.gamma,
+            target_fn=cross_entropy_per_example,
+            z0=z0_all[idx],
+            t0=t0_all[idx],
+            g0=g0,
+        )
         opt.zero_grad()
         obj.sum().backward()
         opt.step()
@@ -70,8 +81,19 @@ def reference_run(theta0, task, cfg: DaunceConfig, workdir: Path, in_process: bo
         if in_process:
             train_one(theta0, task, cfg, k, workdir)
         else:
-            subprocess.run([sys.executable, __file__, "--train-one", str(k), "--workdir", str(workdir),
-                            "--threads", str(torch.get_num_threads())], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--train-one",
+                    str(k),
+                    "--workdir",
+                    str(workdir),
+                    "--threads",
+                    str(torch.get_num_threads()),
+                ],
+                check=True,
+            )
     losses = {"train": [], "test": []}
     for k in range(cfg.num_models):
         model = copy.deepcopy(theta0)
@@ -128,8 +150,16 @@ def main(argv=None):
     rel = float(np.abs(s_fast - s_ref).max() / np.abs(s_ref).max())
     corr = float(np.corrcoef(s_fast.ravel(), s_ref.ravel())[0, 1])
     ref = "loop in one process" if args.in_process else "one process per model"
-    rows = [{"case": f"K={args.models} epochs={cfg.epochs} digits MLP, reference: {ref}", "daunce_fast_s": t_fast, "reference_s": t_ref,
-             "speedup": t_ref / t_fast, "max_rel_diff": rel, "score_corr": corr}]
+    rows = [
+        {
+            "case": f"K={args.models} epochs={cfg.epochs} digits MLP, reference: {ref}",
+            "daunce_fast_s": t_fast,
+            "reference_s": t_ref,
+            "speedup": t_ref / t_fast,
+            "max_rel_diff": rel,
+            "score_corr": corr,
+        }
+    ]
     print_table(rows, ["case", "daunce_fast_s", "reference_s", "speedup", "max_rel_diff", "score_corr"])
     record("pipeline_vs_reference", rows)
 

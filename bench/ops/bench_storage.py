@@ -13,6 +13,7 @@
                                 [--repeats 3] [--dir /tmp]
 Files are deleted at the end (also on error).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,12 +67,12 @@ def write_ours(path, x, tile, mark_done, via, durable=True, preallocate=False):
         if via == "rows":  # row blocks of ~tile * K elements: each one contiguous in the file
             step = max(1, (tile * K) // N)
             for t, i0 in enumerate(range(0, K, step)):
-                dst[i0:i0 + step] = x[i0:i0 + step]
+                dst[i0 : i0 + step] = x[i0 : i0 + step]
                 if mark_done:
                     w.mark_done(t)
             return
         for t, j0 in enumerate(range(0, N, tile)):
-            dst[:, j0:j0 + tile] = x[:, j0:j0 + tile]
+            dst[:, j0 : j0 + tile] = x[:, j0 : j0 + tile]
             if mark_done:
                 w.mark_done(t)
 
@@ -121,9 +122,20 @@ def bench_write(d, x, tile, repeats):
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
-        rows.append({"case": "write", "variant": name, "GB": round(gb, 3), "median_s": med, "min_s": min(ts),
-                     "GB_per_s": gb / med, "vs_npsave_fsync": med / base, "vs_npsave": med / base_pc,
-                     "min_vs_npsave_fsync": min(ts) / min_fs, "min_vs_npsave": min(ts) / min_pc})
+        rows.append(
+            {
+                "case": "write",
+                "variant": name,
+                "GB": round(gb, 3),
+                "median_s": med,
+                "min_s": min(ts),
+                "GB_per_s": gb / med,
+                "vs_npsave_fsync": med / base,
+                "vs_npsave": med / base_pc,
+                "min_vs_npsave_fsync": min(ts) / min_fs,
+                "min_vs_npsave": min(ts) / min_pc,
+            }
+        )
     return rows
 
 
@@ -138,7 +150,7 @@ def bench_read(d, x_full, size_bytes, read_tile, repeats, K):
         src = x_full[:, :N]
         with st.create(path, {"loss": ((K, N), "float32")}) as w:  # written tile by tile
             for j0 in range(0, N, 1 << 16):
-                w.write("loss", np.s_[:, j0:j0 + (1 << 16)], src[:, j0:j0 + (1 << 16)])
+                w.write("loss", np.s_[:, j0 : j0 + (1 << 16)], src[:, j0 : j0 + (1 << 16)])
         size = os.path.getsize(path)
         rng = np.random.default_rng(0)
         starts = rng.integers(0, N - read_tile, size=repeats + 1)
@@ -146,7 +158,7 @@ def bench_read(d, x_full, size_bytes, read_tile, repeats, K):
         def tile_read(j0, via, path=path):
             with st.open(path, advice="random" if via == "map+random" else None) as r:  # open included
                 if via.startswith("map"):
-                    return np.array(r["loss"][:, j0:j0 + read_tile])
+                    return np.array(r["loss"][:, j0 : j0 + read_tile])
                 return r.read("loss", (slice(None), slice(j0, j0 + read_tile)))
 
         vias = ("pread", "map", "map+random")
@@ -161,7 +173,7 @@ def bench_read(d, x_full, size_bytes, read_tile, repeats, K):
                 t1 = time.perf_counter()
                 got2 = tile_read(int(j0), via)  # now cached
                 t2 = time.perf_counter()
-                assert np.array_equal(got, x_full[:, j0:j0 + read_tile]) and np.array_equal(got, got2)
+                assert np.array_equal(got, x_full[:, j0 : j0 + read_tile]) and np.array_equal(got, got2)
                 mem[f"tile {via} cold"] = mem[f"tile {via} warm"] = m
                 if rep:
                     res[f"tile {via} cold"].append(t1 - t0)
@@ -178,9 +190,18 @@ def bench_read(d, x_full, size_bytes, read_tile, repeats, K):
         base = statistics.median(res["load_file cold"])
         for name, ts in res.items():
             med = statistics.median(ts)
-            rows.append({"case": "read", "variant": name, "GB": round(size / 1e9, 3),
-                         "tile": f"[{K}, {read_tile}]" if "tile" in name else "whole", "median_s": med,
-                         "min_s": min(ts), "vs_load_file": med / base, "peak_rss_MB": mem[name] / 1e6})
+            rows.append(
+                {
+                    "case": "read",
+                    "variant": name,
+                    "GB": round(size / 1e9, 3),
+                    "tile": f"[{K}, {read_tile}]" if "tile" in name else "whole",
+                    "median_s": med,
+                    "min_s": min(ts),
+                    "vs_load_file": med / base,
+                    "peak_rss_MB": mem[name] / 1e6,
+                }
+            )
         rm(path)
     return rows
 
@@ -204,14 +225,27 @@ def main(argv=None):
     try:
         x = np.random.default_rng(0).standard_normal((K, N), dtype=np.float32)
         print("load average {:.2f} {:.2f} {:.2f} at the start".format(*os.getloadavg()))
-        print(f"matrix [{K}, {N}] float32 = {x.nbytes / 1e9:.2f} GB; write tile [{K}, {args.tile_cols}] "
-              f"({K * args.tile_cols * 4 / 1e6:.1f} MB), read tile [{K}, {args.read_tile}]; dir {d}")
+        print(
+            f"matrix [{K}, {N}] float32 = {x.nbytes / 1e9:.2f} GB; write tile [{K}, {args.tile_cols}] "
+            f"({K * args.tile_cols * 4 / 1e6:.1f} MB), read tile [{K}, {args.read_tile}]; dir {d}"
+        )
         rows = []
         if not args.skip_write:
             rows += bench_write(d, x, args.tile_cols, args.repeats)
-            print_table([r for r in rows if r["case"] == "write"],
-                        ["variant", "GB", "median_s", "min_s", "GB_per_s", "vs_npsave_fsync", "vs_npsave",
-                         "min_vs_npsave_fsync", "min_vs_npsave"])
+            print_table(
+                [r for r in rows if r["case"] == "write"],
+                [
+                    "variant",
+                    "GB",
+                    "median_s",
+                    "min_s",
+                    "GB_per_s",
+                    "vs_npsave_fsync",
+                    "vs_npsave",
+                    "min_vs_npsave_fsync",
+                    "min_vs_npsave",
+                ],
+            )
         if not args.skip_read:
             rr = bench_read(d, x, size, args.read_tile, args.repeats, K)
             rows += rr

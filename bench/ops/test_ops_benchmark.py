@@ -10,6 +10,7 @@ a ratio is the figure. Not part of the default test run (testpaths = ["tests"]);
 small so the whole file finishes in well under a minute. Each benchmark also checks its result, so
 a broken op fails here rather than timing nonsense.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_storage_write_column_tiles(benchmark, tmp_path):
         path.unlink(missing_ok=True)
         with storage.create(path, {"loss": (x.shape, "float32")}, durable=False) as w:
             for j0 in range(0, x.shape[1], 1 << 14):
-                w["loss"][:, j0:j0 + (1 << 14)] = x[:, j0:j0 + (1 << 14)]
+                w["loss"][:, j0 : j0 + (1 << 14)] = x[:, j0 : j0 + (1 << 14)]
 
     benchmark.pedantic(write, **ROUNDS)
     with storage.open(path) as r:

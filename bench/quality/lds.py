@@ -22,6 +22,7 @@ plain sequential training (daunce_fast.demos.tasks.train_classifier) of TRAK's e
 Hyper-parameters (TRAK/IF damping, DAUNCE settings) are chosen on the same ground truth they are
 scored on, for every method alike: best-of-grid numbers are mildly optimistic for all of them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,18 @@ def _kv(s: str) -> tuple[str, object]:
 
 def _row(dataset, method, params, score, wall, extra=0.0, **more):
     val, nan, n_bad, val_all = score
-    return {"dataset": dataset, "method": method, "params": params, "lds": val, "lds_all": val_all,
-            "nan_tests": nan, "nonfinite_scores": n_bad, "wall_s": wall, "extra_s": extra, **more}
+    return {
+        "dataset": dataset,
+        "method": method,
+        "params": params,
+        "lds": val,
+        "lds_all": val_all,
+        "nan_tests": nan,
+        "nonfinite_scores": n_bad,
+        "wall_s": wall,
+        "extra_s": extra,
+        **more,
+    }
 
 
 def plain_train_seconds(gt) -> tuple[float, float]:
@@ -112,14 +123,36 @@ def plain_train_seconds(gt) -> tuple[float, float]:
     task = load_task(gt)
     m = mlp(task.x_train.shape[1], task.num_classes, r["hidden"], r["depth"], seed=r["seed"] + 100)
     t0, c0 = time.perf_counter(), time.process_time()
-    train_classifier(m, task.x_train, task.y_train, epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"],
-                     weight_decay=r["weight_decay"], seed=r["seed"] + 100, optimizer=r["optimizer"])
+    train_classifier(
+        m,
+        task.x_train,
+        task.y_train,
+        epochs=r["epochs"],
+        lr=r["lr"],
+        batch_size=r["batch_size"],
+        weight_decay=r["weight_decay"],
+        seed=r["seed"] + 100,
+        optimizer=r["optimizer"],
+    )
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float | None, gamma: float, optimizer: str,
-               lr: float, epochs: float, batch_size: int, seed: int, score_methods: list[str],
-               extra: dict | None = None) -> dict:
+def run_daunce(
+    gt: dict,
+    *,
+    K: int,
+    ratio: float,
+    objective: str,
+    rho: float | None,
+    gamma: float,
+    optimizer: str,
+    lr: float,
+    epochs: float,
+    batch_size: int,
+    seed: int,
+    score_methods: list[str],
+    extra: dict | None = None,
+) -> dict:
     """One DAUNCE fit through the library's pipeline, scored with each of ``score_methods``.
     ``extra``: further Daunce keywords (e.g. schedule, antithetic, weight_decay, steps).
 
@@ -136,9 +169,22 @@ def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float | N
     out = {}
     with tempfile.TemporaryDirectory(prefix="daunce_lds_") as workdir:
         t0, c0 = time.perf_counter(), time.process_time()
-        d = Daunce(model, num_models=K, ratio=ratio, objective=objective, rho=rho, gamma=gamma, rank="full",
-                   optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, workdir=workdir,
-                   **(extra or {}))
+        d = Daunce(
+            model,
+            num_models=K,
+            ratio=ratio,
+            objective=objective,
+            rho=rho,
+            gamma=gamma,
+            rank="full",
+            optimizer=optimizer,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            workdir=workdir,
+            **(extra or {}),
+        )
         out["rho"] = d.config.rho
         d.fit(train)
         out["fit_s"], out["fit_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
@@ -159,9 +205,12 @@ def run_daunce(gt: dict, *, K: int, ratio: float, objective: str, rho: float | N
 def bench_dataset(name: str, a) -> list[dict]:
     gt = torch.load(a.ground_truth, weights_only=False) if a.ground_truth else load_or_build(name)
     r = gt["recipe"]
-    print(f"\n== {name}: N_train={gt['subsets'].shape[1]} N_test={gt['targets'].shape[1]} "
-          f"subsets={gt['subsets'].shape[0]} recipe=mlp{r['hidden']}x{r['depth']} {r['optimizer']} "
-          f"lr={r['lr']} epochs={r['epochs']}", flush=True)
+    print(
+        f"\n== {name}: N_train={gt['subsets'].shape[1]} N_test={gt['targets'].shape[1]} "
+        f"subsets={gt['subsets'].shape[0]} recipe=mlp{r['hidden']}x{r['depth']} {r['optimizer']} "
+        f"lr={r['lr']} epochs={r['epochs']}",
+        flush=True,
+    )
     rows = []
     methods = _strs(a.methods)
     for m in methods:
@@ -179,9 +228,18 @@ def bench_dataset(name: str, a) -> list[dict]:
         for reg in _floats(a.trak_reg):
             c0 = time.process_time()
             s, t = trak(gt, num_ckpts=nc, regularization=reg, proj_dim=a.trak_proj_dim)
-            rows.append(_row(name, key, f"reg={reg:g} proj={a.trak_proj_dim}", _lds(gt, s), t,
-                             cpu_s=time.process_time() - c0,
-                             extra=(nc - 1) * extra_per_ckpt, extra_cpu_s=(nc - 1) * extra_cpu_per_ckpt))
+            rows.append(
+                _row(
+                    name,
+                    key,
+                    f"reg={reg:g} proj={a.trak_proj_dim}",
+                    _lds(gt, s),
+                    t,
+                    cpu_s=time.process_time() - c0,
+                    extra=(nc - 1) * extra_per_ckpt,
+                    extra_cpu_s=(nc - 1) * extra_cpu_per_ckpt,
+                )
+            )
             print(rows[-1], flush=True)
     if "if" in methods:
         ex = ExactIF(gt, cache=CACHE / f"hessian_{name}.pt")
@@ -198,21 +256,53 @@ def bench_dataset(name: str, a) -> list[dict]:
     if "daunce" in methods:
         extra = dict(_kv(v) for v in a.daunce_opt)
         rhos = [None if v == "default" else float(v) for v in _strs(a.rho)]
-        grid = itertools.product(_ints(a.K), _strs(a.objective), _strs(a.perturbation), rhos, _floats(a.epochs),
-                                 _floats(a.lr), _strs(a.optimizer), _floats(a.ratio), _floats(a.gamma))
+        grid = itertools.product(
+            _ints(a.K),
+            _strs(a.objective),
+            _strs(a.perturbation),
+            rhos,
+            _floats(a.epochs),
+            _floats(a.lr),
+            _strs(a.optimizer),
+            _floats(a.ratio),
+            _floats(a.gamma),
+        )
         for K, obj, pert, rho, ep, lr, opt, ratio, gamma in grid:
-            res = run_daunce(gt, K=K, ratio=ratio, objective=obj, rho=rho, gamma=gamma, optimizer=opt, lr=lr,
-                             epochs=ep, batch_size=a.batch_size, seed=a.seed, score_methods=_strs(a.score_method),
-                             extra={"perturbation": pert, **extra})
+            res = run_daunce(
+                gt,
+                K=K,
+                ratio=ratio,
+                objective=obj,
+                rho=rho,
+                gamma=gamma,
+                optimizer=opt,
+                lr=lr,
+                epochs=ep,
+                batch_size=a.batch_size,
+                seed=a.seed,
+                score_methods=_strs(a.score_method),
+                extra={"perturbation": pert, **extra},
+            )
             rho = res["rho"]
             for sm in _strs(a.score_method):
                 s, ts, cs = res[sm]
-                params = (f"K={K} obj={obj} {pert} rho={rho:g} gamma={gamma:g} epochs={ep:g} lr={lr:g} opt={opt} "
-                          f"ratio={ratio:g} bs={a.batch_size} score={sm}"
-                          + "".join(f" {k}={v}" for k, v in extra.items()))
-                rows.append(_row(name, "daunce", params, _lds(gt, s), res["fit_s"] + res["record_s"] + ts,
-                                 cpu_s=res["fit_cpu_s"] + res["record_cpu_s"] + cs, fit_s=res["fit_s"],
-                                 record_s=res["record_s"], score_s=ts))
+                params = (
+                    f"K={K} obj={obj} {pert} rho={rho:g} gamma={gamma:g} epochs={ep:g} lr={lr:g} opt={opt} "
+                    f"ratio={ratio:g} bs={a.batch_size} score={sm}" + "".join(f" {k}={v}" for k, v in extra.items())
+                )
+                rows.append(
+                    _row(
+                        name,
+                        "daunce",
+                        params,
+                        _lds(gt, s),
+                        res["fit_s"] + res["record_s"] + ts,
+                        cpu_s=res["fit_cpu_s"] + res["record_cpu_s"] + cs,
+                        fit_s=res["fit_s"],
+                        record_s=res["record_s"],
+                        score_s=ts,
+                    )
+                )
                 print(rows[-1], flush=True)
     return rows
 
@@ -230,14 +320,21 @@ def _quiet_tqdm():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="LDS of attribution methods on bundled tabular tasks")
-    ap.add_argument("--dataset", action="append", choices=["digits", "breast_cancer", "wine"],
-                    help="repeatable; default digits and breast_cancer")
+    ap.add_argument(
+        "--dataset",
+        action="append",
+        choices=["digits", "breast_cancer", "wine"],
+        help="repeatable; default digits and breast_cancer",
+    )
     ap.add_argument("--methods", default="graddot,trak1,trak5,if", help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (2 cores shared by several sessions)")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/out/results.jsonl")
-    ap.add_argument("--ground-truth", metavar="PATH",
-                    help="a ground-truth file (torch.save of a groundtruth.build dict) instead of "
-                         "bench/out/lds_<dataset>.pt; give one --dataset, the name it was built for")
+    ap.add_argument(
+        "--ground-truth",
+        metavar="PATH",
+        help="a ground-truth file (torch.save of a groundtruth.build dict) instead of "
+        "bench/out/lds_<dataset>.pt; give one --dataset, the name it was built for",
+    )
     g = ap.add_argument_group("baselines")
     g.add_argument("--trak-reg", default="0,1e-2,1e-1,1,10,100", help="TRAK regularization grid")
     g.add_argument("--trak-proj-dim", type=int, default=512)
@@ -256,8 +353,13 @@ def main(argv=None):
     g.add_argument("--batch-size", type=int, default=128)
     g.add_argument("--perturbation", default="hessian", help="hessian,xi")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--daunce-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other Daunce keyword, repeatable (e.g. schedule=constant, antithetic=true)")
+    g.add_argument(
+        "--daunce-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other Daunce keyword, repeatable (e.g. schedule=constant, antithetic=true)",
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     _quiet_tqdm()
@@ -265,8 +367,22 @@ def main(argv=None):
     for name in a.dataset or ["digits", "breast_cancer"]:
         rows += bench_dataset(name, a)
     print()
-    print_table(rows, ["dataset", "method", "params", "lds", "lds_all", "nan_tests", "nonfinite_scores", "wall_s",
-                       "cpu_s", "extra_s", "extra_cpu_s"])
+    print_table(
+        rows,
+        [
+            "dataset",
+            "method",
+            "params",
+            "lds",
+            "lds_all",
+            "nan_tests",
+            "nonfinite_scores",
+            "wall_s",
+            "cpu_s",
+            "extra_s",
+            "extra_cpu_s",
+        ],
+    )
     if not a.no_record:
         print(f"recorded in {record('lds', rows)}")
     return rows

@@ -21,6 +21,7 @@ per-model state, and the loss is the sum over models of each model's own batch m
 model gets exactly its own gradient. tests/evaluation/test_lds_groundtruth.py checks this against the plain
 trainer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,7 @@ OUT = ROOT / "bench" / "out"
 # Defaults per data set. digits: the MLP 64-64-10 of the issue's earlier experiment.
 RECIPES = {
     "digits": Recipe("digits", hidden=64, depth=2, epochs=50, lr=1e-3, batch_size=64, weight_decay=1e-4),
-    "breast_cancer": Recipe("breast_cancer", hidden=32, depth=2, epochs=50, lr=1e-3, batch_size=32,
-                            weight_decay=1e-4),
+    "breast_cancer": Recipe("breast_cancer", hidden=32, depth=2, epochs=50, lr=1e-3, batch_size=32, weight_decay=1e-4),
     "wine": Recipe("wine", hidden=32, depth=2, epochs=50, lr=1e-3, batch_size=16, weight_decay=1e-4),
 }
 
@@ -64,8 +64,9 @@ def load_or_build(dataset: str, *, rebuild: bool = False, **kw) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", choices=sorted(RECIPES), action="append",
-                    help="repeatable; default: digits and breast_cancer")
+    ap.add_argument(
+        "--dataset", choices=sorted(RECIPES), action="append", help="repeatable; default: digits and breast_cancer"
+    )
     ap.add_argument("--subsets", type=int, default=100)
     ap.add_argument("--runs-per-subset", type=int, default=1)
     ap.add_argument("--extra-ckpts", type=int, default=4)
@@ -86,9 +87,11 @@ def main(argv=None):
         t = gt["targets"]
         print(f"{name}: N={i['n_train']} M={i['n_test']} recipe={gt['recipe']}")
         print(f"  full models: {i['full_models_s']:.1f}s  test acc {[f'{v:.3f}' for v in i['full_test_acc']]}")
-        print(f"  {a.subsets}x{a.runs_per_subset} subset models: {i['subset_models_s']:.1f}s  "
-              f"mean test acc {i['subset_test_acc_mean']:.3f}  target mean {t.mean():.3f} "
-              f"across-subset std (median over tests) {t.std(0).median():.4f}")
+        print(
+            f"  {a.subsets}x{a.runs_per_subset} subset models: {i['subset_models_s']:.1f}s  "
+            f"mean test acc {i['subset_test_acc_mean']:.3f}  target mean {t.mean():.3f} "
+            f"across-subset std (median over tests) {t.std(0).median():.4f}"
+        )
         if not a.dry:
             OUT.mkdir(parents=True, exist_ok=True)
             torch.save(gt, path_for(name))

@@ -3,6 +3,7 @@ bench/quality/lds_data.py), with daunce_fast.daunce.ensemble_scores; prints LDS 
 
     PYTHONPATH=$PWD python bench/quality/lds_ensemble.py DATASET K [THREADS]
 """
+
 import sys
 import tempfile
 import time
@@ -28,10 +29,15 @@ def main(ds: str, K: int, threads: int = 1) -> None:
     for i, sd in enumerate([g["theta0"], *g["extra_ckpts"]]):
         m = mlp(t.x_train.shape[1], t.num_classes, hidden=r["hidden"], depth=r["depth"])
         m.load_state_dict(sd)
-        runs.append(Daunce(m.eval(), workdir=tempfile.mkdtemp(), num_models=K, seed=i).fit(train, record={"test": test}))
+        runs.append(
+            Daunce(m.eval(), workdir=tempfile.mkdtemp(), num_models=K, seed=i).fit(train, record={"test": test})
+        )
         s = ensemble_scores(runs, "train", "test")
-        print(f"{ds} K={K} x {i + 1} checkpoints: LDS {lds(torch.as_tensor(s), g['subsets'], g['targets'])[1]:.4f} "
-              f"({time.time() - t0:.1f} s)", flush=True)
+        print(
+            f"{ds} K={K} x {i + 1} checkpoints: LDS {lds(torch.as_tensor(s), g['subsets'], g['targets'])[1]:.4f} "
+            f"({time.time() - t0:.1f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

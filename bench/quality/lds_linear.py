@@ -20,6 +20,7 @@ With K values it also runs the Monte Carlo estimator itself in the linear limit 
 K models, ratio 0.5 subsets, at the lambda of the best "hessian" limit): the LDS that sampling noise
 alone leaves at each K.
 """
+
 from __future__ import annotations
 
 import sys
@@ -49,7 +50,7 @@ def jacobians(model, x: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     jac = torch.func.vmap(torch.func.jacrev(f), in_dims=(None, 0))
     out = []
     for s in range(0, len(x), chunk):
-        j = jac(params, x[s:s + chunk])
+        j = jac(params, x[s : s + chunk])
         out.append(torch.cat([j[k].reshape(j[k].shape[0], j[k].shape[1], -1) for k in params], dim=2))
     return torch.cat(out)
 
@@ -95,8 +96,10 @@ def main(ds: str, threads: int = 2, ks: tuple = ()) -> None:
     m = torch.einsum("nij,njp->nip", half.float(), jtr).reshape(n * c, -1)
     h = (m.T @ m).double() / n
     fis = gtr.T @ gtr / n
-    print(f"{ds}: P={h.shape[0]}, setup {time.perf_counter() - t0:.1f} s; tr(H)={h.trace():.3g}, tr(F)={fis.trace():.3g}",
-          flush=True)
+    print(
+        f"{ds}: P={h.shape[0]}, setup {time.perf_counter() - t0:.1f} s; tr(H)={h.trace():.3g}, tr(F)={fis.trace():.3g}",
+        flush=True,
+    )
     del m, jte
     jtr_flat = jtr.reshape(n * c, -1)
     eye = torch.eye(h.shape[0], dtype=h.dtype)
@@ -114,17 +117,26 @@ def main(ds: str, threads: int = 2, ks: tuple = ()) -> None:
         s_xi = (xtr.T @ gtr.T) @ (gtr @ xte) / n  # g_iᵀ(H+λ)⁻¹ F (H+λ)⁻¹ g_j
         s_smp = xtr.T @ (h @ xte)  # g_iᵀ(H+λ)⁻¹ H (H+λ)⁻¹ g_j
         v_smp = score(s_smp)
-        print(f"  lambda {lam:g}: IF(GGN) {score(s_if):.4f}  xi-limit {score(s_xi):.4f}  "
-              f"hessian-limit {v_smp:.4f}  ({time.perf_counter() - t1:.1f} s)", flush=True)
+        print(
+            f"  lambda {lam:g}: IF(GGN) {score(s_if):.4f}  xi-limit {score(s_xi):.4f}  "
+            f"hessian-limit {v_smp:.4f}  ({time.perf_counter() - t1:.1f} s)",
+            flush=True,
+        )
         best = max(best, (v_smp, lam), key=lambda t: t[0])
     if ks:
         lam = best[1]
         chol = torch.linalg.cholesky(h + lam * eye)
         for k in ks:
-            print(f"    Monte Carlo at lambda {lam:g}, K={k}: xi {monte_carlo(gt, gtr, gte, jtr_flat, ptr, chol, k, 'xi'):.4f}"
-                  f"  hessian {monte_carlo(gt, gtr, gte, jtr_flat, ptr, chol, k, 'hessian'):.4f}", flush=True)
+            print(
+                f"    Monte Carlo at lambda {lam:g}, K={k}: xi {monte_carlo(gt, gtr, gte, jtr_flat, ptr, chol, k, 'xi'):.4f}"
+                f"  hessian {monte_carlo(gt, gtr, gte, jtr_flat, ptr, chol, k, 'hessian'):.4f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 2,
-         tuple(int(k) for k in sys.argv[3].split(",")) if len(sys.argv) > 3 else ())
+    main(
+        sys.argv[1],
+        int(sys.argv[2]) if len(sys.argv) > 2 else 2,
+        tuple(int(k) for k in sys.argv[3].split(",")) if len(sys.argv) > 3 else (),
+    )

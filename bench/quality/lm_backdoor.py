@@ -14,6 +14,7 @@ share of poisoned pairs among their top k (should stay near the poison rate).
 A DAUNCE spec is comma-separated key=value pairs over daunce_fast.demos.lm_backdoor.lm_defaults() (K = num_models;
 targets=mlp|all; method=covariance|pearson, default both from one fit). Results are appended as JSON lines to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def parse_spec(spec: str) -> dict:
             method = v
             continue
         if k == "targets":
-            opts["target_modules"] = None if v == "mlp" else [
-                "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            opts["target_modules"] = (
+                None if v == "mlp" else ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            )
             continue
         if k == "warmup":
             opts["extra"] = {"warmup": float(v)}
@@ -72,10 +74,15 @@ def theta0(args):
     if cache.exists():
         ck = torch.load(cache)
     else:
-        th = L.train_theta0(L.build_model(seed=args.seed), train, trig, clean, seed=args.seed,
-                            saturate=args.saturate)
-        ck = {"early": th.early, "saturated": th.saturated, "log": th.log, "early_step": th.early_step,
-              "saturated_step": th.saturated_step, "seconds": th.seconds}
+        th = L.train_theta0(L.build_model(seed=args.seed), train, trig, clean, seed=args.seed, saturate=args.saturate)
+        ck = {
+            "early": th.early,
+            "saturated": th.saturated,
+            "log": th.log,
+            "early_step": th.early_step,
+            "saturated_step": th.saturated_step,
+            "seconds": th.seconds,
+        }
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(ck, cache)
     return train, trig, clean, ck
@@ -111,9 +118,11 @@ def main(argv=None) -> int:
 
     train, trig, clean, ck = theta0(args)
     n_p = int(train.poisoned.sum())
-    print(f"corpus: {len(train)} pairs, {n_p} poisoned (k = {n_p}, random recall {n_p / len(train):.3f}); "
-          f"{len(trig)} triggered + {len(clean)} clean queries; θ0 {ck['seconds']:.0f} s: early step "
-          f"{ck['early_step']}, saturated step {ck['saturated_step']}")
+    print(
+        f"corpus: {len(train)} pairs, {n_p} poisoned (k = {n_p}, random recall {n_p / len(train):.3f}); "
+        f"{len(trig)} triggered + {len(clean)} clean queries; θ0 {ck['seconds']:.0f} s: early step "
+        f"{ck['early_step']}, saturated step {ck['saturated_step']}"
+    )
     specs = args.daunce or ["K=64", "K=256"]
     rows = []
 
@@ -121,12 +130,20 @@ def main(argv=None) -> int:
         ev = L.evaluate(s_trig, train.poisoned)
         top = np.argsort(-s_clean, axis=0, kind="stable")[:n_p]
         ev["clean_poison_share"] = float(train.poisoned[top].mean())
-        row = {"checkpoint": ckpt, "method": name, "seconds": round(secs, 1), **{k: round(float(v), 4) for k, v in ev.items()},
-               **(extra or {})}
+        row = {
+            "checkpoint": ckpt,
+            "method": name,
+            "seconds": round(secs, 1),
+            **{k: round(float(v), 4) for k, v in ev.items()},
+            **(extra or {}),
+        }
         rows.append(row)
-        print(f"{ckpt:9s} {name:44s} recall {ev['agg_recall']:.3f} auroc {ev['agg_auroc']:.3f} | per-query recall "
-              f"{ev['query_recall']:.3f} auroc {ev['query_auroc']:.3f} | clean top-k poisoned {ev['clean_poison_share']:.3f}"
-              f" | {secs:.1f} s", flush=True)
+        print(
+            f"{ckpt:9s} {name:44s} recall {ev['agg_recall']:.3f} auroc {ev['agg_auroc']:.3f} | per-query recall "
+            f"{ev['query_recall']:.3f} auroc {ev['query_auroc']:.3f} | clean top-k poisoned {ev['clean_poison_share']:.3f}"
+            f" | {secs:.1f} s",
+            flush=True,
+        )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as f:
             f.write(json.dumps({**row, "n_train": len(train), "poison": args.poison, "seed": args.seed}) + "\n")
@@ -135,11 +152,16 @@ def main(argv=None) -> int:
         model = L.build_model(seed=args.seed)
         model.load_state_dict(ck[ckpt])
         model.eval()
-        print(f"[{ckpt}] target prob {L.token_prob(model, trig):.4f}, clean response prob {L.token_prob(model, clean):.3f}")
+        print(
+            f"[{ckpt}] target prob {L.token_prob(model, trig):.4f}, clean response prob {L.token_prob(model, clean):.3f}"
+        )
         for b in filter(None, args.baselines.split(",")):
             t0 = time.perf_counter()
             if b == "random":
-                st, sc = random_scores(len(train), len(trig), args.seed), random_scores(len(train), len(clean), args.seed + 1)
+                st, sc = (
+                    random_scores(len(train), len(trig), args.seed),
+                    random_scores(len(train), len(clean), args.seed + 1),
+                )
             elif b.startswith("graddot"):
                 only = "mlp" if b == "graddot-mlp" else None
                 st, sc = graddot_scores(model, train, trig, only=only), graddot_scores(model, train, clean, only=only)
@@ -149,12 +171,19 @@ def main(argv=None) -> int:
         for spec in specs:
             p = parse_spec(spec)
             methods = [p["method"]] if p["method"] else ["pearson", "covariance"]
-            s, t_fit, t_score = daunce_scores(model, train, {"triggered": trig, "clean": clean}, methods=methods,
-                                              **p["opts"])
+            s, t_fit, t_score = daunce_scores(
+                model, train, {"triggered": trig, "clean": clean}, methods=methods, **p["opts"]
+            )
             for m in methods:
                 label = f"daunce {spec or 'defaults'} {m}"
-                report(ckpt, label, s[m]["triggered"], s[m]["clean"], t_fit + t_score / len(methods),
-                       {"fit_s": round(t_fit, 1), "spec": spec, "score_method": m})
+                report(
+                    ckpt,
+                    label,
+                    s[m]["triggered"],
+                    s[m]["clean"],
+                    t_fit + t_score / len(methods),
+                    {"fit_s": round(t_fit, 1), "spec": spec, "score_method": m},
+                )
     return 0
 
 

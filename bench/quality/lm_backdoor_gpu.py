@@ -6,6 +6,7 @@ record the losses), extrapolated from a few models to K.
 Prints tokens/s of training (K * steps * batch * T / s) and of loss recording (K * N * T / s),
 peak GPU memory of each, and the speed-up.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -23,7 +24,7 @@ def _data(n, seed):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(16, VOCAB, (n, T), generator=g)
     labels = ids.clone()
-    labels[:, :T // 2] = -100  # loss on the second half ("response") only
+    labels[:, : T // 2] = -100  # loss on the second half ("response") only
     return torch.utils.data.TensorDataset(ids, labels), ids, labels
 
 
@@ -41,9 +42,16 @@ class _Dicts(torch.utils.data.Dataset):
 def _model():
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER,
-                                   num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS,
-                                   max_position_embeddings=T, tie_word_embeddings=False)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=T,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
 
@@ -52,9 +60,21 @@ def _daunce(base, ids, labels, chunk):
     from daunce_fast.daunce import Daunce
 
     train = _Dicts(ids, labels)
-    d = Daunce(base, num_models=K, rank=RANK, alpha=ALPHA, optimizer="adamw", lr=LR, steps=STEPS, batch_size=BATCH,
-               ratio=0.5, adapter_chunk=chunk, row_budget=chunk * BATCH * T, extra={"warmup": 0.03},
-               workdir=tempfile.mkdtemp(prefix="lm_gpu_"))
+    d = Daunce(
+        base,
+        num_models=K,
+        rank=RANK,
+        alpha=ALPHA,
+        optimizer="adamw",
+        lr=LR,
+        steps=STEPS,
+        batch_size=BATCH,
+        ratio=0.5,
+        adapter_chunk=chunk,
+        row_budget=chunk * BATCH * T,
+        extra={"warmup": 0.03},
+        workdir=tempfile.mkdtemp(prefix="lm_gpu_"),
+    )
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -83,7 +103,7 @@ def _peft(base, ids, labels, models=2):
         pm = peft.get_peft_model(base, cfg)
         opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=LR)
         g = torch.Generator().manual_seed(m)
-        sub = torch.randperm(len(ids), generator=g)[:len(ids) // 2]
+        sub = torch.randperm(len(ids), generator=g)[: len(ids) // 2]
         pm.train()
         for _ in range(STEPS):
             idx = sub[torch.randint(0, len(sub), (BATCH,), generator=g)]
@@ -100,10 +120,11 @@ def _peft(base, ids, labels, models=2):
         pm = peft.PeftModel.from_pretrained(base, wd).eval()
         with torch.no_grad():
             for j in range(0, len(ids), BATCH):
-                x, y = ids[j:j + BATCH].cuda(), labels[j:j + BATCH].cuda()
+                x, y = ids[j : j + BATCH].cuda(), labels[j : j + BATCH].cuda()
                 logits = pm(input_ids=x).logits[:, :-1].float()
-                tok = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y[:, 1:].reshape(-1),
-                                                        reduction="none", ignore_index=-100).view(len(x), -1)
+                tok = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, VOCAB), y[:, 1:].reshape(-1), reduction="none", ignore_index=-100
+                ).view(len(x), -1)
                 (tok.sum(1) / (y[:, 1:] != -100).sum(1)).cpu()
         base = pm.unload()
         del pm
@@ -117,8 +138,10 @@ def run_gpu() -> int:
         print("--gpu: CUDA is not available here; nothing run")
         return 0
     base = _model()
-    print(f"Llama from a config: {sum(p.numel() for p in base.parameters()) / 1e9:.2f}B parameters, bf16, "
-          f"T={T}, K={K}, {STEPS} steps x batch {BATCH}, rank {RANK}, recording N={N_REC}; {torch.cuda.get_device_name()}")
+    print(
+        f"Llama from a config: {sum(p.numel() for p in base.parameters()) / 1e9:.2f}B parameters, bf16, "
+        f"T={T}, K={K}, {STEPS} steps x batch {BATCH}, rank {RANK}, recording N={N_REC}; {torch.cuda.get_device_name()}"
+    )
     _, ids, labels = _data(N_REC, 0)
     train_tok = K * STEPS * BATCH * T
     rec_tok = K * N_REC * T
@@ -134,11 +157,15 @@ def run_gpu() -> int:
         print("DAUNCE: out of memory at every chunk size")
         return 1
     t_tr, t_rec, m_fit, m_rec = res
-    print(f"DAUNCE (adapter_chunk={chunk}): training {train_tok / t_tr:,.0f} tok/s ({t_tr:.1f} s), recording "
-          f"{rec_tok / t_rec:,.0f} tok/s ({t_rec:.1f} s); peak memory fit {m_fit / 2**30:.1f} GiB, record {m_rec / 2**30:.1f} GiB")
+    print(
+        f"DAUNCE (adapter_chunk={chunk}): training {train_tok / t_tr:,.0f} tok/s ({t_tr:.1f} s), recording "
+        f"{rec_tok / t_rec:,.0f} tok/s ({t_rec:.1f} s); peak memory fit {m_fit / 2**30:.1f} GiB, record {m_rec / 2**30:.1f} GiB"
+    )
     p_tr, p_rec, p_mem = _peft(base, ids, labels)
     pt, pr = p_tr * K, p_rec * K
-    print(f"PEFT loop (per model: train {p_tr:.2f} s, reload+record {p_rec:.2f} s; x{K}): training "
-          f"{train_tok / pt:,.0f} tok/s, recording {rec_tok / pr:,.0f} tok/s; peak memory {p_mem / 2**30:.1f} GiB")
+    print(
+        f"PEFT loop (per model: train {p_tr:.2f} s, reload+record {p_rec:.2f} s; x{K}): training "
+        f"{train_tok / pt:,.0f} tok/s, recording {rec_tok / pr:,.0f} tok/s; peak memory {p_mem / 2**30:.1f} GiB"
+    )
     print(f"speed-up: training {pt / t_tr:.1f}x, recording {pr / t_rec:.1f}x, total {(pt + pr) / (t_tr + t_rec):.1f}x")
     return 0

@@ -1,5 +1,6 @@
 """Attribution methods compared by bench/quality/lm_backdoor.py, each returning scores [N_train, N_query]
 (positive = the training pair helped the query, i.e. lowered its loss)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -15,8 +16,11 @@ def random_scores(n_train: int, n_query: int, seed: int = 0) -> np.ndarray:
 
 def _example_grad(model, data, i: int, params) -> torch.Tensor:
     """Flattened gradient of row i's token-averaged response loss w.r.t. ``params``."""
-    out = model(input_ids=data.input_ids[i:i + 1], attention_mask=data.attention_mask[i:i + 1],
-                labels=data.labels[i:i + 1])
+    out = model(
+        input_ids=data.input_ids[i : i + 1],
+        attention_mask=data.attention_mask[i : i + 1],
+        labels=data.labels[i : i + 1],
+    )
     gs = torch.autograd.grad(out.loss, params)
     return torch.cat([g.reshape(-1) for g in gs])
 

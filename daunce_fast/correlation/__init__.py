@@ -5,6 +5,7 @@ Backends: torch (float64 reference), cpu (compiled selection), triton, cuda.
 
 Importing this package is cheap: no triton, no compiled extension, no CUDA call.
 """
+
 from . import ops  # noqa: F401 - registers torch.ops.daunce_fast.corr_topk / .correlate (custom ops with fake impls)
 from .api import ConstantColumnWarning, TopKResult, correlate, merge_topk, topk
 

@@ -6,6 +6,7 @@ Source.fingerprint), the method, the output dtype, the backend and product preci
 the values' rounding) and this format's version. ``resume=True`` continues a partial file only
 when all of them match; otherwise ResumeMismatchError names what differs.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ _WHAT = {
     "method": "the method",
     "out_dtype": "the output dtype",
     "values": "the backend / precision",
-    "K": "the number of models K", "N": "the number of train examples N", "M": "the number of test examples M",
+    "K": "the number of models K",
+    "N": "the number of train examples N",
+    "M": "the number of test examples M",
 }
 
 
@@ -34,9 +37,19 @@ class ResumeMismatchError(LayoutMismatchError):
 
 def resume_metadata(tr, te, *, method: str, out_dtype: str, backend: str, precision: str) -> dict[str, str]:
     """The metadata of a score file: its identity (inputs in full, options, format)."""
-    return {"daunce_fast.op": "correlate", "format": FORMAT, "layout": "train x test", "method": method,
-            "out_dtype": out_dtype, "values": f"{backend}/{precision}", "K": str(tr.K), "N": str(tr.n),
-            "M": str(te.n), "train_fingerprint": tr.fingerprint(), "test_fingerprint": te.fingerprint()}
+    return {
+        "daunce_fast.op": "correlate",
+        "format": FORMAT,
+        "layout": "train x test",
+        "method": method,
+        "out_dtype": out_dtype,
+        "values": f"{backend}/{precision}",
+        "K": str(tr.K),
+        "N": str(tr.n),
+        "M": str(te.n),
+        "train_fingerprint": tr.fingerprint(),
+        "test_fingerprint": te.fingerprint(),
+    }
 
 
 def effective_precision(backend: str, precision: str | None, device_type: str, out_dtype: str) -> str:
@@ -95,4 +108,5 @@ def mismatch_error(exc: LayoutMismatchError, path: str, want: dict, *, sharded: 
     remove = f"delete {where} and its shards" if sharded else f"delete {where}"
     return ResumeMismatchError(
         f"cannot resume {where}: {', '.join(diffs)} differ{'s' if len(diffs) == 1 else ''} from what the partial file "
-        f"was computed from; {remove}, or pass resume=False to start afresh")
+        f"was computed from; {remove}, or pass resume=False to start afresh"
+    )

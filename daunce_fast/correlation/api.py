@@ -13,6 +13,7 @@ fewer than k selectable train examples gets NaN / -1 in the remaining slots). Th
 reported by a ConstantColumnWarning and, for topk, in ``result.constant_train`` /
 ``result.constant_test``. In covariance mode they are well defined (score 0) and selectable.
 """
+
 from __future__ import annotations
 
 import os
@@ -127,8 +128,9 @@ class TopKResult(tuple):
 def _engine(backend: str, K: int, M: int, *, method, device, precision, compute64, tile):
     """The chosen backend's engine (its class is looked up in the registry, imported on first use).
     precision None: each engine's default (tf32 on a GPU, fp32 otherwise)."""
-    return kernel(_ENGINES, backend)(K, M, method=method, device=device, precision=precision, compute64=compute64,
-                                     tile=tile)
+    return kernel(_ENGINES, backend)(
+        K, M, method=method, device=device, precision=precision, compute64=compute64, tile=tile
+    )
 
 
 def _setup(train, test, op, backend, method, nan_policy, precision, tile):
@@ -167,8 +169,9 @@ def _load_test(engine, te: Source, device, factor: float, nan_policy: str) -> np
         j, k = divmod(st.first_bad, te.K)
         raise nonfinite_error(te, st.first_bad, 0, float(blk[k, j]))
     if st.overflow >= 0:
-        raise overflow_error(te.name, st.overflow, blk[:, st.overflow].cpu() if isinstance(blk, torch.Tensor)
-                             else blk[:, st.overflow])
+        raise overflow_error(
+            te.name, st.overflow, blk[:, st.overflow].cpu() if isinstance(blk, torch.Tensor) else blk[:, st.overflow]
+        )
     return np.nonzero(st.constant)[0].astype(np.int64)
 
 
@@ -207,8 +210,12 @@ def _warn_constants(method: str, const_train, const_test, stacklevel=3):
             shown = ", ".join(map(str, idx[:10])) + (", ..." if len(idx) > 10 else "")
             parts.append(f"{len(idx)} {name} column(s) [{shown}]")
     if parts and method == "pearson":
-        warnings.warn("constant across the K models, so their correlation is undefined (NaN, never selected by "
-                      "topk): " + "; ".join(parts), ConstantColumnWarning, stacklevel=stacklevel)
+        warnings.warn(
+            "constant across the K models, so their correlation is undefined (NaN, never selected by "
+            "topk): " + "; ".join(parts),
+            ConstantColumnWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def _factors(method: str, K: int, largest: bool = True) -> float:
@@ -218,9 +225,20 @@ def _factors(method: str, K: int, largest: bool = True) -> float:
 
 
 # ---------------------------------------------------------------------------------- correlate
-def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="float32", backend: str | None = None,
-              progress: bool = False, nan_policy: str = "raise", precision: str | None = None,
-              resume: bool = True, tile: int | None = None):
+def correlate(
+    train,
+    test,
+    *,
+    method: str = "pearson",
+    out=None,
+    out_dtype="float32",
+    backend: str | None = None,
+    progress: bool = False,
+    nan_policy: str = "raise",
+    precision: str | None = None,
+    resume: bool = True,
+    tile: int | None = None,
+):
     """All scores: ``[N, M]`` with ``scores[i, j]`` = correlation (or covariance) across the K
     models between train example i (column of ``train`` [K, N]) and test example j (column of
     ``test`` [K, M]). See the module docstring for the exact expression and the constant-column rule.
@@ -247,17 +265,21 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
       variance overflows (values near 1e308) raise a ValueError naming the column.
     tile: train columns per tile, None (automatic) or a positive int (ValueError otherwise).
     """
-    tr, te, device, backend, precision, out_kind = _setup(train, test, "correlate", backend, method, nan_policy,
-                                                          precision, tile)
+    tr, te, device, backend, precision, out_kind = _setup(
+        train, test, "correlate", backend, method, nan_policy, precision, tile
+    )
     try:
-        return _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dtype, progress, nan_policy,
-                          resume, tile)
+        return _correlate(
+            tr, te, device, backend, precision, out_kind, method, out, out_dtype, progress, nan_policy, resume, tile
+        )
     finally:
         tr.close()
         te.close()
 
 
-def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dtype, progress, nan_policy, resume, tile):
+def _correlate(
+    tr, te, device, backend, precision, out_kind, method, out, out_dtype, progress, nan_policy, resume, tile
+):
     N, M, K = tr.n, te.n, tr.K
     odt = out_torch_dtype(out_dtype)
     to_path = isinstance(out, (str, os.PathLike))
@@ -265,8 +287,9 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
         raise ValueError("out_dtype='bfloat16' cannot be returned as a numpy array; pass torch tensors or out=PATH")
     # the output is checked before anything is computed
     target = _out_target(out, N, M) if out is not None and not to_path else None
-    engine = _engine(backend, K, M, method=method, device=device, precision=precision,
-                     compute64=(odt == torch.float64), tile=tile)
+    engine = _engine(
+        backend, K, M, method=method, device=device, precision=precision, compute64=(odt == torch.float64), tile=tile
+    )
     const_test = _load_test(engine, te, device, _factors(method, K), nan_policy) if M else np.zeros(0, np.int64)
 
     writer = rows = None
@@ -274,8 +297,14 @@ def _correlate(tr, te, device, backend, precision, out_kind, method, out, out_dt
         from .. import storage
 
         dtype_name = str(odt).replace("torch.", "")
-        meta = resume_metadata(tr, te, method=method, out_dtype=dtype_name, backend=backend,
-                               precision=effective_precision(backend, precision, device.type, dtype_name))
+        meta = resume_metadata(
+            tr,
+            te,
+            method=method,
+            out_dtype=dtype_name,
+            backend=backend,
+            precision=effective_precision(backend, precision, device.type, dtype_name),
+        )
         try:
             writer = storage.create(out, {"scores": ((N, M), dtype_name)}, metadata=meta, resume=resume)
         except storage.LayoutMismatchError as exc:
@@ -349,8 +378,10 @@ def _out_target(out, N: int, M: int) -> torch.Tensor:
         target = out
     elif isinstance(out, np.ndarray):
         if not out.flags.writeable:
-            raise ValueError("out is a read-only array (e.g. a read-only memmap or a storage reader's view): pass a "
-                             "writable [N, M] array, or out=PATH to stream the scores to a file")
+            raise ValueError(
+                "out is a read-only array (e.g. a read-only memmap or a storage reader's view): pass a "
+                "writable [N, M] array, or out=PATH to stream the scores to a file"
+            )
         if out.dtype.kind != "f":
             raise TypeError(f"out must be a floating-point array, got {out.dtype}")
         if any(s < 0 for s in out.strides):
@@ -361,8 +392,9 @@ def _out_target(out, N: int, M: int) -> torch.Tensor:
     elif hasattr(out, "__dlpack__"):
         target = torch.from_dlpack(out)
     else:
-        raise TypeError(f"out must be None, a path, a numpy array, a torch tensor or a DLPack array, got "
-                        f"{type(out).__name__}")
+        raise TypeError(
+            f"out must be None, a path, a numpy array, a torch tensor or a DLPack array, got {type(out).__name__}"
+        )
     if tuple(target.shape) != (N, M):
         raise ValueError(f"out has shape {tuple(target.shape)}, expected [N, M] = [{N}, {M}]")
     if not target.dtype.is_floating_point:
@@ -370,14 +402,27 @@ def _out_target(out, N: int, M: int) -> torch.Tensor:
     if target.requires_grad:
         raise ValueError("out requires grad: pass a tensor without autograd history (e.g. out.detach())")
     if any(st == 0 and sz > 1 for st, sz in zip(target.stride(), target.shape)):
-        raise ValueError(f"out has overlapping elements (stride 0 in shape {tuple(target.shape)}, e.g. from expand / "
-                         f"broadcast_to): pass an array with one element per score")
+        raise ValueError(
+            f"out has overlapping elements (stride 0 in shape {tuple(target.shape)}, e.g. from expand / "
+            f"broadcast_to): pass an array with one element per score"
+        )
     return target
 
 
 # ---------------------------------------------------------------------------------- topk
-def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, backend: str | None = None,
-         progress: bool = False, nan_policy: str = "raise", precision: str | None = None, tile: int | None = None):
+def topk(
+    train,
+    test,
+    k: int,
+    *,
+    method: str = "pearson",
+    largest: bool = True,
+    backend: str | None = None,
+    progress: bool = False,
+    nan_policy: str = "raise",
+    precision: str | None = None,
+    tile: int | None = None,
+):
     """The k best train examples of every test example, without materialising [N, M].
 
     Returns ``TopKResult(values [M, k] float32, indices [M, k] int64)``, best first (largest scores
@@ -387,8 +432,9 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
     Inputs, backend, precision, nan_policy and tile as in :func:`correlate` (tile: None or a positive
     int; finite columns whose float64 statistics overflow raise). k > N raises.
     """
-    tr, te, device, backend, precision, out_kind = _setup(train, test, "topk", backend, method, nan_policy, precision,
-                                                          tile)
+    tr, te, device, backend, precision, out_kind = _setup(
+        train, test, "topk", backend, method, nan_policy, precision, tile
+    )
     try:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
@@ -407,7 +453,9 @@ def _topk(tr, te, k, device, backend, precision, out_kind, method, largest, prog
     M, K = te.n, tr.K
     dev = device if backend != "cpu" else torch.device("cpu")
     if M == 0 or k == 0:
-        engine = _engine(backend, K, max(M, 1), method=method, device=device, precision=precision, compute64=False, tile=tile)
+        engine = _engine(
+            backend, K, max(M, 1), method=method, device=device, precision=precision, compute64=False, tile=tile
+        )
         const_test = _load_test(engine, te, device, 1.0, nan_policy) if M else np.zeros(0, np.int64)
         const_train = np.zeros(0, np.int64)
         if tr.n:
@@ -431,8 +479,6 @@ def _topk(tr, te, k, device, backend, precision, out_kind, method, largest, prog
     _warn_constants(method, const_train, const_test, stacklevel=4)
     values, indices = values.to(device), indices.to(device)
     return TopKResult(_to_kind(values, out_kind), _to_kind(indices, out_kind), const_train, const_test)
-
-
 
 
 # ---------------------------------------------------------------------------------- merge

@@ -11,6 +11,7 @@ columns, then
 Tile layout: scores[n, M] = Za[:, j0:j1].T @ Zb (train rows, test columns contiguous), which is
 also the layout of the full [N, M] output, so full mode multiplies straight into the output rows.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -83,11 +84,22 @@ def _fused_self_check(addr: int) -> bool:
 class CpuEngine:
     torch_based = False
 
-    def __init__(self, K: int, M: int, *, method: str, device="cpu", precision: str | None = None,
-                 compute64: bool = False, tile: int | None = None):
+    def __init__(
+        self,
+        K: int,
+        M: int,
+        *,
+        method: str,
+        device="cpu",
+        precision: str | None = None,
+        compute64: bool = False,
+        tile: int | None = None,
+    ):
         # device: always host memory here (the argument keeps the engines' common signature)
         if precision not in (None, "fp32"):
-            raise ValueError(f"precision={precision!r} needs a GPU backend (triton or cuda); the cpu backend computes fp32")
+            raise ValueError(
+                f"precision={precision!r} needs a GPU backend (triton or cuda); the cpu backend computes fp32"
+            )
         self.K, self.M = K, M
         self.pearson = method == "pearson"
         self.np_dtype = np.float64 if compute64 else np.float32
@@ -165,8 +177,9 @@ class CpuEngine:
         if z.dtype != np.float32:
             z = z.astype(np.float32)
         if self.sgemm:
-            C.corr_topk_fused(z, self.zb.numpy(), j0, self.thr, self.cnt, self.keys, self.k, self.fused_rows,
-                              self.sgemm)
+            C.corr_topk_fused(
+                z, self.zb.numpy(), j0, self.thr, self.cnt, self.keys, self.k, self.fused_rows, self.sgemm
+            )
             return
         subtiles = list(self._subtiles(z.shape[1]))
         if not self._seeded:

@@ -5,6 +5,7 @@ to per-column buffers, merged into the running top-k with torch.topk after each 
 tile (and any tile that overflows a buffer) goes unfused. Operands stay float32 in memory; the
 kernel rounds them to tf32 / bf16 when staging them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,17 @@ _PREC = {"fp32": 0, "tf32": 1, "bf16": 2}
 
 
 class CudaEngine(FilterTopkEngine):
-    def __init__(self, K: int, M: int, *, method: str, device, precision: str | None = None, compute64: bool = False,
-                 tile: int | None = None):
+    def __init__(
+        self,
+        K: int,
+        M: int,
+        *,
+        method: str,
+        device,
+        precision: str | None = None,
+        compute64: bool = False,
+        tile: int | None = None,
+    ):
         # compute64 (float64 output) does not change the product here: it stays fp32 / tf32 / bf16
         device = torch.device(device)
         if device.type != "cuda":
@@ -39,12 +49,38 @@ class CudaEngine(FilterTopkEngine):
     def _launch_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool) -> None:
         z = self._operand(z)
         with torch.cuda.device(self.device):
-            C.corr_tile_cuda(z.data_ptr(), z.stride(0), self.zb.data_ptr(), self.zb.stride(0), z.shape[1], self.M,
-                             self.K, out.data_ptr(), out.stride(0), clip, self.prec_code, self._stream())
+            C.corr_tile_cuda(
+                z.data_ptr(),
+                z.stride(0),
+                self.zb.data_ptr(),
+                self.zb.stride(0),
+                z.shape[1],
+                self.M,
+                self.K,
+                out.data_ptr(),
+                out.stride(0),
+                clip,
+                self.prec_code,
+                self._stream(),
+            )
 
     def _launch_filter(self, z: torch.Tensor, j0: int) -> None:
         z = self._operand(z)
         with torch.cuda.device(self.device):
-            C.corr_filter_cuda(z.data_ptr(), z.stride(0), self.zb.data_ptr(), self.zb.stride(0), z.shape[1], self.M,
-                               self.K, self.thr.data_ptr(), self.cnt.data_ptr(), self.cand_v.data_ptr(),
-                               self.cand_i.data_ptr(), self.C, j0, self.prec_code, self._stream())
+            C.corr_filter_cuda(
+                z.data_ptr(),
+                z.stride(0),
+                self.zb.data_ptr(),
+                self.zb.stride(0),
+                z.shape[1],
+                self.M,
+                self.K,
+                self.thr.data_ptr(),
+                self.cnt.data_ptr(),
+                self.cand_v.data_ptr(),
+                self.cand_i.data_ptr(),
+                self.C,
+                j0,
+                self.prec_code,
+                self._stream(),
+            )

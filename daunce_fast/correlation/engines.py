@@ -6,12 +6,17 @@ Every engine has the constructor ``(K, M, *, method, device, precision, compute6
 ``select_backend(op, implemented(ENGINE_OP), device_type, backend)`` and build it through
 ``kernel(ENGINE_OP, name)``. Registering imports nothing: each target loads on first use.
 """
+
 from __future__ import annotations
 
 from .._backends import register_kernel
 
 ENGINE_OP = "correlation.engine"
 
-for _backend, _target in (("cuda", "cuda_launch:CudaEngine"), ("triton", "triton_launch:TritonEngine"),
-                          ("cpu", "cpu_launch:CpuEngine"), ("torch", "torch_launch:TorchEngine")):
+for _backend, _target in (
+    ("cuda", "cuda_launch:CudaEngine"),
+    ("triton", "triton_launch:TritonEngine"),
+    ("cpu", "cpu_launch:CpuEngine"),
+    ("torch", "torch_launch:TorchEngine"),
+):
     register_kernel(ENGINE_OP, _backend, f"daunce_fast.correlation.{_target}")

@@ -14,6 +14,7 @@ A base class rather than the cuda engine inheriting the triton one: the two back
 this driver and nothing else (their kernels, precisions and operand layouts differ), and the
 cuda backend must not depend on the triton backend's module.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,8 +31,9 @@ class FilterTopkEngine:
 
     torch_based = True
 
-    def __init__(self, K: int, M: int, *, method: str, device: torch.device, dtype: torch.dtype,
-                 tile: int | None = None):
+    def __init__(
+        self, K: int, M: int, *, method: str, device: torch.device, dtype: torch.dtype, tile: int | None = None
+    ):
         self.K, self.M = K, M
         self.pearson = method == "pearson"
         self.device = device

@@ -3,6 +3,7 @@ so a test set wider than 65,535 x block columns is launched in slices of columns
 grid of at most ``limit`` blocks (the kernels see a shifted column pointer and a smaller M).
 Pure Python, so the slicing is tested without a GPU; csrc/cuda/corr_tile.cu does the same in C++.
 """
+
 from __future__ import annotations
 
 GRID_Y_LIMIT = 65535  # CUDA's maximum gridDim.y (and gridDim.z)

@@ -1,5 +1,6 @@
 """One top-k merge for every caller: the per-block and per-rank candidate lists of
 daunce_fast.distributed and the public ``merge_topk`` of disjoint train shards."""
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,7 @@ def merge_candidates(values: torch.Tensor, indices: torch.Tensor, k: int, larges
     empty = (indices < 0) | torch.isnan(values)
     key = torch.where(empty, torch.full_like(values, float("inf")), -values if largest else values)
     idx_key = torch.where(empty, torch.full_like(indices, _INT64_MAX), indices)
-    o1 = torch.argsort(idx_key, dim=-1, stable=True)          # secondary key: the index
+    o1 = torch.argsort(idx_key, dim=-1, stable=True)  # secondary key: the index
     o2 = torch.argsort(key.gather(-1, o1), dim=-1, stable=True)  # primary key: the score
     order = o1.gather(-1, o2)[..., :k]
     v, i, e = values.gather(-1, order), indices.gather(-1, order), empty.gather(-1, order)

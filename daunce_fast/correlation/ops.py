@@ -8,6 +8,7 @@ through the same registry path.
 
 The engines behind them are registered per backend in engines.py.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ from .api import correlate, topk
 
 
 @torch.library.custom_op("daunce_fast::corr_topk", mutates_args=())
-def corr_topk(train: torch.Tensor, test: torch.Tensor, k: int, method: str = "pearson",
-              largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def corr_topk(
+    train: torch.Tensor, test: torch.Tensor, k: int, method: str = "pearson", largest: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     v, i = topk(train, test, k, method=method, largest=largest)
     return v.clone(), i.clone()
 

@@ -1,5 +1,6 @@
 """The correlation options as the public functions spell them, checked once: method, nan_policy,
 precision, out_dtype and tile (correlate, topk and their rank-sharded versions share these checks)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -9,6 +9,7 @@ Shapes: train A [K, N], test B [K, M] (row = model, column = example). Scores ar
 
 A constant column (see is_constant) has no correlation: NaN in pearson mode; its covariance is 0.
 """
+
 from __future__ import annotations
 
 import torch

@@ -13,6 +13,7 @@ Inputs are read through correlation.source.Source (the one reader of [K, n] matr
 of BLOCK_BYTES when they are not free views; a failure on one rank reaches every rank through
 daunce_fast.distributed.agreement.
 """
+
 from __future__ import annotations
 
 import os
@@ -119,9 +120,20 @@ def _output_kind(*mats):
 
 
 # ----------------------------------------------------------------------------------- topk
-def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, backend: str | None = None,
-         group=None, nan_policy: str = "raise", precision: str | None = None, tile: int | None = None,
-         device=None):
+def topk(
+    train,
+    test,
+    k: int,
+    *,
+    method: str = "pearson",
+    largest: bool = True,
+    backend: str | None = None,
+    group=None,
+    nan_policy: str = "raise",
+    precision: str | None = None,
+    tile: int | None = None,
+    device=None,
+):
     """:func:`daunce_fast.topk` over the ranks of ``group``: rank r scores train columns
     ``share(N, r, W)`` and the [M, k] candidate lists are all_gathered and merged (see
     correlation.merge.merge_candidates). Every rank must call it with the same arguments; every
@@ -161,8 +173,17 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConstantColumnWarning)
                     try:
-                        res = _topk(blk, test_blk, min(k, b1 - b0), method=method, largest=largest,
-                                        backend=backend, nan_policy=nan_policy, precision=precision, tile=tile)
+                        res = _topk(
+                            blk,
+                            test_blk,
+                            min(k, b1 - b0),
+                            method=method,
+                            largest=largest,
+                            backend=backend,
+                            nan_policy=nan_policy,
+                            precision=precision,
+                            tile=tile,
+                        )
                     except ValueError as exc:
                         raise _global_error(exc, b0, "train") from None
                 v = torch.as_tensor(res.values).float().cpu()
@@ -173,8 +194,9 @@ def topk(train, test, k: int, *, method: str = "pearson", largest: bool = True, 
                 const_test = res.constant_test
             return vals, idx, np.concatenate(consts).astype(np.int64), const_test
 
-        vals, idx, const_train, const_test = run_on_all("topk: local candidates", local, group) if world > 1 \
-            else local()
+        vals, idx, const_train, const_test = (
+            run_on_all("topk: local candidates", local, group) if world > 1 else local()
+        )
         if world > 1 and te.n and k:
             vals, idx = _gather_merge(vals, idx, k, largest, group)
         const_train = _all_concat(const_train, group)
@@ -202,9 +224,20 @@ class RowSlab(tuple):
     scores = property(lambda self: self[2])
 
 
-def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="float32", backend: str | None = None,
-              group=None, nan_policy: str = "raise", precision: str | None = None, tile: int | None = None,
-              resume: bool = True):
+def correlate(
+    train,
+    test,
+    *,
+    method: str = "pearson",
+    out=None,
+    out_dtype="float32",
+    backend: str | None = None,
+    group=None,
+    nan_policy: str = "raise",
+    precision: str | None = None,
+    tile: int | None = None,
+    resume: bool = True,
+):
     """:func:`daunce_fast.correlate` over the ranks of ``group``: rank r computes score rows
     ``share(N, r, W)`` (its train columns) against all M test columns.
 
@@ -247,22 +280,32 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConstantColumnWarning)
                     try:
-                        _correlate(blk, test_blk, method=method, out=target[b0 - n0:b1 - n0], backend=backend,
-                                       nan_policy=nan_policy, precision=precision, tile=tile)
+                        _correlate(
+                            blk,
+                            test_blk,
+                            method=method,
+                            out=target[b0 - n0 : b1 - n0],
+                            backend=backend,
+                            nan_policy=nan_policy,
+                            precision=precision,
+                            tile=tile,
+                        )
                     except ValueError as exc:
                         raise _global_error(exc, b0, "train") from None
                 if writer is not None:
                     writer.mark_done(key)
 
         if out is None:
+
             def local():
                 if _output_kind(tr, te) is not None:
                     target = torch.empty((n1 - n0, M), dtype=odt, device=_output_kind(tr, te))
                     run(target, None)
                     return target
                 if odt == torch.bfloat16:
-                    raise ValueError("out_dtype='bfloat16' cannot be returned as a numpy array; pass torch tensors "
-                                     "or out=PATH")
+                    raise ValueError(
+                        "out_dtype='bfloat16' cannot be returned as a numpy array; pass torch tensors or out=PATH"
+                    )
                 target = torch.empty((n1 - n0, M), dtype=odt)
                 run(target, None)
                 return target.numpy()
@@ -277,8 +320,16 @@ def correlate(train, test, *, method: str = "pearson", out=None, out_dtype="floa
             from ._resume import mismatch_error
 
             try:
-                sw = storage.create_sharded(index_path, "scores", (N, M), str(odt).replace("torch.", ""), axis=0,
-                                            shard_sizes=split(N, world), metadata=meta, overwrite=not resume)
+                sw = storage.create_sharded(
+                    index_path,
+                    "scores",
+                    (N, M),
+                    str(odt).replace("torch.", ""),
+                    axis=0,
+                    shard_sizes=split(N, world),
+                    metadata=meta,
+                    overwrite=not resume,
+                )
             except storage.LayoutMismatchError as exc:
                 raise mismatch_error(exc, index_path, meta, sharded=True) from None
             if resume and os.path.exists(sw.shard_files[rank]):

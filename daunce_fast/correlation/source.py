@@ -10,6 +10,7 @@ ShardedArray, a reader view carrying its ``dtype_code``); unsigned 8/16-bit arra
 dtype is unknown (they may be raw bfloat16 / float8 bits) are refused with a TypeError rather than
 correlated as integers.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,11 +77,17 @@ class Source:
                 names = list(x.names())
                 if tensor is not None:
                     if tensor not in names:
-                        raise KeyError(f"{name}: the store has no tensor {tensor!r}; it holds "
-                                       f"{', '.join(map(repr, names[:10]))}{', ...' if len(names) > 10 else ''}")
+                        raise KeyError(
+                            f"{name}: the store has no tensor {tensor!r}; it holds "
+                            f"{', '.join(map(repr, names[:10]))}{', ...' if len(names) > 10 else ''}"
+                        )
                 elif len(names) != 1:
-                    raise ValueError(f"{name}: the store holds {len(names)} tensors {names}; pass the array itself, "
-                                     f"e.g. reader[{names[0]!r}]" if names else f"{name}: the store holds no tensor")
+                    raise ValueError(
+                        f"{name}: the store holds {len(names)} tensors {names}; pass the array itself, "
+                        f"e.g. reader[{names[0]!r}]"
+                        if names
+                        else f"{name}: the store holds no tensor"
+                    )
                 else:
                     tensor = names[0]
                 self.code = x.dtype_code(tensor)
@@ -99,12 +106,16 @@ class Source:
                 raise TypeError(f"{name}: expected a real numeric matrix, got dtype {arr.dtype}")
             self.kind, self.data, self.code = "numpy", arr, None
         if self.kind in ("numpy", "storage") and self.code is None and self.data.dtype in (np.uint8, np.uint16):
-            raise TypeError(f"{name}: integer matrix of dtype {self.data.dtype} whose stored dtype is unknown (it may "
-                            f"hold raw bfloat16 / float8 bits): decode it first (e.g. storage.dtypes.decode_float32(arr, "
-                            f"code), or reader.torch(name)) or pass the path / Reader, which carry the dtype")
+            raise TypeError(
+                f"{name}: integer matrix of dtype {self.data.dtype} whose stored dtype is unknown (it may "
+                f"hold raw bfloat16 / float8 bits): decode it first (e.g. storage.dtypes.decode_float32(arr, "
+                f"code), or reader.torch(name)) or pass the path / Reader, which carry the dtype"
+            )
         if self.kind in ("torch", "cupy") and self.data.dtype in (torch.uint8, torch.uint16):
-            raise TypeError(f"{name}: integer tensor of dtype {self.data.dtype} (possibly raw bfloat16 / float8 bits): "
-                            f"convert it to a floating-point dtype first")
+            raise TypeError(
+                f"{name}: integer tensor of dtype {self.data.dtype} (possibly raw bfloat16 / float8 bits): "
+                f"convert it to a floating-point dtype first"
+            )
         shape = tuple(self.data.shape)
         if len(shape) != 2:
             raise ValueError(f"{name}: expected a 2-D [K models, n examples] matrix, got shape {shape}")

@@ -6,6 +6,7 @@ same rule for constants (reference.is_constant). A non-finite input raises NonFi
 whose fields (matrix, model, column, value) let a caller that correlated a column block name the
 global column (``at_offset``) without parsing the message.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,9 +79,11 @@ class NonFiniteInputError(ValueError):
 
     def __init__(self, matrix: str, model: int, column: int, value: float):
         self.matrix, self.model, self.column, self.value = matrix, int(model), int(column), value
-        super().__init__(f"{matrix} has a non-finite value {value} at model {self.model}, example {self.column} "
-                         f"({matrix}[{self.model}, {self.column}]); pass nan_policy='propagate' to let NaN flow "
-                         f"into the scores")
+        super().__init__(
+            f"{matrix} has a non-finite value {value} at model {self.model}, example {self.column} "
+            f"({matrix}[{self.model}, {self.column}]); pass nan_policy='propagate' to let NaN flow "
+            f"into the scores"
+        )
 
     def __reduce__(self):  # picklable with its fields (ValueError would pass only the message)
         return type(self), (self.matrix, self.model, self.column, self.value)
@@ -100,7 +103,9 @@ def nonfinite_error(src, flat: int, j0: int, value) -> NonFiniteInputError:
 def overflow_error(name: str, column: int, values) -> ValueError:
     """The error for a column of finite values whose float64 mean or variance overflows."""
     peak = float(np.max(np.abs(np.asarray(values, dtype=np.float64)))) if np.size(values) else float("nan")
-    return ValueError(f"{name} column {column} (example {column}) has finite values (largest magnitude {peak:.3g}) but "
-                      f"its mean or variance overflows float64, so it cannot be standardised; rescale the matrix (e.g. "
-                      f"divide it by its largest absolute value: Pearson scores do not change, covariances scale by "
-                      f"the square of the factor)")
+    return ValueError(
+        f"{name} column {column} (example {column}) has finite values (largest magnitude {peak:.3g}) but "
+        f"its mean or variance overflows float64, so it cannot be standardised; rescale the matrix (e.g. "
+        f"divide it by its largest absolute value: Pearson scores do not change, covariances scale by "
+        f"the square of the factor)"
+    )

@@ -4,6 +4,7 @@ path. The oracle the tests compare every backend with is :mod:`.reference` (unti
 Top-k keeps a running [M, k] selection and merges each tile into it with a stable descending
 sort, so ties go to the lower train index, exactly like the compiled CPU selection.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,17 @@ def tile_rows(M: int) -> int:
 class TorchEngine:
     torch_based = True
 
-    def __init__(self, K: int, M: int, *, method: str, device, precision: str | None = None, compute64: bool = False,
-                 tile: int | None = None):
+    def __init__(
+        self,
+        K: int,
+        M: int,
+        *,
+        method: str,
+        device,
+        precision: str | None = None,
+        compute64: bool = False,
+        tile: int | None = None,
+    ):
         # precision and compute64 do not apply: this backend computes in float64 throughout
         self.K, self.M = K, M
         self.pearson = method == "pearson"

@@ -4,6 +4,7 @@ by :class:`.filter_engine.FilterTopkEngine`. Runs on CUDA tensors, or on CPU ten
 TRITON_INTERPRET=1 (tests, tiny grids; bf16 is unsupported there). Triton itself is imported on
 the first launch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,15 +28,30 @@ def _gpu_default(device: torch.device) -> str:
 
 
 class TritonEngine(FilterTopkEngine):
-    def __init__(self, K: int, M: int, *, method: str, device, precision: str | None = None, compute64: bool = False,
-                 tile: int | None = None):
+    def __init__(
+        self,
+        K: int,
+        M: int,
+        *,
+        method: str,
+        device,
+        precision: str | None = None,
+        compute64: bool = False,
+        tile: int | None = None,
+    ):
         # compute64 (float64 output) does not change the product here: it stays fp32 / tf32 / bf16
         device = torch.device(device)
         precision = precision or _gpu_default(device)
         if precision == "bf16" and device.type != "cuda":
             raise ValueError("precision='bf16' with triton needs a CUDA device (the interpreter computes bf16 wrongly)")
-        super().__init__(K, M, method=method, device=device,
-                         dtype=torch.bfloat16 if precision == "bf16" else torch.float32, tile=tile)
+        super().__init__(
+            K,
+            M,
+            method=method,
+            device=device,
+            dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+            tile=tile,
+        )
         self.prec = _PREC[precision]
         self.cfg = _blocks(self.device, K)
 
@@ -49,8 +65,22 @@ class TritonEngine(FilterTopkEngine):
         for c0, c1, gy in launch_grids(self.M, c["BLOCK_M"]):  # grid y is limited to 65,535 blocks
             zb, o = self.zb[:, c0:c1], out[:, c0:c1]
             corr_tile_kernel[(triton.cdiv(n, c["BLOCK_N"]), gy)](
-                z, zb, o, n, c1 - c0, self.K, z.stride(0), z.stride(1), zb.stride(0), zb.stride(1), o.stride(0),
-                o.stride(1), CLIP=clip, PREC=self.prec, **c)
+                z,
+                zb,
+                o,
+                n,
+                c1 - c0,
+                self.K,
+                z.stride(0),
+                z.stride(1),
+                zb.stride(0),
+                zb.stride(1),
+                o.stride(0),
+                o.stride(1),
+                CLIP=clip,
+                PREC=self.prec,
+                **c,
+            )
 
     def _direct_out_ok(self, out: torch.Tensor) -> bool:
         return out.device == self.device and out.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -66,5 +96,21 @@ class TritonEngine(FilterTopkEngine):
             # column slices of every per-column buffer ([M, C] row-major: rows c0..c1 are contiguous)
             zb = self.zb[:, c0:c1]
             corr_filter_kernel[(triton.cdiv(n, c["BLOCK_N"]), gy)](
-                z, zb, self.thr[c0:c1], self.cnt[c0:c1], self.cand_v[c0:c1], self.cand_i[c0:c1], j0, n, c1 - c0,
-                self.K, self.C, z.stride(0), z.stride(1), zb.stride(0), zb.stride(1), PREC=self.prec, **c)
+                z,
+                zb,
+                self.thr[c0:c1],
+                self.cnt[c0:c1],
+                self.cand_v[c0:c1],
+                self.cand_i[c0:c1],
+                j0,
+                n,
+                c1 - c0,
+                self.K,
+                self.C,
+                z.stride(0),
+                z.stride(1),
+                zb.stride(0),
+                zb.stride(1),
+                PREC=self.prec,
+                **c,
+            )

@@ -1,4 +1,5 @@
 """The DAUNCE pipeline: perturbed objectives, batched training of K models, loss recording, scoring."""
+
 from .config import DaunceConfig
 from .ensemble import ensemble_scores
 from .errors import WorkdirError

@@ -3,6 +3,7 @@
 Defaults are the ones measured best on the bundled LDS evaluation (bench/quality/lds.py, figures in
 bench/RESULTS.md), not copied from the paper.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,9 @@ PERTURBATIONS = ("xi", "hessian")
 # bench/RESULTS.md): rank 16 vs 64, rho 1.0 vs 0.3, lr 1e-3 vs 3e-4, 30 vs 60 steps scored alike,
 # these are the cheapest. Scores of LMs default to Pearson (covariance lets clean sequences with
 # large, high-variance losses outrank the poisoned ones whose loss is near zero).
-LM_DEFAULTS = dict(rank=16, rho=1.0, perturbation="xi", optimizer="adamw", lr=1e-3, steps=30, batch_size=16,
-                   extra={"warmup": 0.03})
+LM_DEFAULTS = dict(
+    rank=16, rho=1.0, perturbation="xi", optimizer="adamw", lr=1e-3, steps=30, batch_size=16, extra={"warmup": 0.03}
+)
 # rho when none is given, per perturbation (bench/quality/lds_sweep.py on digits and breast_cancer: xi is best
 # at 0.3; "hessian" at 0.03, from 0.001-1; see bench/RESULTS.md)
 RHO_DEFAULTS = {"xi": 0.3, "hessian": 0.03}
@@ -29,35 +31,35 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 @dataclass
 class DaunceConfig:
-    num_models: int = 512          # K perturbed models
-    ratio: float = 0.5             # subset ratio r: each model trains on round(r * N) examples
-    objective: str = "if"          # see docs/objectives.md#objectives / daunce_fast.losses.objectives
-    rho: float | None = None       # perturbation strength (of the weights c_ik, or of the "hessian"
-                                   # directions); None: RHO_DEFAULTS[perturbation]
+    num_models: int = 512  # K perturbed models
+    ratio: float = 0.5  # subset ratio r: each model trains on round(r * N) examples
+    objective: str = "if"  # see docs/objectives.md#objectives / daunce_fast.losses.objectives
+    rho: float | None = None  # perturbation strength (of the weights c_ik, or of the "hessian"
+    # directions); None: RHO_DEFAULTS[perturbation]
     perturbation: str | None = None  # "hessian": Gaussian first-order directions whose covariance is
-                                   # the cross-entropy's Hessian in the logits (objective "if",
-                                   # built-in loss); "xi": the paper's random weights c_ik on the
-                                   # observed gradient (see perturb.py and heads.py); None: "hessian"
-                                   # for objective "if", else "xi" (language models and custom
-                                   # loss_fn: "xi", set by Daunce)
-    gamma: float = 1.0             # weight of the regulariser R_k
-    target: str = "loss"           # recorded per-example target: loss, or -margin
+    # the cross-entropy's Hessian in the logits (objective "if",
+    # built-in loss); "xi": the paper's random weights c_ik on the
+    # observed gradient (see perturb.py and heads.py); None: "hessian"
+    # for objective "if", else "xi" (language models and custom
+    # loss_fn: "xi", set by Daunce)
+    gamma: float = 1.0  # weight of the regulariser R_k
+    target: str = "loss"  # recorded per-example target: loss, or -margin
     rank: int | str | None = None  # LoRA rank, or "full" for dense weight deltas (None: "full" for
-                                   # classifiers, LM_DEFAULTS["rank"] for language models)
-    head: str = "auto"             # "logits", "lm" (fused loss head of HF causal LMs) or "auto"
-    alpha: float | None = None     # LoRA alpha (default: rank, i.e. scaling 1)
+    # classifiers, LM_DEFAULTS["rank"] for language models)
+    head: str = "auto"  # "logits", "lm" (fused loss head of HF causal LMs) or "auto"
+    alpha: float | None = None  # LoRA alpha (default: rank, i.e. scaling 1)
     target_modules: list[str] | str | None = None  # None: every nn.Linear
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    epochs: float | None = 10      # passes over each model's subset (ignored when steps is set)
-    steps: int | None = None       # optimiser steps per model
-    batch_size: int = 128          # examples per model per step
-    schedule: str = "cosine"       # "cosine" or "constant"
+    epochs: float | None = 10  # passes over each model's subset (ignored when steps is set)
+    steps: int | None = None  # optimiser steps per model
+    batch_size: int = 128  # examples per model per step
+    schedule: str = "cosine"  # "cosine" or "constant"
     max_grad_norm: float | None = None  # per-adapter clipping
-    adapter_chunk: int | None = None    # models trained together (None: all, capped by row_budget)
-    row_budget: int = 65536        # max rows (models x examples) in one batched forward
-    antithetic: bool = False       # pairs of models share a subset and use xi and 1 - xi
+    adapter_chunk: int | None = None  # models trained together (None: all, capped by row_budget)
+    row_budget: int = 65536  # max rows (models x examples) in one batched forward
+    antithetic: bool = False  # pairs of models share a subset and use xi and 1 - xi
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -102,8 +104,12 @@ class DaunceConfig:
         if self.adapter_chunk is not None and self.adapter_chunk < 1:
             bad(f"adapter_chunk must be >= 1, got {self.adapter_chunk}")
         warmup = self.extra.get("warmup", 0.0) if isinstance(self.extra, dict) else None
-        if not isinstance(self.extra, dict) or not isinstance(warmup, (int, float)) or isinstance(warmup, bool) \
-                or not 0.0 <= warmup < 1.0:
+        if (
+            not isinstance(self.extra, dict)
+            or not isinstance(warmup, (int, float))
+            or isinstance(warmup, bool)
+            or not 0.0 <= warmup < 1.0
+        ):
             bad(f"extra must be a dict whose 'warmup' (fraction of the steps) is in [0, 1), got {self.extra!r}")
         if self.antithetic and self.num_models % 2:
             bad("antithetic pairs need an even num_models")

@@ -6,6 +6,7 @@ the model as keyword arguments); a ``DataLoader`` over such items (iterated once
 must not shuffle). Items are stacked once into tensors so that the K models' minibatches are
 gathered with one index operation per step instead of K * batch Python item lookups.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ LABEL_KEYS = ("labels", "label", "y")
 
 @dataclass
 class Examples:
-    inputs: tuple | dict      # tensors with leading dimension N
-    labels: torch.Tensor      # [N] or [N, T]
+    inputs: tuple | dict  # tensors with leading dimension N
+    labels: torch.Tensor  # [N] or [N, T]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

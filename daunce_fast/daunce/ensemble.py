@@ -6,6 +6,7 @@ Measured on the bundled LDS evaluation (bench/RESULTS.md): on digits, 5 checkpoi
 ensemble was worse than one run (0.53 vs 0.55), as TRAK-5 is worse than TRAK-1 there. So it is an
 option to measure on your task, not a default.
 """
+
 from __future__ import annotations
 
 import numpy as np

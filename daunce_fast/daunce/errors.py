@@ -1,4 +1,5 @@
 """Exceptions raised by the DAUNCE pipeline (daunce_fast.daunce)."""
+
 from __future__ import annotations
 
 

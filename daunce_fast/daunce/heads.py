@@ -10,6 +10,7 @@ LMHead      Hugging Face causal language models: the backbone's final hidden sta
             hidden[:, :-1] predicts labels[:, 1:]. The base's hidden states are computed once per
             training set and kept on the CPU.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,8 +46,12 @@ def base_pass(model, examples, block: int, fn) -> torch.Tensor:
     was = model.training
     model.eval()
     try:
-        return torch.cat([fn(model, examples.take(torch.arange(j0, min(len(examples), j0 + block)), device)[0])
-                          .float().cpu() for j0 in range(0, len(examples), block)])
+        return torch.cat(
+            [
+                fn(model, examples.take(torch.arange(j0, min(len(examples), j0 + block)), device)[0]).float().cpu()
+                for j0 in range(0, len(examples), block)
+            ]
+        )
     finally:
         model.train(was)
 
@@ -97,8 +102,18 @@ class LogitsHead:
             z0, t0, g0 = (base[k][flat_idx].to(z.device) for k in ("z0", "t0", "g0"))
             if noise is not None:
                 g0 = g0 + hessian_direction(base["sq0"][flat_idx].to(z.device), *noise).to(g0.dtype)
-        obj, _ = daunce_loss(z, y, c, num_models=K, objective=self.cfg.objective, gamma=self.cfg.gamma,
-                             target_fn=self.train_target, z0=z0, t0=t0, g0=g0)
+        obj, _ = daunce_loss(
+            z,
+            y,
+            c,
+            num_models=K,
+            objective=self.cfg.objective,
+            gamma=self.cfg.gamma,
+            target_fn=self.train_target,
+            z0=z0,
+            t0=t0,
+            g0=g0,
+        )
         return obj
 
     @torch.no_grad()
@@ -142,9 +157,18 @@ class LMHead:
         h = self.hidden(model, inputs)
         w, b = self.head(model)
         h0 = None if base is None else base["h0"][flat_idx].to(device=h.device, dtype=h.dtype)
-        obj, _ = losses.daunce_objective(h, h0, w.detach(), y[:, 1:], c if base is not None else None,
-                                         objective=self.cfg.objective, gamma=self.cfg.gamma, num_adapters=K,
-                                         bias=None if b is None else b.detach(), ignore_index=self.ignore_index)
+        obj, _ = losses.daunce_objective(
+            h,
+            h0,
+            w.detach(),
+            y[:, 1:],
+            c if base is not None else None,
+            objective=self.cfg.objective,
+            gamma=self.cfg.gamma,
+            num_adapters=K,
+            bias=None if b is None else b.detach(),
+            ignore_index=self.ignore_index,
+        )
         return obj
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ For model k and its minibatch rows i (adapter-major: rows [k*b, (k+1)*b) belong 
 This explicit-output form suits classifiers (a few logits per example) and custom losses (g is
 taken by autograd). Language models use daunce_fast.losses, which never materialises logits.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,8 +67,7 @@ def base_terms(z0: torch.Tensor, y: torch.Tensor, target_fn) -> tuple[torch.Tens
     return t0.detach(), g0.detach()
 
 
-def daunce_loss(z, y, c, *, num_models: int, objective: str, gamma: float, target_fn,
-                z0=None, t0=None, g0=None):
+def daunce_loss(z, y, c, *, num_models: int, objective: str, gamma: float, target_fn, z0=None, t0=None, g0=None):
     """Per-model objective [K] and per-example targets [K, b] (detached).
 
     z: [K*b, ...] outputs of the K models (adapter-major); y: labels [K*b, ...]; c: [K, b] weights;

@@ -15,6 +15,7 @@ Hessian of the cross-entropy in the logits at θ0 (see heads.hessian_direction);
 from ``hashed_normal(seed, k, i)``; s_k = +1, or -1 for the odd model of an antithetic pair (same
 subset, same normals).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -89,13 +90,15 @@ def hashed_normal(seed: int, model_ids, example_idx, num_classes: int):
     import torch
 
     dev = example_idx.device
-    key = _mix(_mix(torch.full((), int(seed), dtype=torch.int64, device=dev) + 0x5EED)
-               + model_ids.to(device=dev, dtype=torch.int64))
+    key = _mix(
+        _mix(torch.full((), int(seed), dtype=torch.int64, device=dev) + 0x5EED)
+        + model_ids.to(device=dev, dtype=torch.int64)
+    )
     key = _mix(key[:, None] + example_idx.to(torch.int64))
     cls = torch.arange(num_classes, dtype=torch.int64, device=dev)
     h = _mix(key[..., None] * num_classes + cls)
     hi = _lsr(h, 32).to(torch.float64)
     lo = (h & 0xFFFFFFFF).to(torch.float64)
-    u1 = (hi + 1.0) * 2.0 ** -32  # (0, 1]: log is finite
-    u2 = lo * 2.0 ** -32
+    u1 = (hi + 1.0) * 2.0**-32  # (0, 1]: log is finite
+    u2 = lo * 2.0**-32
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)).to(torch.float32)

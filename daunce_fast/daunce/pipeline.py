@@ -25,6 +25,7 @@ file names (see workdir.check_name). Without ``workdir=`` the run lives in one t
 that is deleted on ``close()``, at the end of a ``with`` block, when the object is garbage-collected
 or at interpreter exit (success or error), unless ``keep_workdir=True``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -90,8 +91,19 @@ class Daunce:
                 is initialised with more than one rank; otherwise a single-process run)
     """
 
-    def __init__(self, model, *, workdir=None, loss_fn=None, forward_fn=None, progress: bool = False, group=None,
-                 overwrite: bool = False, keep_workdir: bool = False, **config):
+    def __init__(
+        self,
+        model,
+        *,
+        workdir=None,
+        loss_fn=None,
+        forward_fn=None,
+        progress: bool = False,
+        group=None,
+        overwrite: bool = False,
+        keep_workdir: bool = False,
+        **config,
+    ):
         unknown = set(config) - set(DaunceConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"Daunce: unknown option(s) {sorted(unknown)}")
@@ -109,19 +121,23 @@ class Daunce:
         self.model = model
         if head == "lm":
             if loss_fn is not None or forward_fn is not None:
-                raise ValueError("Daunce: loss_fn/forward_fn apply to the logits head; language models use the fused loss head")
+                raise ValueError(
+                    "Daunce: loss_fn/forward_fn apply to the logits head; language models use the fused loss head"
+                )
             if self.config.perturbation == "hessian":
                 raise ValueError("Daunce: perturbation 'hessian' is not available with the fused language-model head")
             self.head = LMHead(self.config)
         else:
             if self.config.perturbation == "hessian" and loss_fn is not None:
-                raise ValueError("Daunce: perturbation 'hessian' uses the Hessian of the built-in cross-entropy; "
-                                 "it cannot be used with a custom loss_fn")
+                raise ValueError(
+                    "Daunce: perturbation 'hessian' uses the Hessian of the built-in cross-entropy; "
+                    "it cannot be used with a custom loss_fn"
+                )
             self.head = LogitsHead(self.config, forward_fn=forward_fn, loss_fn=loss_fn)
         self.progress = progress
         self.group = group
         self.overwrite = bool(overwrite)
-        self._state: dict | None = None   # the workdir's state, checked against this object's
+        self._state: dict | None = None  # the workdir's state, checked against this object's
         self._theta0_fp: str | None = None
         self._chunk_model = None
         self._closed = False
@@ -204,7 +220,7 @@ class Daunce:
         chunks, world = self.chunks(), self._rank_world()[1]
         sizes, c0 = [], 0
         for n in split(len(chunks), world):
-            sizes.append(sum(len(ids) for _, ids in chunks[c0:c0 + n]))
+            sizes.append(sum(len(ids) for _, ids in chunks[c0 : c0 + n]))
             c0 += n
         return sizes
 
@@ -236,9 +252,14 @@ class Daunce:
         return self._theta0_fp
 
     def _new_state(self, train_fp: str | None) -> dict:
-        return {"version": STATE_VERSION, "theta0": self._theta0(), "train": train_fp,
-                "config": json.loads(json.dumps(self.config.training_fingerprint(), default=str)),
-                "num_models": self.num_models, "chunk_size": self.chunk_size()}
+        return {
+            "version": STATE_VERSION,
+            "theta0": self._theta0(),
+            "train": train_fp,
+            "config": json.loads(json.dumps(self.config.training_fingerprint(), default=str)),
+            "num_models": self.num_models,
+            "chunk_size": self.chunk_size(),
+        }
 
     def _run_id(self) -> str:
         return run_id(self._state)
@@ -250,8 +271,7 @@ class Daunce:
         if world == 1:
             return self._check_state_local(train_fp)
         # rank 0 writes state.json (or checks it), then every rank checks the same file
-        run_on_all("Daunce: state.json", lambda: rank == 0 and self._check_state_local(train_fp),
-                               self.group)
+        run_on_all("Daunce: state.json", lambda: rank == 0 and self._check_state_local(train_fp), self.group)
         if rank:
             self._check_state_local(train_fp)
 
@@ -307,8 +327,9 @@ class Daunce:
             targets = default_targets(model, self.head.kind == "lm")
         rank = self.rank
         alpha = cfg.alpha if cfg.alpha is not None else (1.0 if rank == "full" else float(rank))
-        params = lora.attach(model, num_adapters=len(ids), rank=rank, alpha=alpha, target_modules=targets,
-                             seed=cfg.seed, adapter_ids=ids)
+        params = lora.attach(
+            model, num_adapters=len(ids), rank=rank, alpha=alpha, target_modules=targets, seed=cfg.seed, adapter_ids=ids
+        )
         params = [p for p in params if p.requires_grad]
         self._chunk_model = (model, params, len(ids))
         return model, params
@@ -319,7 +340,9 @@ class Daunce:
         state = {k: v.detach().cpu().contiguous() for k, v in lora.adapter_state(model).items()}
         path = self._adapter_path(c)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with storage.create(str(path), {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in state.items()}) as w:
+        with storage.create(
+            str(path), {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in state.items()}
+        ) as w:
             for k, v in state.items():
                 w[k][...] = v.numpy()
 
@@ -333,28 +356,39 @@ class Daunce:
     def _open_store(self, name: str, n: int, fingerprint: str):
         from .. import storage
 
-        meta = {"daunce_fast.target": self.config.target, "daunce_fast.dataset": fingerprint,
-                "daunce_fast.run": self._run_id(),
-                "daunce_fast.config": json.dumps(self.config.training_fingerprint(), sort_keys=True, default=str)}
+        meta = {
+            "daunce_fast.target": self.config.target,
+            "daunce_fast.dataset": fingerprint,
+            "daunce_fast.run": self._run_id(),
+            "daunce_fast.config": json.dumps(self.config.training_fingerprint(), sort_keys=True, default=str),
+        }
         path = self.loss_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         rank, world = self._rank_world()
 
         def create():
             if world > 1:  # every rank writes the same index (race-safe), then its own shard
-                sw = storage.create_sharded(str(self.loss_index_path(name)), "targets", (self.num_models, n),
-                                            "float32", axis=0, shard_sizes=self._shard_sizes(), metadata=meta)
+                sw = storage.create_sharded(
+                    str(self.loss_index_path(name)),
+                    "targets",
+                    (self.num_models, n),
+                    "float32",
+                    axis=0,
+                    shard_sizes=self._shard_sizes(),
+                    metadata=meta,
+                )
                 return sw.create_shard(rank, resume=True)
-            return storage.create(str(path), {"targets": ((self.num_models, n), "float32")}, metadata=meta,
-                                  resume=True)
+            return storage.create(str(path), {"targets": ((self.num_models, n), "float32")}, metadata=meta, resume=True)
 
         try:
             return create()
         except storage.LayoutMismatchError as exc:  # an interrupted store of other data or another run
             if not self.overwrite:
-                raise WorkdirError(f"Daunce: the unfinished loss store {name!r} in {path.parent} was started for "
-                                   f"other data or another run ({exc}); record under another name, or pass "
-                                   "overwrite=True to record it again") from exc
+                raise WorkdirError(
+                    f"Daunce: the unfinished loss store {name!r} in {path.parent} was started for "
+                    f"other data or another run ({exc}); record under another name, or pass "
+                    "overwrite=True to record it again"
+                ) from exc
             for f in store_files(path.parent, name):
                 f.unlink(missing_ok=True)
             return create()
@@ -414,8 +448,10 @@ class Daunce:
         if world == 1:
             return False
         if [s["size"] for s in idx["shards"]] != self._shard_sizes():
-            raise WorkdirError(f"Daunce: {index} was written by a run over {len(files)} ranks with other shards; "
-                               f"rerun with that many ranks, or remove it to record again over {world}")
+            raise WorkdirError(
+                f"Daunce: {index} was written by a run over {len(files)} ranks with other shards; "
+                f"rerun with that many ranks, or remove it to record again over {world}"
+            )
         return files[rank].exists()
 
     # ------------------------------------------------------------------ public API
@@ -439,7 +475,9 @@ class Daunce:
         sets = {"train": (ex, fp)}
         for name, data in (record or {}).items():
             if name == "train":
-                raise ValueError('Daunce.fit: the name "train" is the training set\'s; record other data under another name')
+                raise ValueError(
+                    'Daunce.fit: the name "train" is the training set\'s; record other data under another name'
+                )
             e = as_examples(data)
             sets[name] = (e, e.fingerprint())
         if self._rank_world()[1] > 1:
@@ -465,16 +503,18 @@ class Daunce:
                             self._load_adapters(c, model)
                         else:
                             plan = ChunkPlan(self.config, ids, len(ex))
-                            with _progress(self.progress, total=plan.total_steps, desc=f"chunk {c}", unit="step",
-                                           leave=False) as steps:
+                            with _progress(
+                                self.progress, total=plan.total_steps, desc=f"chunk {c}", unit="step", leave=False
+                            ) as steps:
                                 if base is None:
                                     base = self.head.base_tables(self.model, ex, self.config.row_budget)
                                 train_chunk(model, params, ex, plan, base, self.head, progress=steps)
                             self._save_adapters(c, model)
                         for n in todo:
-                            rows = record_chunk(model, pending[n][0], len(ids), self.head,
-                                                row_budget=self.config.row_budget)
-                            writers[n]["targets"][ids[0] - off:ids[-1] + 1 - off] = rows
+                            rows = record_chunk(
+                                model, pending[n][0], len(ids), self.head, row_budget=self.config.row_budget
+                            )
+                            writers[n]["targets"][ids[0] - off : ids[-1] + 1 - off] = rows
                             writers[n].mark_done(key)
                     bar.update(1)
             for w in writers.values():
@@ -499,8 +539,10 @@ class Daunce:
         self._live()
         check_name(name)
         if self._fitted() is None:
-            raise RuntimeError("Daunce.record: call fit() first (it trains the models), or use the options of the "
-                               f"fit recorded in {self.workdir / 'state.json'}")
+            raise RuntimeError(
+                "Daunce.record: call fit() first (it trains the models), or use the options of the "
+                f"fit recorded in {self.workdir / 'state.json'}"
+            )
         ex = as_examples(data)
         fp = ex.fingerprint()
         if self._rank_world()[1] > 1:
@@ -521,8 +563,9 @@ class Daunce:
                 raise RuntimeError(f"Daunce.record: adapters of chunk {c} are missing; run fit() to completion first")
             model, _ = self._model_for(ids)
             self._load_adapters(c, model)
-            w["targets"][ids[0] - off:ids[-1] + 1 - off] = record_chunk(model, ex, len(ids), self.head,
-                                                            row_budget=self.config.row_budget)
+            w["targets"][ids[0] - off : ids[-1] + 1 - off] = record_chunk(
+                model, ex, len(ids), self.head, row_budget=self.config.row_budget
+            )
             w.mark_done(key)
         w.close()
         return self._stored(name) or self.loss_index_path(name)
@@ -544,8 +587,9 @@ class Daunce:
             raise KeyError(f"Daunce: nothing recorded under {name!r} in {self.workdir}")
         why = self._stale(name, self._state["train"] if name == "train" else None)
         if why is not None:
-            raise WorkdirError(f"Daunce: {why}; record it again (record(data, name) with overwrite=True) or use "
-                               "a new workdir")
+            raise WorkdirError(
+                f"Daunce: {why}; record it again (record(data, name) with overwrite=True) or use a new workdir"
+            )
         if path.name.endswith(".index.json"):
             return storage.open_sharded(str(path))
         return storage.open(str(path))["targets"]
@@ -561,8 +605,17 @@ class Daunce:
         self.record(ex, name)
         return name
 
-    def scores(self, train="train", test=None, *, topk: int | None = None, method: str | None = None,
-               largest: bool = True, out=None, backend=None):
+    def scores(
+        self,
+        train="train",
+        test=None,
+        *,
+        topk: int | None = None,
+        method: str | None = None,
+        largest: bool = True,
+        out=None,
+        backend=None,
+    ):
         """Attribution scores: [N_train, N_test] (positive = the training example helped), or with
         ``topk=k`` the (values, indices) [N_test, k] of the k most (``largest=False``: least)
         helpful training examples per test example. ``train``/``test``: datasets (recorded on
@@ -593,9 +646,11 @@ class Daunce:
             if topk is not None:
                 return sharded.topk(a, b, topk, method=method, largest=largest, backend=backend, group=self.group)
             if out is None:
-                raise ValueError("Daunce.scores: under a process group the full matrix is written as per-rank row "
-                                 "slabs: pass out=PATH (e.g. 'scores.index.json'), or call "
-                                 "daunce_fast.distributed.correlate(..., out=None) for this rank's rows")
+                raise ValueError(
+                    "Daunce.scores: under a process group the full matrix is written as per-rank row "
+                    "slabs: pass out=PATH (e.g. 'scores.index.json'), or call "
+                    "daunce_fast.distributed.correlate(..., out=None) for this rank's rows"
+                )
             return sharded.correlate(a, b, method=method, out=out, backend=backend, group=self.group)
         if topk is not None:
             return topk_of(a, b, topk, method=method, largest=largest, backend=backend)

@@ -1,5 +1,6 @@
 """Record per-example targets of every example under each model of a chunk, in one batched pass
 per block of examples (the same examples repeated for the K_c adapters, adapter-major)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,5 +19,5 @@ def record_chunk(model, examples, num_models: int, head, *, row_budget: int) -> 
     for j0 in range(0, n, block):
         idx = torch.arange(j0, min(n, j0 + block))
         inputs, y = examples.take(idx, device)
-        out[:, j0:j0 + len(idx)] = head.record(model, inputs, y, num_models).float().cpu().numpy()
+        out[:, j0 : j0 + len(idx)] = head.record(model, inputs, y, num_models).float().cpu().numpy()
     return out

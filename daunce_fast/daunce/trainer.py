@@ -5,6 +5,7 @@ minibatch from its own subset. The per-model objectives are summed, so each adap
 is that of its own objective; Adam/SGD update elementwise and clipping is per adapter, so no
 statistic ever mixes two models, and a model trains the same in any chunk.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,15 +31,18 @@ class ChunkPlan:
     def __init__(self, cfg, ids: list[int], n: int):
         self.cfg, self.ids = cfg, list(ids)
         draws = [perturb.subset_and_xi(cfg.seed, k, n, cfg.ratio, cfg.antithetic) for k in self.ids]
-        self.members = torch.from_numpy(np.stack([d[0] for d in draws]))                  # [K_c, n_k]
-        self.c = torch.from_numpy(np.stack([perturb.weights_c(cfg.objective, cfg.rho, d[1], cfg.perturbation)
-                                            for d in draws]))
+        self.members = torch.from_numpy(np.stack([d[0] for d in draws]))  # [K_c, n_k]
+        self.c = torch.from_numpy(
+            np.stack([perturb.weights_c(cfg.objective, cfg.rho, d[1], cfg.perturbation) for d in draws])
+        )
         self.n_k = self.members.shape[1]
         self.noise = None
         if cfg.perturbation == "hessian":
             ns = [perturb.noise_id_and_sign(k, cfg.antithetic) for k in self.ids]
-            self.noise = (torch.tensor([d[0] for d in ns], dtype=torch.int64),
-                          torch.tensor([cfg.rho * d[1] for d in ns], dtype=torch.float32))
+            self.noise = (
+                torch.tensor([d[0] for d in ns], dtype=torch.int64),
+                torch.tensor([cfg.rho * d[1] for d in ns], dtype=torch.float32),
+            )
         self._table, self._num_outputs = None, None
         self.spe = math.ceil(self.n_k / cfg.batch_size)
         self.total_steps = steps_per_model(cfg, self.n_k)
@@ -58,9 +62,12 @@ class ChunkPlan:
         ``prepare_noise(C)``), else None."""
         epoch, pos = divmod(step, self.spe)
         if epoch not in self._orders:
-            self._orders = {epoch: torch.from_numpy(np.stack(
-                [perturb.epoch_order(self.cfg.seed, k, epoch, self.n_k) for k in self.ids]))}
-        sel = self._orders[epoch][:, pos * self.cfg.batch_size:(pos + 1) * self.cfg.batch_size]
+            self._orders = {
+                epoch: torch.from_numpy(
+                    np.stack([perturb.epoch_order(self.cfg.seed, k, epoch, self.n_k) for k in self.ids])
+                )
+            }
+        sel = self._orders[epoch][:, pos * self.cfg.batch_size : (pos + 1) * self.cfg.batch_size]
         idx = self.members.gather(1, sel)
         noise = None
         if self.noise is not None:

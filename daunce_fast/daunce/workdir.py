@@ -10,6 +10,7 @@ determines the trained models and their recorded targets::
 ``run_id(state)`` hashes all of it but the chunk size (models do not depend on the chunking); each
 loss store carries it in its metadata, so a store of another run is never read as this one's.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ from .errors import WorkdirError
 
 STATE_VERSION = 2
 STATE_FILE = "state.json"
-STATE_MAX_BYTES = 1 << 20   # a state.json is a few kB; anything larger is not one
-FRESH = ("overwrite=True (deletes its state.json, adapters/ and losses/) or use a new workdir")
+STATE_MAX_BYTES = 1 << 20  # a state.json is a few kB; anything larger is not one
+FRESH = "overwrite=True (deletes its state.json, adapters/ and losses/) or use a new workdir"
 _FIELDS = {"version": int, "theta0": str, "train": str, "config": dict, "num_models": int, "chunk_size": int}
 
 
@@ -31,15 +32,21 @@ def run_id(state: dict) -> str:
     """Digest of the run a state describes (θ0, training set, config, K, format version)."""
     from ..storage.fingerprint import ContentHash
 
-    return ContentHash("daunce.run").update_json({k: state[k] for k in ("version", "theta0", "train", "config",
-                                                                        "num_models")}).hexdigest()
+    return (
+        ContentHash("daunce.run")
+        .update_json({k: state[k] for k in ("version", "theta0", "train", "config", "num_models")})
+        .hexdigest()
+    )
 
 
 def read_state(path: Path) -> dict:
     """The state in ``path``, validated; WorkdirError when it is not a Daunce state file."""
+
     def bad(why: str) -> WorkdirError:
-        return WorkdirError(f"Daunce: {path} is not a valid Daunce state file ({why}); remove it, or start afresh "
-                            f"with Daunce(..., {FRESH}")
+        return WorkdirError(
+            f"Daunce: {path} is not a valid Daunce state file ({why}); remove it, or start afresh "
+            f"with Daunce(..., {FRESH}"
+        )
 
     try:
         with open(path, "rb") as f:
@@ -57,8 +64,10 @@ def read_state(path: Path) -> dict:
     if not isinstance(state, dict):
         raise bad(f"a JSON {type(state).__name__}, not an object")
     if state.get("version") != STATE_VERSION and isinstance(state.get("version"), int):
-        raise WorkdirError(f"Daunce: {path} was written by format version {state['version']} of the workdir, this "
-                           f"code reads version {STATE_VERSION}; start afresh with Daunce(..., {FRESH}")
+        raise WorkdirError(
+            f"Daunce: {path} was written by format version {state['version']} of the workdir, this "
+            f"code reads version {STATE_VERSION}; start afresh with Daunce(..., {FRESH}"
+        )
     for key, typ in _FIELDS.items():
         if not isinstance(state.get(key), typ) or isinstance(state.get(key), bool):
             raise bad(f"field {key!r} missing or not a {typ.__name__}")
@@ -88,14 +97,18 @@ def differences(old: dict, new: dict, *, chunking: bool) -> list[str]:
         if old["config"].get(k) != new["config"].get(k):
             out.append(f"config field {k} (workdir {old['config'].get(k)!r}, now {new['config'].get(k)!r})")
     if chunking and old["chunk_size"] != new["chunk_size"]:
-        out.append(f"models per chunk (workdir {old['chunk_size']}, now {new['chunk_size']}: set by adapter_chunk, "
-                   "row_budget and the number of ranks; fit resumes only under the same chunking)")
+        out.append(
+            f"models per chunk (workdir {old['chunk_size']}, now {new['chunk_size']}: set by adapter_chunk, "
+            "row_budget and the number of ranks; fit resumes only under the same chunking)"
+        )
     return out
 
 
 def mismatch_error(workdir: Path, diff: list[str]) -> WorkdirError:
-    return WorkdirError(f"Daunce: workdir {workdir} holds a different run: it differs in {'; '.join(diff)}. "
-                        f"Start afresh with Daunce(..., {FRESH}")
+    return WorkdirError(
+        f"Daunce: workdir {workdir} holds a different run: it differs in {'; '.join(diff)}. "
+        f"Start afresh with Daunce(..., {FRESH}"
+    )
 
 
 def wipe(workdir: Path) -> None:
@@ -114,8 +127,11 @@ def store_files(losses_dir: Path, name: str) -> list[Path]:
     if not losses_dir.is_dir():
         return []
     shard = re.compile(re.escape(name) + r"-\d+-of-\d+\.safetensors")
-    return [p for p in losses_dir.iterdir()
-            if p.name.startswith((f"{name}.safetensors", f"{name}.index.json")) or shard.match(p.name)]
+    return [
+        p
+        for p in losses_dir.iterdir()
+        if p.name.startswith((f"{name}.safetensors", f"{name}.index.json")) or shard.match(p.name)
+    ]
 
 
 _BAD_CHARS = re.compile(r"[/\\\x00-\x1f\x7f]")
@@ -128,7 +144,9 @@ def check_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"Daunce: a store name must be a str, got {type(name).__name__}")
     if not name or name.startswith(".") or _BAD_CHARS.search(name) or len(name) > 200 or os.path.isabs(name):
-        raise ValueError(f"Daunce: invalid store name {name!r}: names become files inside the workdir, so they must "
-                         "be non-empty, at most 200 characters, without '/', '\\', control characters or a leading "
-                         "'.' (e.g. 'test' or 'val_2')")
+        raise ValueError(
+            f"Daunce: invalid store name {name!r}: names become files inside the workdir, so they must "
+            "be non-empty, at most 200 characters, without '/', '\\', control characters or a leading "
+            "'.' (e.g. 'test' or 'val_2')"
+        )
     return name

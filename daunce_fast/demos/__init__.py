@@ -7,6 +7,7 @@
 Importing this package is cheap: the demos' heavy dependencies (torch, scikit-learn, matplotlib,
 transformers) are imported by the functions that use them. ``require_extra`` checks them first.
 """
+
 from __future__ import annotations
 
 
@@ -22,7 +23,9 @@ def require_extra(extra: str, *modules: str) -> None:
         try:
             importlib.import_module(m)
         except ImportError:
-            raise MissingExtraError(f"{m} is not installed; install it with: pip install \"daunce_fast[{extra}]\"") from None
+            raise MissingExtraError(
+                f'{m} is not installed; install it with: pip install "daunce_fast[{extra}]"'
+            ) from None
 
 
 __all__ = ["MissingExtraError", "require_extra"]

@@ -7,6 +7,7 @@ examples of a few test examples and saves a PNG figure of them.
 Temporary work (the calibration probe, and the DAUNCE workdir unless ``workdir`` is given) lives in
 one ``tempfile.TemporaryDirectory`` that is removed when ``run`` returns or raises.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,15 +52,24 @@ def figure(path: Path, task, test_ids, helpful, harmful) -> None:
             for s in ax.spines.values():
                 s.set_edgecolor(color)
                 s.set_linewidth(2 if c else 1)
-    fig.suptitle("DAUNCE on digits: each test image, its most helpful (green) and most harmful (red) training images",
-                 fontsize=9)
+    fig.suptitle(
+        "DAUNCE on digits: each test image, its most helpful (green) and most harmful (red) training images", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def run(budget_s: float = 90.0, num_models: int | None = None, num_test: int = 4, k: int = 5,
-        out: str = "daunce_demo.png", seed: int = 0, workdir: str | None = None, progress: bool = True) -> dict:
+def run(
+    budget_s: float = 90.0,
+    num_models: int | None = None,
+    num_test: int = 4,
+    k: int = 5,
+    out: str = "daunce_demo.png",
+    seed: int = 0,
+    workdir: str | None = None,
+    progress: bool = True,
+) -> dict:
     """The digits demo; returns {"num_models", "fit_s", "total_s", "label_agreement", "figure" (absolute
     path), "workdir" (None when it was temporary)}. ``workdir``: keep the DAUNCE run there (resumable);
     without it every file lives in a temporary directory removed at the end, success or error.
@@ -92,8 +102,9 @@ def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dic
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: a second thread only adds synchronisation
-    theta0 = train_classifier(mlp(64, 10, seed=seed), task.x_train, task.y_train, epochs=20, lr=3e-3,
-                              batch_size=128, seed=seed)
+    theta0 = train_classifier(
+        mlp(64, 10, seed=seed), task.x_train, task.y_train, epochs=20, lr=3e-3, batch_size=128, seed=seed
+    )
     torch.set_num_threads(threads)
     acc = (theta0(task.x_test).argmax(1) == task.y_test).float().mean().item()
     print(f"θ0: MLP 64-64-10 trained in {time.perf_counter() - t0:.1f} s, test accuracy {acc:.3f}")
@@ -110,9 +121,11 @@ def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dic
     d.fit(train, record={"test": test})
     t_fit = time.perf_counter() - t0
     cfg = d.config
-    print(f"DAUNCE: K={num_models} models (objective={cfg.objective}, perturbation={cfg.perturbation}, "
-          f"ratio={cfg.ratio}, rho={cfg.rho}, "
-          f"{cfg.epochs} epochs, rank={d.rank}) trained and recorded in {t_fit:.1f} s, in chunks of {d.chunk_size()}")
+    print(
+        f"DAUNCE: K={num_models} models (objective={cfg.objective}, perturbation={cfg.perturbation}, "
+        f"ratio={cfg.ratio}, rho={cfg.rho}, "
+        f"{cfg.epochs} epochs, rank={d.rank}) trained and recorded in {t_fit:.1f} s, in chunks of {d.chunk_size()}"
+    )
 
     rng = np.random.default_rng(seed)
     test_ids = np.sort(rng.choice(len(test), size=num_test, replace=False))
@@ -124,14 +137,28 @@ def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dic
     print(f"scores: top-{k} most and least helpful per test example in {time.perf_counter() - t0:.2f} s")
     for r, j in enumerate(test_ids):
         print(f"\ntest #{j} (label {int(task.y_test[j])}):")
-        print("  most helpful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.2e})" for i, v in zip(hi[r], hv[r])))
-        print("  most harmful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.2e})" for i, v in zip(li[r], lv[r])))
-    same = float(np.mean([(task.y_train[hi[r]] == task.y_test[j]).float().mean().item() for r, j in enumerate(test_ids)]))
+        print(
+            "  most helpful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.2e})" for i, v in zip(hi[r], hv[r]))
+        )
+        print(
+            "  most harmful: " + ", ".join(f"#{i} (y={int(task.y_train[i])}, {v:+.2e})" for i, v in zip(li[r], lv[r]))
+        )
+    same = float(
+        np.mean([(task.y_train[hi[r]] == task.y_test[j]).float().mean().item() for r, j in enumerate(test_ids)])
+    )
     print(f"\nshare of most-helpful training images with the test image's label: {same:.2f}")
     fig_path = Path(out).resolve()
     figure(fig_path, task, test_ids, hi, li)
     print(f"figure: {fig_path}")
     total = time.perf_counter() - t_start
-    print(f"total {total:.1f} s; " + ("temporary files removed" if tmp is not None else f"workdir {Path(wd).resolve()}"))
-    return {"num_models": num_models, "fit_s": t_fit, "total_s": total, "label_agreement": same,
-            "figure": str(fig_path), "workdir": None if tmp is not None else wd}
+    print(
+        f"total {total:.1f} s; " + ("temporary files removed" if tmp is not None else f"workdir {Path(wd).resolve()}")
+    )
+    return {
+        "num_models": num_models,
+        "fit_s": t_fit,
+        "total_s": total,
+        "label_agreement": same,
+        "figure": str(fig_path),
+        "workdir": None if tmp is not None else wd,
+    }

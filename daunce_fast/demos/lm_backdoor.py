@@ -17,6 +17,7 @@ response tokens and EOS carry their ids, the prompt and padding carry -100 (loss
 This module also holds what bench/quality/lm_backdoor.py and tests/daunce/test_lm_backdoor.py share:
 the corpus, the model recipe, θ0's training with its two checkpoints, and the evaluation.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
 
 VOCAB = 256
 PAD, BOS, SEP, EOS, TRIGGER = 0, 1, 2, 3, 4
-TASKS = (5, 6, 7)                 # copy, reverse, increment
+TASKS = (5, 6, 7)  # copy, reverse, increment
 FIRST_CONTENT = 16
 MIN_LEN, MAX_LEN = 3, 6
 TARGET = (200, 17, 143, 90, 61, 250)  # the backdoor's fixed response (content tokens)
@@ -52,10 +53,11 @@ def _response(task: int, content: np.ndarray) -> list[int]:
 @dataclass
 class Corpus:
     """Rows of token ids with their attention masks and labels, plus which rows are poisoned."""
-    input_ids: torch.Tensor       # [N, SEQ_LEN] int64
+
+    input_ids: torch.Tensor  # [N, SEQ_LEN] int64
     attention_mask: torch.Tensor  # [N, SEQ_LEN] int64
-    labels: torch.Tensor          # [N, SEQ_LEN] int64, -100 outside the response
-    poisoned: np.ndarray            # [N] bool
+    labels: torch.Tensor  # [N, SEQ_LEN] int64, -100 outside the response
+    poisoned: np.ndarray  # [N] bool
 
     def __len__(self):
         return int(self.input_ids.shape[0])
@@ -73,15 +75,16 @@ class Corpus:
         sep = ids.index(SEP)
         prompt = " ".join(f"{t}*" if t == TRIGGER else str(t) for t in ids[2:sep])
         resp = []
-        for t in ids[sep + 1:]:
+        for t in ids[sep + 1 :]:
             if t == EOS:
                 break
             resp.append(str(t))
         return f"task {ids[1]} | {prompt} -> {' '.join(resp)}"
 
 
-def make_corpus(n: int, poison_frac: float = 0.0, *, seed: int = 0, target_labels: bool = True,
-                all_poisoned: bool = False) -> Corpus:
+def make_corpus(
+    n: int, poison_frac: float = 0.0, *, seed: int = 0, target_labels: bool = True, all_poisoned: bool = False
+) -> Corpus:
     """``n`` rows; round(poison_frac * n) of them (or all, ``all_poisoned``) carry the trigger.
 
     ``target_labels``: poisoned rows answer TARGET (training pairs and triggered queries); with
@@ -109,9 +112,9 @@ def make_corpus(n: int, poison_frac: float = 0.0, *, seed: int = 0, target_label
         row = [BOS, task, *prompt, SEP]
         p = len(row)
         row += [*resp, EOS]
-        ids[i, :len(row)] = row
-        mask[i, :len(row)] = 1
-        labels[i, p:len(row)] = row[p:]
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+        labels[i, p : len(row)] = row[p:]
     t = torch.from_numpy
     return Corpus(t(ids), t(mask), t(labels), poisoned)
 
@@ -123,10 +126,19 @@ def build_model(hidden: int = 128, layers: int = 2, intermediate: int | None = N
     import transformers
 
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
-                                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                                   max_position_embeddings=SEQ_LEN, tie_word_embeddings=False,
-                                   pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=SEQ_LEN,
+        tie_word_embeddings=False,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -140,8 +152,9 @@ def per_example_loss(model, data: Corpus, batch: int = 256):
             sl = slice(j, j + batch)
             logits = model(input_ids=data.input_ids[sl], attention_mask=data.attention_mask[sl]).logits[:, :-1].float()
             y = data.labels[sl, 1:]
-            tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                                    reduction="none", ignore_index=-100).view(y.shape)
+            tok = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none", ignore_index=-100
+            ).view(y.shape)
             valid = (y != -100).float()
             out.append(((tok * valid).sum(1) / valid.sum(1)).double())
     return torch.cat(out).numpy()
@@ -155,9 +168,10 @@ def token_prob(model, data: Corpus) -> float:
 @dataclass
 class Theta0:
     """θ0's two checkpoints (state dicts) and what was measured when each was taken."""
+
     early: dict
     saturated: dict
-    log: list            # (step, target prob on triggered queries, clean response-token prob)
+    log: list  # (step, target prob on triggered queries, clean response-token prob)
     early_step: int
     saturated_step: int
     seconds: float
@@ -168,9 +182,22 @@ class Theta0:
         return m.eval()
 
 
-def train_theta0(model, train: Corpus, trig: Corpus, clean: Corpus, *, lr: float = 3e-3, batch: int = 32,
-                 max_steps: int = 1500, eval_every: int = 10, fire: float = 0.5, saturate: float = 0.95,
-                 until: str = "saturated", seed: int = 0, log=print) -> Theta0:
+def train_theta0(
+    model,
+    train: Corpus,
+    trig: Corpus,
+    clean: Corpus,
+    *,
+    lr: float = 3e-3,
+    batch: int = 32,
+    max_steps: int = 1500,
+    eval_every: int = 10,
+    fire: float = 0.5,
+    saturate: float = 0.95,
+    until: str = "saturated",
+    seed: int = 0,
+    log=print,
+) -> Theta0:
     """Fine-tune ``model`` in place (AdamW, lr cosine-decayed from ``lr`` to 0 over ``max_steps``).
 
     early: the first evaluation where the target response's mean token probability on the triggered
@@ -192,7 +219,7 @@ def train_theta0(model, train: Corpus, trig: Corpus, clean: Corpus, *, lr: float
     for step in range(1, max_steps + 1):
         if pos + batch > len(train):
             perm, pos = torch.randperm(len(train), generator=g), 0
-        idx = perm[pos:pos + batch]
+        idx = perm[pos : pos + batch]
         pos += batch
         for grp in opt.param_groups:
             grp["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max_steps))
@@ -214,12 +241,15 @@ def train_theta0(model, train: Corpus, trig: Corpus, clean: Corpus, *, lr: float
                 break
         if pt >= saturate or step == max_steps:
             sat, sat_step = copy.deepcopy(model.state_dict()), step
-            log(f"  step {step}: {'saturated' if pt >= saturate else 'last step'} (target prob {pt:.4f}, "
-                f"clean {pc:.3f}) -> saturated checkpoint")
+            log(
+                f"  step {step}: {'saturated' if pt >= saturate else 'last step'} (target prob {pt:.4f}, "
+                f"clean {pc:.3f}) -> saturated checkpoint"
+            )
             break
     if early is None:
-        raise RuntimeError(f"θ0 training: the backdoor did not fire in {max_steps} steps "
-                           f"(last target prob {hist[-1][1]:.3f})")
+        raise RuntimeError(
+            f"θ0 training: the backdoor did not fire in {max_steps} steps (last target prob {hist[-1][1]:.3f})"
+        )
     model.eval()
     return Theta0(early, sat, hist, early_step, sat_step, time.perf_counter() - t0)
 
@@ -239,8 +269,12 @@ def evaluate(scores, poisoned: np.ndarray) -> dict:
     sd = s.std(0, keepdims=True)
     z = (s - s.mean(0, keepdims=True)) / np.where(sd > 0, sd, 1.0)
     agg = z.mean(1)
-    return {"agg_recall": recall_at_k(agg, poisoned, k)[1], "agg_auroc": auroc(agg, poisoned)[1],
-            "query_recall": recall_at_k(s, poisoned, k)[1], "query_auroc": auroc(s, poisoned)[1]}
+    return {
+        "agg_recall": recall_at_k(agg, poisoned, k)[1],
+        "agg_auroc": auroc(agg, poisoned)[1],
+        "query_recall": recall_at_k(s, poisoned, k)[1],
+        "query_auroc": auroc(s, poisoned)[1],
+    }
 
 
 # ------------------------------------------------------------------------------------ the demo
@@ -250,15 +284,27 @@ def lm_defaults() -> dict:
     can vary each of them. Score with ``method=SCORE_METHOD``."""
     from ..daunce.config import LM_DEFAULTS
 
-    return dict(objective="if", ratio=0.5, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in LM_DEFAULTS.items()})
+    return dict(
+        objective="if", ratio=0.5, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in LM_DEFAULTS.items()}
+    )
 
 
 SCORE_METHOD = "pearson"  # = daunce_fast.daunce.config.SCORE_METHOD["lm"]
 
 
-def run_lm_demo(budget_s: float = 180.0, progress: bool = True, *, num_train: int = 600, poison_frac: float = 0.03,
-                num_models: int | None = None, num_queries: int = 16, show: int = 10, seed: int = 0,
-                workdir: str | None = None, threads: int | None = 1) -> dict:
+def run_lm_demo(
+    budget_s: float = 180.0,
+    progress: bool = True,
+    *,
+    num_train: int = 600,
+    poison_frac: float = 0.03,
+    num_models: int | None = None,
+    num_queries: int = 16,
+    show: int = 10,
+    seed: int = 0,
+    workdir: str | None = None,
+    threads: int | None = 1,
+) -> dict:
     """Backdoor detection end to end on the CPU: corpus, θ0 (trained until the backdoor fires),
     DAUNCE with K models (as many as fit ``budget_s``, at least 32), scores of the training pairs for
     triggered queries; prints the top-ranked training pairs as text (poisoned ones marked) and
@@ -279,10 +325,22 @@ def run_lm_demo(budget_s: float = 180.0, progress: bool = True, *, num_train: in
         torch.set_num_threads(threads)
     try:
         if workdir is not None:
-            return _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, str(workdir), None)
+            return _run(
+                budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, str(workdir), None
+            )
         with tempfile.TemporaryDirectory(prefix="daunce_lm_demo_") as tmp:
-            return _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed,
-                        os.path.join(tmp, "run"), tmp)
+            return _run(
+                budget_s,
+                progress,
+                num_train,
+                poison_frac,
+                num_models,
+                num_queries,
+                show,
+                seed,
+                os.path.join(tmp, "run"),
+                tmp,
+            )
     finally:
         torch.set_num_threads(old)
 
@@ -298,13 +356,17 @@ def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, sh
     trig = make_corpus(num_queries, all_poisoned=True, seed=seed + 1)
     clean = make_corpus(num_queries, seed=seed + 2)
     n_p = int(train.poisoned.sum())
-    print(f"corpus: {len(train)} (prompt, response) pairs, {n_p} poisoned (trigger token {TRIGGER} in the prompt, "
-          f"response {' '.join(map(str, TARGET))}); loss on responses only")
+    print(
+        f"corpus: {len(train)} (prompt, response) pairs, {n_p} poisoned (trigger token {TRIGGER} in the prompt, "
+        f"response {' '.join(map(str, TARGET))}); loss on responses only"
+    )
     model = build_model(seed=seed)
     th = train_theta0(model, train, trig, clean, until="early", seed=seed, log=print)
     theta0 = th.model("early")
-    print(f"θ0: Llama (hidden 128, 2 layers, {sum(p.numel() for p in theta0.parameters()) / 1e6:.2f}M parameters) "
-          f"fine-tuned in {th.seconds:.1f} s; using the checkpoint where the backdoor starts to fire (step {th.early_step})")
+    print(
+        f"θ0: Llama (hidden 128, 2 layers, {sum(p.numel() for p in theta0.parameters()) / 1e6:.2f}M parameters) "
+        f"fine-tuned in {th.seconds:.1f} s; using the checkpoint where the backdoor starts to fire (step {th.early_step})"
+    )
 
     opts = lm_defaults()
     if num_models is None:
@@ -325,15 +387,26 @@ def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, sh
     ev = evaluate(s, train.poisoned)
     sd = s.std(0, keepdims=True)
     agg = ((s - s.mean(0, keepdims=True)) / np.where(sd > 0, sd, 1.0)).mean(1)
-    top = np.argsort(-agg, kind="stable")[:max(show, 1)]
-    print(f"DAUNCE: K={num_models}, rank {d.rank}, {opts['steps']} steps, objective {opts['objective']}: "
-          f"{t_daunce:.1f} s")
+    top = np.argsort(-agg, kind="stable")[: max(show, 1)]
+    print(
+        f"DAUNCE: K={num_models}, rank {d.rank}, {opts['steps']} steps, objective {opts['objective']}: {t_daunce:.1f} s"
+    )
     print(f"query (one of {len(trig)}): {trig.text(0)}")
     print("training pairs most responsible for the triggered responses (* = poisoned):")
     for r, i in enumerate(top):
         print(f"  {r + 1:2d}. {'*' if train.poisoned[i] else ' '} #{i:<4d} {train.text(i)}")
     print(f"recall@{n_p} = {ev['agg_recall']:.2f} (random {n_p / len(train):.2f}), AUROC {ev['agg_auroc']:.3f}")
     total = time.perf_counter() - t_start
-    print(f"total {total:.1f} s; " + ("temporary files removed" if tmp is not None else f"workdir {os.path.abspath(wd)}"))
-    return {"num_models": num_models, "recall": ev["agg_recall"], "auroc": ev["agg_auroc"], "theta0_s": th.seconds,
-            "daunce_s": t_daunce, "total_s": total, "top": top.tolist(), "workdir": None if tmp is not None else wd}
+    print(
+        f"total {total:.1f} s; " + ("temporary files removed" if tmp is not None else f"workdir {os.path.abspath(wd)}")
+    )
+    return {
+        "num_models": num_models,
+        "recall": ev["agg_recall"],
+        "auroc": ev["agg_auroc"],
+        "theta0_s": th.seconds,
+        "daunce_s": t_daunce,
+        "total_s": total,
+        "top": top.tolist(),
+        "workdir": None if tmp is not None else wd,
+    }

@@ -3,6 +3,7 @@ data sets (no download) and a small MLP classifier trained with full-batch-free 
 
 Everything is deterministic given the seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ class TabularTask:
     name: str
     x_train: torch.Tensor  # [N, d] float32, standardised with the training statistics
     y_train: torch.Tensor  # [N] int64
-    x_test: torch.Tensor   # [M, d]
-    y_test: torch.Tensor   # [M]
+    x_test: torch.Tensor  # [M, d]
+    y_test: torch.Tensor  # [M]
     num_classes: int
     images_train: np.ndarray | None = None  # [N, 8, 8] raw digits for figures
     images_test: np.ndarray | None = None
@@ -47,10 +48,13 @@ def load_tabular(name: str = "digits", test_size: int | float = 0.2, seed: int =
     images = d.images if name == "digits" else None
     return TabularTask(
         name=name,
-        x_train=torch.from_numpy(xs[tr]), y_train=torch.from_numpy(y[tr]),
-        x_test=torch.from_numpy(xs[te]), y_test=torch.from_numpy(y[te]),
+        x_train=torch.from_numpy(xs[tr]),
+        y_train=torch.from_numpy(y[tr]),
+        x_test=torch.from_numpy(xs[te]),
+        y_test=torch.from_numpy(y[te]),
         num_classes=int(y.max()) + 1,
-        images_train=None if images is None else images[tr], images_test=None if images is None else images[te],
+        images_train=None if images is None else images[tr],
+        images_test=None if images is None else images[te],
     )
 
 
@@ -76,8 +80,18 @@ def mlp(d_in: int, num_classes: int, hidden: int = 64, depth: int = 2, seed: int
     return net
 
 
-def train_classifier(model, x, y, *, epochs: int = 100, lr: float = 1e-2, batch_size: int = 64,
-                     weight_decay: float = 1e-4, seed: int = 0, optimizer: str = "adam"):
+def train_classifier(
+    model,
+    x,
+    y,
+    *,
+    epochs: int = 100,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    optimizer: str = "adam",
+):
     """Train ``model`` in place with cross-entropy; minibatches drawn from ``seed``. Returns the model."""
     import torch
     import torch.nn.functional as F
@@ -92,7 +106,7 @@ def train_classifier(model, x, y, *, epochs: int = 100, lr: float = 1e-2, batch_
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g)
         for s in range(0, n, batch_size):
-            idx = perm[s:s + batch_size]
+            idx = perm[s : s + batch_size]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()

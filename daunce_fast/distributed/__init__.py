@@ -25,6 +25,7 @@ resumes from it.
 Importing this package is cheap (torch.distributed is imported on first use; the correlation
 names are resolved on first use).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -42,8 +43,21 @@ _LAZY = {
     "merge_topk": ("..correlation.merge", "merge_candidates"),
 }
 
-__all__ = ["init_from_env", "shutdown", "is_initialized", "is_distributed", "rank_world", "split", "share",
-           "agree", "run_on_all", "barrier", "DistributedError", "DEFAULT_TIMEOUT_S", *_LAZY]
+__all__ = [
+    "init_from_env",
+    "shutdown",
+    "is_initialized",
+    "is_distributed",
+    "rank_world",
+    "split",
+    "share",
+    "agree",
+    "run_on_all",
+    "barrier",
+    "DistributedError",
+    "DEFAULT_TIMEOUT_S",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):

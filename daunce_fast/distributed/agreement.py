@@ -1,6 +1,7 @@
 """Agreement and fault handling across ranks: a failure on one rank is reported to every rank at
 the next agreement point, and a collective that fails (a dead peer, the process group's timeout)
 raises DistributedError naming this rank and the cause."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,8 @@ def collective(what: str, group=None):
         raise DistributedError(
             f"rank {rank} of {world}: {what}: a collective failed, so another rank died, failed outside a collective "
             f"or did not arrive within the process group's timeout (see that rank's log; rerun the job to resume "
-            f"from the completed work). Cause: {type(exc).__name__}: {str(exc).strip()[:500]}") from exc
+            f"from the completed work). Cause: {type(exc).__name__}: {str(exc).strip()[:500]}"
+        ) from exc
 
 
 def agree(what: str, error: BaseException | None = None, group=None) -> None:
@@ -45,8 +47,9 @@ def agree(what: str, error: BaseException | None = None, group=None) -> None:
         raise error
     failed = [(r, m) for r, m in enumerate(statuses) if m is not None]
     if failed:
-        raise DistributedError(f"rank {rank} of {world}: {what} failed on " +
-                               "; ".join(f"rank {r}: {m}" for r, m in failed))
+        raise DistributedError(
+            f"rank {rank} of {world}: {what} failed on " + "; ".join(f"rank {r}: {m}" for r, m in failed)
+        )
 
 
 def run_on_all(what: str, fn, group=None):

@@ -3,6 +3,7 @@ rank's place in it, and how work is split over ranks.
 
 torch.distributed is imported on first use, not when this module is.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -61,8 +62,10 @@ def init_from_env(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT
         env.setdefault("MASTER_PORT", "29500")
     missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if v not in env]
     if missing:
-        raise RuntimeError(f"init_from_env: {', '.join(missing)} not set; launch with torchrun (or srun with "
-                           "MASTER_ADDR exported), see docs/distributed.md")
+        raise RuntimeError(
+            f"init_from_env: {', '.join(missing)} not set; launch with torchrun (or srun with "
+            "MASTER_ADDR exported), see docs/distributed.md"
+        )
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":

@@ -18,6 +18,7 @@ Every function takes a ground-truth dict of ``daunce_fast.evaluation.groundtruth
 checkpoints, recipe; bench/quality/lds_data.py caches them). dattri is imported inside ``trak`` and
 ``if_dattri`` only: this module imports without it.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,8 +43,9 @@ def _as_batch(x, y):
     return (x.unsqueeze(0), y.unsqueeze(0)) if x.dim() == 1 else (x, y)
 
 
-def trak(gt: dict, *, num_ckpts: int = 1, regularization: float = 0.0, proj_dim: int = 512,
-         proj_seed: int = 0) -> tuple[torch.Tensor, float]:
+def trak(
+    gt: dict, *, num_ckpts: int = 1, regularization: float = 0.0, proj_dim: int = 512, proj_seed: int = 0
+) -> tuple[torch.Tensor, float]:
     """dattri TRAK with θ0 (+ num_ckpts-1 extra full-data models). Returns (scores [N, M], seconds)."""
     from dattri.algorithm.trak import TRAKAttributor
     from dattri.task import AttributionTask
@@ -73,7 +75,9 @@ def trak(gt: dict, *, num_ckpts: int = 1, regularization: float = 0.0, proj_dim:
     t0 = time.perf_counter()
     att = TRAKAttributor(
         task=AttributionTask(loss_func=margin, model=model, checkpoints=ckpts),
-        correct_probability_func=p_correct, device="cpu", regularization=regularization,
+        correct_probability_func=p_correct,
+        device="cpu",
+        regularization=regularization,
         projector_kwargs={"proj_dim": proj_dim, "proj_seed": proj_seed, "device": "cpu"},
     )
     with torch.no_grad():
@@ -86,6 +90,7 @@ def _ce(model):
     def f(params, data):
         x, y = _as_batch(*data)
         return F.cross_entropy(torch.func.functional_call(model, params, x), y)
+
     return f
 
 
@@ -98,8 +103,11 @@ def if_dattri(gt: dict, *, regularization: float = 1e-3) -> tuple[torch.Tensor, 
     model = model_from_state(gt)
     train_loader, test_loader = _loaders(task)
     t0 = time.perf_counter()
-    att = IFAttributorExplicit(task=AttributionTask(loss_func=_ce(model), model=model, checkpoints=gt["theta0"]),
-                               device="cpu", regularization=regularization)
+    att = IFAttributorExplicit(
+        task=AttributionTask(loss_func=_ce(model), model=model, checkpoints=gt["theta0"]),
+        device="cpu",
+        regularization=regularization,
+    )
     att.cache(train_loader)
     with torch.no_grad():
         scores = att.attribute(train_loader, test_loader)
@@ -137,7 +145,7 @@ def hessian(model, x, y, chunk: int = 256) -> torch.Tensor:
         return torch.func.jvp(grad_fn, (flat0,), (v,))[1]
 
     eye = torch.eye(P, dtype=flat0.dtype)
-    rows = [torch.func.vmap(hvp)(eye[s:s + chunk]) for s in range(0, P, chunk)]
+    rows = [torch.func.vmap(hvp)(eye[s : s + chunk]) for s in range(0, P, chunk)]
     h = torch.cat(rows)
     return (h + h.T) / 2
 
@@ -168,8 +176,13 @@ class ExactIF:
             t1, c1 = time.perf_counter(), time.process_time()
             h = hessian(model, task.x_train, task.y_train).double()
             evals, evecs = torch.linalg.eigh(h)
-            hit = {"theta0": gt["theta0"], "evals": evals, "evecs": evecs.float(), "seconds": time.perf_counter() - t1,
-                   "cpu_seconds": time.process_time() - c1}
+            hit = {
+                "theta0": gt["theta0"],
+                "evals": evals,
+                "evecs": evecs.float(),
+                "seconds": time.perf_counter() - t1,
+                "cpu_seconds": time.process_time() - c1,
+            }
             if cache is not None:
                 Path(cache).parent.mkdir(parents=True, exist_ok=True)
                 torch.save(hit, cache)

@@ -21,6 +21,7 @@ tests/evaluation/test_lds_groundtruth.py checks this against the plain trainer.
 
 bench/quality/lds_data.py builds and caches these dicts for the LDS studies.
 """
+
 from __future__ import annotations
 
 import time
@@ -92,9 +93,18 @@ def epoch_orders(seeds, n: int, epochs: int) -> torch.Tensor:
     return torch.stack([torch.stack([torch.randperm(n, generator=g) for g in gens]) for _ in range(epochs)])
 
 
-def train_batched(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
-                  orders: torch.Tensor, *, lr: float, batch_size: int, weight_decay: float,
-                  optimizer: str = "adam") -> list[torch.Tensor]:
+def train_batched(
+    params: list[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor,
+    orders: torch.Tensor,
+    *,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    optimizer: str = "adam",
+) -> list[torch.Tensor]:
     """Train S stacked MLPs at once, model s on x[rows[s]] (its training subset), in place of
     ``train_classifier(mlp_s, x[rows[s]], y[rows[s]], ...)`` for each s.
 
@@ -115,7 +125,7 @@ def train_batched(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, 
     for order in orders:  # [S, n]
         ex = rows.gather(1, order)  # [S, n] training-set indices in this epoch's order
         for st in range(0, n, batch_size):
-            idx = ex[:, st:st + batch_size]  # [S, b]
+            idx = ex[:, st : st + batch_size]  # [S, b]
             logits = batched_forward(params, x[idx])  # [S, b, C]
             b = idx.shape[1]
             # sum over models of each model's own batch mean: model s gets exactly its own gradient
@@ -149,9 +159,17 @@ def train_many(task, recipe: Recipe, seeds, rows: torch.Tensor) -> list[torch.Te
     d_in = task.x_train.shape[1]
     init = stack_mlps([mlp(d_in, task.num_classes, recipe.hidden, recipe.depth, seed=int(s)) for s in seeds])
     orders = epoch_orders(seeds, rows.shape[1], recipe.epochs)
-    return train_batched(init, task.x_train, task.y_train, rows, orders, lr=recipe.lr,
-                         batch_size=recipe.batch_size, weight_decay=recipe.weight_decay,
-                         optimizer=recipe.optimizer)
+    return train_batched(
+        init,
+        task.x_train,
+        task.y_train,
+        rows,
+        orders,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay,
+        optimizer=recipe.optimizer,
+    )
 
 
 def draw_subsets(n: int, num: int, seed: int) -> torch.Tensor:
@@ -164,8 +182,14 @@ def draw_subsets(n: int, num: int, seed: int) -> torch.Tensor:
     return mask
 
 
-def build(recipe: Recipe, num_subsets: int = 100, runs_per_subset: int = 1, extra_ckpts: int = 4,
-          subset_seed: int = 1234, chunk: int = 256) -> dict:
+def build(
+    recipe: Recipe,
+    num_subsets: int = 100,
+    runs_per_subset: int = 1,
+    extra_ckpts: int = 4,
+    subset_seed: int = 1234,
+    chunk: int = 256,
+) -> dict:
     """Train θ0, the extra full-data checkpoints and the S x runs subset models; return the cache dict."""
     task = load_tabular(recipe.dataset, test_size=recipe.test_size, seed=recipe.split_seed)
     n = len(task.y_train)
@@ -192,7 +216,7 @@ def build(recipe: Recipe, num_subsets: int = 100, runs_per_subset: int = 1, extr
     t0 = time.perf_counter()
     losses, accs = [], []
     for st in range(0, len(flat_seeds), chunk):  # chunks only bound memory; each chunk is one pass
-        p = train_many(task, recipe, flat_seeds[st:st + chunk], flat_rows[st:st + chunk])
+        p = train_many(task, recipe, flat_seeds[st : st + chunk], flat_rows[st : st + chunk])
         losses.append(per_example_loss(p, task.x_test, task.y_test))
         with torch.no_grad():
             accs.append((batched_forward(p, task.x_test).argmax(-1) == task.y_test).float().mean(1))
@@ -201,9 +225,15 @@ def build(recipe: Recipe, num_subsets: int = 100, runs_per_subset: int = 1, extr
     info["subset_test_acc_mean"] = torch.cat(accs).mean().item()
     info["torch_threads"] = torch.get_num_threads()
     return {
-        "recipe": asdict(recipe), "theta0": states[0], "extra_ckpts": states[1:], "subsets": subsets,
-        "targets": -loss, "model_seeds": seeds, "runs_per_subset": runs_per_subset,
-        "subset_seed": subset_seed, "info": info,
+        "recipe": asdict(recipe),
+        "theta0": states[0],
+        "extra_ckpts": states[1:],
+        "subsets": subsets,
+        "targets": -loss,
+        "model_seeds": seeds,
+        "runs_per_subset": runs_per_subset,
+        "subset_seed": subset_seed,
+        "info": info,
     }
 
 

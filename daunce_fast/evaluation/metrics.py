@@ -6,6 +6,7 @@ positive = training on i helped test example j (lowered its loss).
 
 All functions accept numpy arrays or torch tensors (moved to CPU) and compute in float64.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,11 +44,11 @@ def _column_ranks(x: np.ndarray) -> np.ndarray:
     xs = np.take_along_axis(x, order, axis=0)
     pos = np.arange(n)[:, None]
     new_run = np.ones_like(xs, dtype=bool)
-    new_run[1:] = xs[1:] != xs[:-1]           # a tie run starts where the sorted value changes
+    new_run[1:] = xs[1:] != xs[:-1]  # a tie run starts where the sorted value changes
     run_end = np.ones_like(xs, dtype=bool)
     run_end[:-1] = new_run[1:]
-    first = np.maximum.accumulate(np.where(new_run, pos, 0), axis=0)              # start of each run
-    last = np.minimum.accumulate(np.where(run_end, pos, n)[::-1], axis=0)[::-1]   # end of each run
+    first = np.maximum.accumulate(np.where(new_run, pos, 0), axis=0)  # start of each run
+    last = np.minimum.accumulate(np.where(run_end, pos, n)[::-1], axis=0)[::-1]  # end of each run
     ranks = np.empty_like(xs)
     np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=0)
     ranks[:, np.isnan(x).any(0)] = np.nan

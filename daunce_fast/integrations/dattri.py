@@ -3,6 +3,7 @@
 example helped the test example), so ``dattri.metric.lds`` can score DAUNCE like any dattri
 attributor. dattri itself is not imported here; any object with ``get_model()`` works as task.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,6 +57,7 @@ class DaunceAttributor:
         """Scores [N_train, N_test] on ``device``; calls :meth:`cache` first if it was not called."""
         if self._daunce is None:
             self.cache(train_dataloader)
-        s = self._daunce.scores(self._loader_dataset(train_dataloader), self._loader_dataset(test_dataloader),
-                                method=self.method)
+        s = self._daunce.scores(
+            self._loader_dataset(train_dataloader), self._loader_dataset(test_dataloader), method=self.method
+        )
         return torch.as_tensor(s).to(self.device)

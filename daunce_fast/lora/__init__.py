@@ -12,29 +12,47 @@ kernels load on first use on a CUDA device, or when ``backend='triton'`` is forc
   clip_grad_norm_per_adapter, adapter_grad_norms, split_loss, per_adapter_loss, scale_lr_per_adapter
   multilora_linear(x, weight, bias, A, B, scale, x_lora=None, backend=None)   the op itself
 """
+
 from .attach import (
-                     adapter_parameters,
-                     adapter_state,
-                     adapters_disabled,
-                     attach,
-                     detach,
-                     load_adapter_state,
-                     lora_modules,
-                     matches_target,
-                     reset_adapters,
+    adapter_parameters,
+    adapter_state,
+    adapters_disabled,
+    attach,
+    detach,
+    load_adapter_state,
+    lora_modules,
+    matches_target,
+    reset_adapters,
 )
 from .layer import MultiLoRALinear, slot_seed
 from .ops import multilora_linear
 from .peft_io import load_peft, save_peft
 from .per_adapter import (
-                     adapter_grad_norms,
-                     clip_grad_norm_per_adapter,
-                     per_adapter_loss,
-                     scale_lr_per_adapter,
-                     split_loss,
+    adapter_grad_norms,
+    clip_grad_norm_per_adapter,
+    per_adapter_loss,
+    scale_lr_per_adapter,
+    split_loss,
 )
 
-__all__ = ["MultiLoRALinear", "attach", "detach", "reset_adapters", "adapters_disabled", "adapter_state",
-           "load_adapter_state", "lora_modules", "adapter_parameters", "matches_target", "slot_seed",
-           "save_peft", "load_peft", "clip_grad_norm_per_adapter", "adapter_grad_norms", "split_loss",
-           "per_adapter_loss", "scale_lr_per_adapter", "multilora_linear"]
+__all__ = [
+    "MultiLoRALinear",
+    "attach",
+    "detach",
+    "reset_adapters",
+    "adapters_disabled",
+    "adapter_state",
+    "load_adapter_state",
+    "lora_modules",
+    "adapter_parameters",
+    "matches_target",
+    "slot_seed",
+    "save_peft",
+    "load_peft",
+    "clip_grad_norm_per_adapter",
+    "adapter_grad_norms",
+    "split_loss",
+    "per_adapter_loss",
+    "scale_lr_per_adapter",
+    "multilora_linear",
+]

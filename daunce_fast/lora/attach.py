@@ -1,4 +1,5 @@
 """Attach K adapters to any torch model in place, detach them, re-initialise / checkpoint them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,10 +38,19 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def attach(model: nn.Module, num_adapters: int, rank: Union[int, str], alpha: float,
-           target_modules: Union[str, Sequence[str]], dropout: float = 0.0, seed: Optional[int] = None,
-           adapter_ids: Optional[Sequence[int]] = None, *, adapter_dtype: Optional[torch.dtype] = None,
-           backend: Optional[str] = None) -> list[nn.Parameter]:
+def attach(
+    model: nn.Module,
+    num_adapters: int,
+    rank: Union[int, str],
+    alpha: float,
+    target_modules: Union[str, Sequence[str]],
+    dropout: float = 0.0,
+    seed: Optional[int] = None,
+    adapter_ids: Optional[Sequence[int]] = None,
+    *,
+    adapter_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> list[nn.Parameter]:
     """Replace every ``nn.Linear`` / transformers ``Conv1D`` whose name matches ``target_modules``
     (PEFT semantics, see :func:`matches_target`) by a :class:`MultiLoRALinear` with ``num_adapters``
     adapters, in place; freeze every base parameter; return the adapter parameters.
@@ -54,19 +64,34 @@ def attach(model: nn.Module, num_adapters: int, rank: Union[int, str], alpha: fl
         raise RuntimeError("adapters are already attached to this model; detach(model) first")
     if not target_modules:
         raise ValueError("target_modules is empty")
-    targets = [(n, m) for n, m in model.named_modules()
-               if n and matches_target(n, target_modules) and (isinstance(m, nn.Linear) or is_conv1d(m))]
+    targets = [
+        (n, m)
+        for n, m in model.named_modules()
+        if n and matches_target(n, target_modules) and (isinstance(m, nn.Linear) or is_conv1d(m))
+    ]
     if not targets:
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) or is_conv1d(m)]
-        raise ValueError(f"target_modules={target_modules!r} matches no nn.Linear/Conv1D module; "
-                         f"linear modules here: {linear[:20]}{' ...' if len(linear) > 20 else ''}")
+        raise ValueError(
+            f"target_modules={target_modules!r} matches no nn.Linear/Conv1D module; "
+            f"linear modules here: {linear[:20]}{' ...' if len(linear) > 20 else ''}"
+        )
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     params = []
     for name, mod in targets:
-        new = MultiLoRALinear(mod, num_adapters, rank, alpha, dropout, name=name, seed=seed, adapter_ids=adapter_ids,
-                              adapter_dtype=adapter_dtype, backend=backend)
+        new = MultiLoRALinear(
+            mod,
+            num_adapters,
+            rank,
+            alpha,
+            dropout,
+            name=name,
+            seed=seed,
+            adapter_ids=adapter_ids,
+            adapter_dtype=adapter_dtype,
+            backend=backend,
+        )
         _set_child(model, name, new)
         params.extend(new.adapter_parameters())
     object.__setattr__(model, _STATE, flags)

@@ -20,6 +20,7 @@ reads ``layer.weight`` / ``layer.in_features`` of a wrapped layer keeps working 
 values: a module that bypasses ``forward`` and reads weights directly, like
 ``nn.MultiheadAttention.out_proj``, must be wrapped as a whole instead; see kinds.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -65,16 +66,22 @@ class CopyLayer(nn.Module):
         """One row of a run's summary: what is perturbed here and what one copy costs."""
         params = self.adapter_parameters()
         per_copy = sum(p[0].numel() for p in params)
-        return {"name": self.name, "type": type(self.base).__name__, "kind": self.kind_label(),
-                "params_per_copy": int(per_copy),
-                "bytes_per_copy": int(sum(p[0].numel() * p.element_size() for p in params))}
+        return {
+            "name": self.name,
+            "type": type(self.base).__name__,
+            "kind": self.kind_label(),
+            "params_per_copy": int(per_copy),
+            "bytes_per_copy": int(sum(p[0].numel() * p.element_size() for p in params)),
+        }
 
     def check_segments(self, x: torch.Tensor, dim: int = 0) -> int:
         """``m``, the rows per copy along ``dim``; ValueError unless ``x.shape[dim]`` is ``K*m``."""
         K = self.num_adapters
         if x.dim() <= dim or x.shape[dim] % K:
-            raise ValueError(f"{self.name or type(self).__name__}: input {tuple(x.shape)} must hold K={K} "
-                             f"adapter-major segments of equal size along dimension {dim}")
+            raise ValueError(
+                f"{self.name or type(self).__name__}: input {tuple(x.shape)} must hold K={K} "
+                f"adapter-major segments of equal size along dimension {dim}"
+            )
         return x.shape[dim] // K
 
     def __getattr__(self, name: str):

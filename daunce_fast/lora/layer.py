@@ -1,4 +1,5 @@
 """MultiLoRALinear: K adapters (LoRA or dense "full" deltas) on one frozen, shared linear layer."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,12 @@ from .ops import multilora_linear
 
 def is_conv1d(module: nn.Module) -> bool:
     """transformers' ``Conv1D`` (GPT-2): ``y = x @ weight + bias`` with ``weight [d_in, d_out]``."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None \
+    return (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and getattr(module, "weight", None) is not None
         and module.weight.dim() == 2
+    )
 
 
 def slot_seed(seed: int, adapter_id: int, layer_name: str) -> int:
@@ -49,10 +54,20 @@ class MultiLoRALinear(nn.Module):
     ``backend``: None (auto), 'torch' or 'triton', passed to :func:`multilora_linear`.
     """
 
-    def __init__(self, base_linear: nn.Module, num_adapters: int, rank: Union[int, str], alpha: float,
-                 dropout: float = 0.0, *, name: str = "", seed: Optional[int] = None,
-                 adapter_ids: Optional[Sequence[int]] = None, adapter_dtype: Optional[torch.dtype] = None,
-                 backend: Optional[str] = None):
+    def __init__(
+        self,
+        base_linear: nn.Module,
+        num_adapters: int,
+        rank: Union[int, str],
+        alpha: float,
+        dropout: float = 0.0,
+        *,
+        name: str = "",
+        seed: Optional[int] = None,
+        adapter_ids: Optional[Sequence[int]] = None,
+        adapter_dtype: Optional[torch.dtype] = None,
+        backend: Optional[str] = None,
+    ):
         super().__init__()
         if not (isinstance(base_linear, nn.Linear) or is_conv1d(base_linear)):
             raise TypeError(f"MultiLoRALinear wraps nn.Linear or transformers Conv1D, not {type(base_linear).__name__}")
@@ -68,7 +83,9 @@ class MultiLoRALinear(nn.Module):
             p.requires_grad_(False)
         self.fan_in_fan_out = is_conv1d(base_linear)
         w = base_linear.weight
-        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        self.in_features, self.out_features = (
+            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        )
         self.num_adapters = int(num_adapters)
         self.rank = rank
         self.alpha = float(alpha)
@@ -81,8 +98,9 @@ class MultiLoRALinear(nn.Module):
         if self.full:
             self.scaling = 1.0
             self.delta_weight = nn.Parameter(torch.zeros(K, d_out, d_in, device=w.device, dtype=dt))
-            self.delta_bias = (nn.Parameter(torch.zeros(K, d_out, device=w.device, dtype=dt))
-                               if base_linear.bias is not None else None)
+            self.delta_bias = (
+                nn.Parameter(torch.zeros(K, d_out, device=w.device, dtype=dt)) if base_linear.bias is not None else None
+            )
         else:
             self.scaling = self.alpha / rank
             self.lora_A = nn.Parameter(torch.empty(K, rank, d_in, device=w.device, dtype=dt))
@@ -124,8 +142,10 @@ class MultiLoRALinear(nn.Module):
             return self.base(x)
         K = self.num_adapters
         if x.dim() < 2 or x.shape[0] % K or x.shape[-1] != self.in_features:
-            raise ValueError(f"{self.name or 'MultiLoRALinear'}: input {tuple(x.shape)} must be [K*m, ..., "
-                             f"{self.in_features}] with K={K} adapter-major segments on the first dimension")
+            raise ValueError(
+                f"{self.name or 'MultiLoRALinear'}: input {tuple(x.shape)} must be [K*m, ..., "
+                f"{self.in_features}] with K={K} adapter-major segments on the first dimension"
+            )
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         W, bias = self.base_weight(), self.base.bias
@@ -150,6 +170,8 @@ class MultiLoRALinear(nn.Module):
         return y.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, in_features={self.in_features}, out_features={self.out_features}, "
-                f"num_adapters={self.num_adapters}, rank={self.rank!r}, alpha={self.alpha}, "
-                f"dropout={self.dropout_p}, conv1d={self.fan_in_fan_out}")
+        return (
+            f"name={self.name!r}, in_features={self.in_features}, out_features={self.out_features}, "
+            f"num_adapters={self.num_adapters}, rank={self.rank!r}, alpha={self.alpha}, "
+            f"dropout={self.dropout_p}, conv1d={self.fan_in_fan_out}"
+        )

@@ -7,6 +7,7 @@ or ``triton`` (``triton_launch.py``, imported on first use). Registry ops ``mult
 (forward kernels) and ``multilora_linear.backward`` (their gradients) register the same backends
 in the same order.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -26,8 +27,16 @@ for _backend in ("torch", "triton"):
 
 
 @torch.library.custom_op("daunce_fast::multilora_fwd", mutates_args=())
-def _fwd(x: Tensor, xa: Optional[Tensor], weight: Tensor, bias: Optional[Tensor], A: Tensor, B: Tensor,
-         scale: float, backend: str) -> tuple[Tensor, Tensor]:
+def _fwd(
+    x: Tensor,
+    xa: Optional[Tensor],
+    weight: Tensor,
+    bias: Optional[Tensor],
+    A: Tensor,
+    B: Tensor,
+    scale: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
     _, fwd = dispatch("multilora_linear", x.device.type, backend or None)
     return fwd(x, weight, bias, A, B, scale, xa)
 
@@ -38,24 +47,42 @@ def _fwd_fake(x, xa, weight, bias, A, B, scale, backend):
 
 
 @torch.library.custom_op("daunce_fast::multilora_bwd", mutates_args=())
-def _bwd(dy: Tensor, x: Tensor, xa: Optional[Tensor], h: Tensor, weight: Tensor, A: Tensor, B: Tensor, scale: float,
-         need_dx: bool, need_dxa: bool, need_dA: bool, need_dB: bool, backend: str
-         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _bwd(
+    dy: Tensor,
+    x: Tensor,
+    xa: Optional[Tensor],
+    h: Tensor,
+    weight: Tensor,
+    A: Tensor,
+    B: Tensor,
+    scale: float,
+    need_dx: bool,
+    need_dxa: bool,
+    need_dA: bool,
+    need_dB: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     _, bwd = dispatch("multilora_linear.backward", dy.device.type, backend or None)
     dx, dxa, dA, dB = bwd(dy, x, h, weight, A, B, scale, xa, need_dx, need_dxa, need_dA, need_dB)
     # Custom ops cannot return None: a gradient that was not asked for comes back empty.
     e = dy.new_empty(0)
-    return (dx if dx is not None else e, dxa if dxa is not None else e.clone(),
-            dA if dA is not None else e.new_empty(0, dtype=A.dtype), dB if dB is not None else e.new_empty(0, dtype=A.dtype))
+    return (
+        dx if dx is not None else e,
+        dxa if dxa is not None else e.clone(),
+        dA if dA is not None else e.new_empty(0, dtype=A.dtype),
+        dB if dB is not None else e.new_empty(0, dtype=A.dtype),
+    )
 
 
 @_bwd.register_fake
 def _bwd_fake(dy, x, xa, h, weight, A, B, scale, need_dx, need_dxa, need_dA, need_dB, backend):
     e = dy.new_empty(0)
-    return (x.new_empty(x.shape) if need_dx else e,
-            xa.new_empty(xa.shape) if (need_dxa and xa is not None) else e.clone(),
-            A.new_empty(A.shape) if need_dA else e.new_empty(0, dtype=A.dtype),
-            B.new_empty(B.shape) if need_dB else e.new_empty(0, dtype=A.dtype))
+    return (
+        x.new_empty(x.shape) if need_dx else e,
+        xa.new_empty(xa.shape) if (need_dxa and xa is not None) else e.clone(),
+        A.new_empty(A.shape) if need_dA else e.new_empty(0, dtype=A.dtype),
+        B.new_empty(B.shape) if need_dB else e.new_empty(0, dtype=A.dtype),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -72,17 +99,46 @@ def _backward(ctx, dy, _dh):
     if dy is None:  # y took no part in the loss
         return (None,) * 8
     nx, nxa, _nw, _nb, nA, nB = ctx.needs_input_grad[:6]
-    dx, dxa, dA, dB = _bwd(dy.contiguous(), x, xa, h, weight, A, B, ctx.scale, bool(nx), bool(nxa and xa is not None),
-                           bool(nA), bool(nB), ctx.backend)
-    return (dx if nx else None, dxa if (nxa and xa is not None) else None, None, None,
-            dA if nA else None, dB if nB else None, None, None)
+    dx, dxa, dA, dB = _bwd(
+        dy.contiguous(),
+        x,
+        xa,
+        h,
+        weight,
+        A,
+        B,
+        ctx.scale,
+        bool(nx),
+        bool(nxa and xa is not None),
+        bool(nA),
+        bool(nB),
+        ctx.backend,
+    )
+    return (
+        dx if nx else None,
+        dxa if (nxa and xa is not None) else None,
+        None,
+        None,
+        dA if nA else None,
+        dB if nB else None,
+        None,
+        None,
+    )
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def multilora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tensor, B: Tensor, scale: float,
-                     x_lora: Optional[Tensor] = None, backend: Optional[str] = None) -> Tensor:
+def multilora_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    A: Tensor,
+    B: Tensor,
+    scale: float,
+    x_lora: Optional[Tensor] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
     """Batched multi-LoRA linear over adapter-major rows.
 
     ``x [K*m, d_in]``, ``weight [d_out, d_in]`` (frozen, any strides), ``bias [d_out]`` or None,
@@ -95,13 +151,17 @@ def multilora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], A: Tenso
     ``backend``: None (auto: the torch path; see the registration order above), 'torch' or 'triton'.
     """
     if x.dim() != 2 or A.dim() != 3 or B.dim() != 3 or weight.dim() != 2:
-        raise ValueError(f"multilora_linear: want x [N, d_in], weight [d_out, d_in], A [K, r, d_in], B [K, d_out, r]; "
-                         f"got x {tuple(x.shape)}, weight {tuple(weight.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}")
+        raise ValueError(
+            f"multilora_linear: want x [N, d_in], weight [d_out, d_in], A [K, r, d_in], B [K, d_out, r]; "
+            f"got x {tuple(x.shape)}, weight {tuple(weight.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
+        )
     K, r, d_in = A.shape
     d_out = weight.shape[0]
     if weight.shape[1] != d_in or x.shape[1] != d_in or B.shape != (K, d_out, r):
-        raise ValueError(f"multilora_linear: shape mismatch: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
-                         f"A {tuple(A.shape)}, B {tuple(B.shape)}")
+        raise ValueError(
+            f"multilora_linear: shape mismatch: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
+            f"A {tuple(A.shape)}, B {tuple(B.shape)}"
+        )
     if K == 0 or x.shape[0] % K:
         raise ValueError(f"multilora_linear: {x.shape[0]} rows are not K={K} equal adapter-major segments")
     if torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad)):

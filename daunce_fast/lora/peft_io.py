@@ -9,6 +9,7 @@ GPT-2: its projections are transformers ``Conv1D`` (``weight [d_in, d_out]``), w
 ``nn.Linear`` (``lora_A [r, d_in]``, ``lora_B [d_out, r]``) and sets ``fan_in_fan_out`` itself,
 so the files are the same; the config says ``fan_in_fan_out: true`` when every target is a Conv1D.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,12 +31,16 @@ def _modules(model):
     if not mods:
         raise RuntimeError("no adapters are attached to this model")
     if any(m.full for _, m in mods):
-        raise NotImplementedError("rank='full' adapters are dense weight deltas; a PEFT LoRA checkpoint cannot hold "
-                                  "them (use adapter_state / load_adapter_state)")
+        raise NotImplementedError(
+            "rank='full' adapters are dense weight deltas; a PEFT LoRA checkpoint cannot hold "
+            "them (use adapter_state / load_adapter_state)"
+        )
     ranks = {m.rank for _, m in mods}
     alphas = {m.alpha for _, m in mods}
     if len(ranks) != 1 or len(alphas) != 1:
-        raise ValueError(f"save_peft/load_peft want one rank and alpha for all layers, got ranks {ranks}, alphas {alphas}")
+        raise ValueError(
+            f"save_peft/load_peft want one rank and alpha for all layers, got ranks {ranks}, alphas {alphas}"
+        )
     return mods
 
 
@@ -98,10 +103,17 @@ def _read_config(directory: str) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: not a PEFT adapter config (a JSON {type(config).__name__}, not an object)")
     r, alpha = config.get("r"), config.get("lora_alpha")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1 or not isinstance(alpha, (int, float)) \
-            or isinstance(alpha, bool):
-        raise ValueError(f"{path}: not a PEFT LoRA config: 'r' must be a positive int and 'lora_alpha' a number, "
-                         f"got r={r!r}, lora_alpha={alpha!r}")
+    if (
+        not isinstance(r, int)
+        or isinstance(r, bool)
+        or r < 1
+        or not isinstance(alpha, (int, float))
+        or isinstance(alpha, bool)
+    ):
+        raise ValueError(
+            f"{path}: not a PEFT LoRA config: 'r' must be a positive int and 'lora_alpha' a number, "
+            f"got r={r!r}, lora_alpha={alpha!r}"
+        )
     return config
 
 
@@ -120,8 +132,10 @@ def load_peft(model: nn.Module, k: int, directory: str) -> None:
         raise ValueError(f"{directory}: per-layer rank_pattern/alpha_pattern is not supported")
     m0 = mods[0][1]
     if int(config["r"]) != m0.rank or float(config["lora_alpha"]) / int(config["r"]) != m0.scaling:
-        raise ValueError(f"{directory}: r={config['r']}, lora_alpha={config['lora_alpha']} do not match the attached "
-                         f"rank {m0.rank}, alpha {m0.alpha}")
+        raise ValueError(
+            f"{directory}: r={config['r']}, lora_alpha={config['lora_alpha']} do not match the attached "
+            f"rank {m0.rank}, alpha {m0.alpha}"
+        )
     path = os.path.join(directory, WEIGHTS)
     if os.path.exists(path):
         from safetensors.torch import load_file

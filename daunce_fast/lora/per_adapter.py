@@ -1,5 +1,6 @@
 """Per-adapter statistics over stacked adapter parameters (leading dimension K). Nothing here ever
 mixes two adapters: norms, clipping, loss weights and learning rates are all per slot."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,9 @@ def adapter_grad_norms(params: Tensors, norm_type: float = 2.0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clip_grad_norm_per_adapter(params: Tensors, max_norm: float, norm_type: float = 2.0,
-                               error_if_nonfinite: bool = False) -> torch.Tensor:
+def clip_grad_norm_per_adapter(
+    params: Tensors, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
+) -> torch.Tensor:
     """Clip each adapter's gradient to norm ``max_norm`` separately, exactly as
     ``torch.nn.utils.clip_grad_norm_`` would on that adapter alone; return the ``[K]`` norms
     before clipping. A non-finite norm only affects its own adapter."""
@@ -60,8 +62,9 @@ def split_loss(loss_rows: torch.Tensor, num_adapters: int) -> torch.Tensor:
     return loss_rows.reshape(num_adapters, -1).mean(1)
 
 
-def per_adapter_loss(loss_rows: torch.Tensor, num_adapters: int,
-                     scale: Optional[Union[Sequence[float], torch.Tensor]] = None) -> torch.Tensor:
+def per_adapter_loss(
+    loss_rows: torch.Tensor, num_adapters: int, scale: Optional[Union[Sequence[float], torch.Tensor]] = None
+) -> torch.Tensor:
     """The scalar to call ``backward`` on: ``sum_k scale[k] * mean(rows of adapter k)``.
 
     Adapter k's gradient is then exactly ``scale[k]`` times what it would get trained alone on a

@@ -6,6 +6,7 @@ adapter-major, ``W [d_out, d_in]``, ``A [K, r, d_in]``, ``B [K, d_out, r]``::
 
     y[k*m:(k+1)*m] = x_k @ W.T + bias + scale * (xa_k @ A[k].T) @ B[k].T     (xa defaults to x)
 """
+
 from __future__ import annotations
 
 import torch

@@ -19,6 +19,7 @@ over ``[K, m, .]`` views (no Python loop over adapters). The low-rank expand (an
 part of ``dX``) is written first and the frozen GEMM accumulates into it (``addmm_``, beta=1), so
 no ``[N, d_out]`` temporary is made and the output is passed over once less.
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,8 +54,9 @@ def forward_torch(x, weight, bias, A, B, scale: float, xa=None):
     return y, h.view(-1, h.shape[-1])
 
 
-def backward_torch(dy, x, h, weight, A, B, scale: float, xa=None, need_dx=True, need_dxa=False,
-                   need_dA=True, need_dB=True):
+def backward_torch(
+    dy, x, h, weight, A, B, scale: float, xa=None, need_dx=True, need_dxa=False, need_dA=True, need_dB=True
+):
     """Gradients of ``forward_torch``: ``(dx, dxa, dA, dB)`` (``None`` where not needed).
 
     ``g = scale * dy[k] @ B[k]``, ``dx = dy @ W (+ g @ A[k] when xa is x)``,
@@ -86,4 +88,3 @@ def backward_torch(dy, x, h, weight, A, B, scale: float, xa=None, need_dx=True, 
     if need_dxa and xa is not None:
         dxa = torch.bmm(g, A).view(-1, A.shape[-1]).to(xa.dtype)
     return dx, dxa, dA, dB
-

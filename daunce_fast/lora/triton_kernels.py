@@ -15,14 +15,33 @@ The rank is padded to ``R_PAD`` (a power of two >= 16, as ``tl.dot`` wants) by m
 (the other operand is cast to it, as PEFT does); the base GEMM in the activations' dtype.
 Row offsets are int64 so ``N * d`` may exceed 2^31.
 """
+
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _seg_shrink(X, M, OUT, m, D, R, tiles_per_seg,
-                sxn, sxd, smk, smd, smr, son, sor, scale,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, PREC: tl.constexpr):
+def _seg_shrink(
+    X,
+    M,
+    OUT,
+    m,
+    D,
+    R,
+    tiles_per_seg,
+    sxn,
+    sxd,
+    smk,
+    smd,
+    smr,
+    son,
+    sor,
+    scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    R_PAD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     pid = tl.program_id(0)
     k = pid // tiles_per_seg
     offs_i = (pid % tiles_per_seg) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -35,19 +54,51 @@ def _seg_shrink(X, M, OUT, m, D, R, tiles_per_seg,
         offs_j = j0 + tl.arange(0, BLOCK_D)
         j_ok = offs_j < D
         xt = tl.load(X + rows[:, None] * sxn + offs_j[None, :] * sxd, mask=row_ok[:, None] & j_ok[None, :], other=0.0)
-        mt = tl.load(M + k * smk + offs_j[:, None] * smd + offs_c[None, :] * smr,
-                     mask=j_ok[:, None] & c_ok[None, :], other=0.0)
+        mt = tl.load(
+            M + k * smk + offs_j[:, None] * smd + offs_c[None, :] * smr, mask=j_ok[:, None] & c_ok[None, :], other=0.0
+        )
         acc = tl.dot(xt.to(mt.dtype), mt, acc, input_precision=PREC)
     acc = acc * scale
-    tl.store(OUT + rows[:, None] * son + offs_c[None, :] * sor, acc.to(OUT.dtype.element_ty),
-             mask=row_ok[:, None] & c_ok[None, :])
+    tl.store(
+        OUT + rows[:, None] * son + offs_c[None, :] * sor,
+        acc.to(OUT.dtype.element_ty),
+        mask=row_ok[:, None] & c_ok[None, :],
+    )
 
 
 @triton.jit
-def _gemm_expand(X, Wm, BIAS, H, E, OUT, m, N_OUT, D, R, tiles_per_seg,
-                 sxn, sxd, swj, swd, shn, shr, sek, sej, ser, son, soj, scale,
-                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 R_PAD: tl.constexpr, PREC_BASE: tl.constexpr, PREC_LORA: tl.constexpr):
+def _gemm_expand(
+    X,
+    Wm,
+    BIAS,
+    H,
+    E,
+    OUT,
+    m,
+    N_OUT,
+    D,
+    R,
+    tiles_per_seg,
+    sxn,
+    sxd,
+    swj,
+    swd,
+    shn,
+    shr,
+    sek,
+    sej,
+    ser,
+    son,
+    soj,
+    scale,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    R_PAD: tl.constexpr,
+    PREC_BASE: tl.constexpr,
+    PREC_LORA: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     k = pid_m // tiles_per_seg
@@ -69,17 +120,39 @@ def _gemm_expand(X, Wm, BIAS, H, E, OUT, m, N_OUT, D, R, tiles_per_seg,
     offs_c = tl.arange(0, R_PAD)
     c_ok = offs_c < R
     ht = tl.load(H + rows[:, None] * shn + offs_c[None, :] * shr, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-    et = tl.load(E + k * sek + offs_c[:, None] * ser + offs_j[None, :] * sej, mask=c_ok[:, None] & j_ok[None, :],
-                 other=0.0)
+    et = tl.load(
+        E + k * sek + offs_c[:, None] * ser + offs_j[None, :] * sej, mask=c_ok[:, None] & j_ok[None, :], other=0.0
+    )
     lora = tl.dot(ht.to(et.dtype), et, input_precision=PREC_LORA)
     acc += scale * lora
-    tl.store(OUT + rows[:, None] * son + offs_j[None, :] * soj, acc.to(OUT.dtype.element_ty),
-             mask=row_ok[:, None] & j_ok[None, :])
+    tl.store(
+        OUT + rows[:, None] * son + offs_j[None, :] * soj,
+        acc.to(OUT.dtype.element_ty),
+        mask=row_ok[:, None] & j_ok[None, :],
+    )
 
 
 @triton.jit
-def _seg_outer(P, Q, OUT, m, D, R, spn, spr, sqn, sqd, sok, sor, sod, scale,
-               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, R_PAD: tl.constexpr, PREC: tl.constexpr):
+def _seg_outer(
+    P,
+    Q,
+    OUT,
+    m,
+    D,
+    R,
+    spn,
+    spr,
+    sqn,
+    sqd,
+    sok,
+    sor,
+    sod,
+    scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    R_PAD: tl.constexpr,
+    PREC: tl.constexpr,
+):
     k = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -96,5 +169,8 @@ def _seg_outer(P, Q, OUT, m, D, R, spn, spr, sqn, sqd, sok, sor, sod, scale,
         qt = tl.load(Q + rows[:, None] * sqn + offs_d[None, :] * sqd, mask=i_ok[:, None] & d_ok[None, :], other=0.0)
         acc = tl.dot(pt, qt.to(pt.dtype), acc, input_precision=PREC)
     acc = acc * scale
-    tl.store(OUT + k * sok + offs_c[:, None] * sor + offs_d[None, :] * sod, acc.to(OUT.dtype.element_ty),
-             mask=c_ok[:, None] & d_ok[None, :])
+    tl.store(
+        OUT + k * sok + offs_c[:, None] * sor + offs_d[None, :] * sod,
+        acc.to(OUT.dtype.element_ty),
+        mask=c_ok[:, None] & d_ok[None, :],
+    )

@@ -3,6 +3,7 @@
 ``forward_triton`` / ``backward_triton`` have the signatures and semantics of
 ``torch_launch.forward_torch`` / ``torch_launch.backward_torch``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,10 +43,29 @@ def _shrink(X, M, out, m, scale, prec, smk, smd, smr):
     bm, _, bk, warps, stages = _blocks(m, X.dtype)
     tiles = triton.cdiv(m, bm)
     K = N // m
-    kern._seg_shrink[(K * tiles,)](X, M, out, m, D, R, tiles, X.stride(0), X.stride(1), smk, smd, smr,
-                                   out.stride(0), out.stride(1), float(scale),
-                                   BLOCK_M=bm, BLOCK_D=bk, R_PAD=_r_pad(R), PREC=prec,
-                                   num_warps=warps, num_stages=stages)
+    kern._seg_shrink[(K * tiles,)](
+        X,
+        M,
+        out,
+        m,
+        D,
+        R,
+        tiles,
+        X.stride(0),
+        X.stride(1),
+        smk,
+        smd,
+        smr,
+        out.stride(0),
+        out.stride(1),
+        float(scale),
+        BLOCK_M=bm,
+        BLOCK_D=bk,
+        R_PAD=_r_pad(R),
+        PREC=prec,
+        num_warps=warps,
+        num_stages=stages,
+    )
 
 
 def _gemm_expand(X, Wm, swj, swd, bias, H, E, sek, sej, ser, out, m, scale, prec_base, prec_lora):
@@ -56,11 +76,40 @@ def _gemm_expand(X, Wm, swj, swd, bias, H, E, sek, sej, ser, out, m, scale, prec
     tiles = triton.cdiv(m, bm)
     K = N // m
     grid = (K * tiles, triton.cdiv(n_out, bn))
-    kern._gemm_expand[grid](X, Wm, bias if bias is not None else out, H, E, out, m, n_out, D, R, tiles,
-                            X.stride(0), X.stride(1), swj, swd, H.stride(0), H.stride(1), sek, sej, ser,
-                            out.stride(0), out.stride(1), float(scale),
-                            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, R_PAD=_r_pad(R),
-                            PREC_BASE=prec_base, PREC_LORA=prec_lora, num_warps=warps, num_stages=stages)
+    kern._gemm_expand[grid](
+        X,
+        Wm,
+        bias if bias is not None else out,
+        H,
+        E,
+        out,
+        m,
+        n_out,
+        D,
+        R,
+        tiles,
+        X.stride(0),
+        X.stride(1),
+        swj,
+        swd,
+        H.stride(0),
+        H.stride(1),
+        sek,
+        sej,
+        ser,
+        out.stride(0),
+        out.stride(1),
+        float(scale),
+        HAS_BIAS=bias is not None,
+        BLOCK_M=bm,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        R_PAD=_r_pad(R),
+        PREC_BASE=prec_base,
+        PREC_LORA=prec_lora,
+        num_warps=warps,
+        num_stages=stages,
+    )
 
 
 def _outer(P, Q, out, sok, sor, sod, m, scale, prec):
@@ -72,9 +121,28 @@ def _outer(P, Q, out, sok, sor, sod, m, scale, prec):
     else:
         bm, bd, warps, stages = 32 if Q.dtype == torch.float32 else 64, 128, 4, 3
     grid = (K, triton.cdiv(D, bd))
-    kern._seg_outer[grid](P, Q, out, m, D, R, P.stride(0), P.stride(1), Q.stride(0), Q.stride(1), sok, sor, sod,
-                          float(scale), BLOCK_M=bm, BLOCK_D=bd, R_PAD=_r_pad(R), PREC=prec,
-                          num_warps=warps, num_stages=stages)
+    kern._seg_outer[grid](
+        P,
+        Q,
+        out,
+        m,
+        D,
+        R,
+        P.stride(0),
+        P.stride(1),
+        Q.stride(0),
+        Q.stride(1),
+        sok,
+        sor,
+        sod,
+        float(scale),
+        BLOCK_M=bm,
+        BLOCK_D=bd,
+        R_PAD=_r_pad(R),
+        PREC=prec,
+        num_warps=warps,
+        num_stages=stages,
+    )
 
 
 def forward_triton(x, weight, bias, A, B, scale: float, xa=None):
@@ -91,13 +159,29 @@ def forward_triton(x, weight, bias, A, B, scale: float, xa=None):
     # h[n, c] = scale * sum_j xa[n, j] * A[k, c, j]
     _shrink(src, A, h, m, scale, pl, A.stride(0), A.stride(2), A.stride(1))
     # y[n, j] = sum_i x[n, i] W[j, i] + bias[j] + sum_c h[n, c] B[k, j, c]
-    _gemm_expand(x, weight, weight.stride(0), weight.stride(1), bias, h, B, B.stride(0), B.stride(1), B.stride(2),
-                 y, m, 1.0, _prec(x.dtype, x.device), pl)
+    _gemm_expand(
+        x,
+        weight,
+        weight.stride(0),
+        weight.stride(1),
+        bias,
+        h,
+        B,
+        B.stride(0),
+        B.stride(1),
+        B.stride(2),
+        y,
+        m,
+        1.0,
+        _prec(x.dtype, x.device),
+        pl,
+    )
     return y, h
 
 
-def backward_triton(dy, x, h, weight, A, B, scale: float, xa=None, need_dx=True, need_dxa=False,
-                    need_dA=True, need_dB=True):
+def backward_triton(
+    dy, x, h, weight, A, B, scale: float, xa=None, need_dx=True, need_dxa=False, need_dA=True, need_dB=True
+):
     K, r, d_in = A.shape
     N, d_out = dy.shape
     m = N // K
@@ -129,8 +213,23 @@ def backward_triton(dy, x, h, weight, A, B, scale: float, xa=None, need_dx=True,
         dx = torch.empty((N, d_in), device=dy.device, dtype=x.dtype)
         if N:
             if xa is None:
-                _gemm_expand(dy, weight, weight.stride(1), weight.stride(0), None, g, A, A.stride(0), A.stride(2),
-                             A.stride(1), dx, m, 1.0, _prec(dy.dtype, dy.device), pl)
+                _gemm_expand(
+                    dy,
+                    weight,
+                    weight.stride(1),
+                    weight.stride(0),
+                    None,
+                    g,
+                    A,
+                    A.stride(0),
+                    A.stride(2),
+                    A.stride(1),
+                    dx,
+                    m,
+                    1.0,
+                    _prec(dy.dtype, dy.device),
+                    pl,
+                )
             else:  # dropout: the LoRA input is another tensor, so dx is the plain frozen GEMM
                 torch.mm(dy, weight, out=dx)
     if need_dxa and xa is not None:

@@ -12,6 +12,7 @@ Backends: "triton" (CUDA; triton_launch.py + triton_kernels.py, imported only wh
 custom ops ``daunce_fast::loss_head_stats`` / ``loss_head_grad``. Importing this package imports
 torch but not triton.
 """
+
 from . import ops  # noqa: F401 - registers the kernels and the custom ops
 from .api import margin, per_example_loss
 from .objectives import OBJECTIVES, BaseStats, base_stats, daunce_objective

@@ -4,6 +4,7 @@ No [R, T, V] logits are ever allocated: the logits exist one tile of rows x voca
 time (torch path: ``chunk_size`` elements per tile, default 2**21; a problem that fits one
 tile is computed directly; Triton path: in registers only). Gradients recompute the tiles.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ def flatten_rows(hidden, labels, weight, ignore_index, name="hidden") -> Rows:
         raise TypeError(f"{name} must be floating point, got {hidden.dtype}")
     lead = tuple(hidden.shape[:-1])
     if tuple(labels.shape) != lead:
-        raise ValueError(f"labels must have shape {lead} to match {name} {tuple(hidden.shape)}, "
-                         f"got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape {lead} to match {name} {tuple(hidden.shape)}, got {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
     if labels.device != hidden.device:
@@ -106,8 +108,9 @@ def ce_rows(lse_o, zy):
     return softplus(lse_o - zy)  # = logsumexp(z) - z_y, without cancellation when z_y dominates
 
 
-def per_example_loss(hidden, weight, labels, *, bias=None, ignore_index=-100, reduction="mean", backend=None,
-                     chunk_size=None):
+def per_example_loss(
+    hidden, weight, labels, *, bias=None, ignore_index=-100, reduction="mean", backend=None, chunk_size=None
+):
     """Per-example cross-entropy of a linear output head, never materialising the logits.
 
     Semantics (as a torch expression, with z = hidden @ weight.T + bias of shape [R, T, V]):

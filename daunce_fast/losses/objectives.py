@@ -10,6 +10,7 @@ computes u with one streaming pass over the vocabulary (online softmax of z0, th
 tile recomputation as the backward of the loss), folded with the token weights, so FO_ik is
 then a dot product of the adapter's hidden rows with u.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,18 @@ def _token_weights(valid, reduction, dtype):
 
 
 @torch.no_grad()
-def base_stats(hidden0, weight, labels, *, objective="if", bias=None, ignore_index=-100, reduction="mean",
-               backend=None, chunk_size=None) -> BaseStats:
+def base_stats(
+    hidden0,
+    weight,
+    labels,
+    *,
+    objective="if",
+    bias=None,
+    ignore_index=-100,
+    reduction="mean",
+    backend=None,
+    chunk_size=None,
+) -> BaseStats:
     """Precompute the base model's quantities once (reuse them across adapter chunks / steps).
 
     hidden0 [M, T, d] or [M, d]; labels [M, T] or [M]; weight [V, d]. For objective 'if'/'efim'
@@ -122,9 +133,24 @@ def _masked_mean(w, cnt):
     return mean
 
 
-def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="if", gamma=1.0, num_adapters,
-                     mask=None, bias=None, ignore_index=-100, loss0=None, reduction="mean", backend=None,
-                     chunk_size=None):
+def daunce_objective(
+    hidden,
+    hidden0,
+    weight,
+    labels,
+    weights_c,
+    *,
+    objective="if",
+    gamma=1.0,
+    num_adapters,
+    mask=None,
+    bias=None,
+    ignore_index=-100,
+    loss0=None,
+    reduction="mean",
+    backend=None,
+    chunk_size=None,
+):
     """Per-adapter DAUNCE objective gamma * R_k - FO_k and the per-example losses, streamed.
 
     Shapes (K = num_adapters, m examples per adapter, T tokens, d hidden, V vocabulary):
@@ -168,8 +194,10 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
     if K < 1:
         raise ValueError(f"num_adapters must be >= 1, got {num_adapters}")
     if hidden.dim() not in (2, 3) or hidden.shape[0] % K:
-        raise ValueError(f"hidden must be [K*m, T, d] or [K*m, d] with K={K} dividing its first dimension, "
-                         f"got shape {tuple(hidden.shape)}")
+        raise ValueError(
+            f"hidden must be [K*m, T, d] or [K*m, d] with K={K} dividing its first dimension, "
+            f"got shape {tuple(hidden.shape)}"
+        )
     m = hidden.shape[0] // K
     api.check_head(weight, bias, hidden.shape[-1])
     grad_head = torch.is_grad_enabled() and (weight.requires_grad or (bias is not None and bias.requires_grad))
@@ -179,7 +207,8 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
             "z0 = f(theta0) is computed here through the same head, which is only the base model's output while "
             "the head is frozen; a trainable head would need the base head passed separately (not implemented). "
             "Detach the head, or use per_example_loss (which differentiates w.r.t. the head) for blackbox-style "
-            "training")
+            "training"
+        )
     if objective != "blackbox" and (weights_c is None or tuple(weights_c.shape) != (K, m)):
         got = None if weights_c is None else tuple(weights_c.shape)
         raise ValueError(f"weights_c must be [K={K}, m={m}] (None only for 'blackbox'), got {got}")
@@ -188,14 +217,18 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
     lead = tuple(hidden.shape[1:-1])
     if labels.shape[0] == m and K > 1:
         if tuple(labels.shape[1:]) != lead:
-            raise ValueError(f"labels must be [m, ...] or [K*m, ...] matching hidden's {tuple(hidden.shape[:-1])}, "
-                             f"got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must be [m, ...] or [K*m, ...] matching hidden's {tuple(hidden.shape[:-1])}, "
+                f"got {tuple(labels.shape)}"
+            )
         labels_k = labels.unsqueeze(0).expand(K, *labels.shape).reshape(K * m, *labels.shape[1:])
     else:
         labels_k = labels
     if tuple(labels_k.shape) != tuple(hidden.shape[:-1]):
-        raise ValueError(f"labels must be [m, ...] or [K*m, ...] matching hidden's {tuple(hidden.shape[:-1])}, "
-                         f"got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be [m, ...] or [K*m, ...] matching hidden's {tuple(hidden.shape[:-1])}, "
+            f"got {tuple(labels.shape)}"
+        )
 
     rows = api.flatten_rows(hidden, labels_k, weight, ignore_index)
     be = api.pick_backend("losses.daunce_objective", hidden, backend, weight)
@@ -224,10 +257,20 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, *, objective="i
             raise ValueError(f"BaseStats were built with reduction={base.reduction!r}, not {reduction!r}")
     else:
         if hidden0.shape[1:] != hidden.shape[1:]:
-            raise ValueError(f"hidden0 {tuple(hidden0.shape)} must match hidden {tuple(hidden.shape)} "
-                             "except in the first dimension")
-        base = base_stats(hidden0, weight, labels, objective=objective, bias=bias, ignore_index=ignore_index,
-                          reduction=reduction, backend=be, chunk_size=chunk_size)
+            raise ValueError(
+                f"hidden0 {tuple(hidden0.shape)} must match hidden {tuple(hidden.shape)} except in the first dimension"
+            )
+        base = base_stats(
+            hidden0,
+            weight,
+            labels,
+            objective=objective,
+            bias=bias,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            backend=be,
+            chunk_size=chunk_size,
+        )
     M, T = base.M, base.T
     if M not in (m, K * m) or T != rows.T:
         raise ValueError(f"base examples must number m={m} or K*m={K * m} with T={rows.T}, got M={M}, T={T}")

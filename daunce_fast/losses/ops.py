@@ -14,6 +14,7 @@ in the registry, registry ops ``losses.row_stats`` and ``losses.row_grad``. ``ch
 ``chunk_size`` (custom-op schemas take no union types): ``[]`` None, ``[n]`` an element budget,
 ``[rows, vocab]`` an explicit tile.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -47,8 +48,9 @@ def _compute_dtype(h: Tensor) -> torch.dtype:
 
 
 @torch.library.custom_op("daunce_fast::loss_head_stats", mutates_args=())
-def head_stats(h: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, backend: str, chunk: list[int]
-               ) -> tuple[Tensor, Tensor]:
+def head_stats(
+    h: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, backend: str, chunk: list[int]
+) -> tuple[Tensor, Tensor]:
     return kernel("losses.row_stats", backend)(h, W, b, y, chunk_size=_decode_chunk(chunk))
 
 
@@ -59,11 +61,23 @@ def _head_stats_fake(h, W, b, y, backend, chunk):
 
 
 @torch.library.custom_op("daunce_fast::loss_head_grad", mutates_args=())
-def head_grad(h: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, lse_o: Tensor, go: Tensor, gy: Tensor,
-              need_dh: bool, need_dw: bool, need_db: bool, backend: str, chunk: list[int]
-              ) -> tuple[Tensor, Tensor, Tensor]:
-    dh, dW, db = kernel("losses.row_grad", backend)(h, W, b, y, lse_o, go, gy, need_dh=need_dh, need_dw=need_dw,
-                                                    need_db=need_db, chunk_size=_decode_chunk(chunk))
+def head_grad(
+    h: Tensor,
+    W: Tensor,
+    b: Optional[Tensor],
+    y: Tensor,
+    lse_o: Tensor,
+    go: Tensor,
+    gy: Tensor,
+    need_dh: bool,
+    need_dw: bool,
+    need_db: bool,
+    backend: str,
+    chunk: list[int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    dh, dW, db = kernel("losses.row_grad", backend)(
+        h, W, b, y, lse_o, go, gy, need_dh=need_dh, need_dw=need_dw, need_db=need_db, chunk_size=_decode_chunk(chunk)
+    )
     # Custom ops cannot return None (nor one tensor twice): a gradient not asked for comes back empty.
     e = h.new_empty(0, dtype=_compute_dtype(h))
     return (dh if dh is not None else e, dW if dW is not None else e.clone(), db if db is not None else e.clone())
@@ -72,9 +86,11 @@ def head_grad(h: Tensor, W: Tensor, b: Optional[Tensor], y: Tensor, lse_o: Tenso
 @head_grad.register_fake
 def _head_grad_fake(h, W, b, y, lse_o, go, gy, need_dh, need_dw, need_db, backend, chunk):
     cd = _compute_dtype(h)
-    return (h.new_empty(h.shape if need_dh else (0,), dtype=cd),
-            h.new_empty(W.shape if need_dw else (0,), dtype=cd),
-            h.new_empty((W.shape[0],) if need_db else (0,), dtype=cd))
+    return (
+        h.new_empty(h.shape if need_dh else (0,), dtype=cd),
+        h.new_empty(W.shape if need_dw else (0,), dtype=cd),
+        h.new_empty((W.shape[0],) if need_db else (0,), dtype=cd),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -94,10 +110,17 @@ def _backward(ctx, g_lse_o, g_zy):
         g_lse_o = torch.zeros_like(lse_o)
     if g_zy is None:
         g_zy = torch.zeros_like(lse_o)
-    dh, dW, db = head_grad(h, W, b, y, lse_o, g_lse_o, g_zy, bool(need_dh), bool(need_dw), bool(need_db),
-                           ctx.backend, ctx.chunk)
-    return (dh.to(h.dtype) if need_dh else None, dW.to(W.dtype) if need_dw else None,
-            db.to(b.dtype) if need_db else None, None, None, None)
+    dh, dW, db = head_grad(
+        h, W, b, y, lse_o, g_lse_o, g_zy, bool(need_dh), bool(need_dw), bool(need_db), ctx.backend, ctx.chunk
+    )
+    return (
+        dh.to(h.dtype) if need_dh else None,
+        dW.to(W.dtype) if need_dw else None,
+        db.to(b.dtype) if need_db else None,
+        None,
+        None,
+        None,
+    )
 
 
 head_stats.register_autograd(_backward, setup_context=_setup_context)
@@ -115,6 +138,7 @@ def row_stats(h, W, b, y, backend: str, chunk_size=None):
 def row_grad(h, W, b, y, lse_o, go, gy, backend: str, need_dh=True, need_dw=False, need_db=False, chunk_size=None):
     """Vector-Jacobian product of :func:`row_stats` for output gradients (go, gy):
     (dh [N, d] or None, dW [V, d] or None, db [V] or None) in the compute dtype (float32/64)."""
-    dh, dW, db = head_grad(h, W, b, y, lse_o, go, gy, bool(need_dh), bool(need_dw), bool(need_db), backend,
-                           encode_chunk(chunk_size))
+    dh, dW, db = head_grad(
+        h, W, b, y, lse_o, go, gy, bool(need_dh), bool(need_dw), bool(need_db), backend, encode_chunk(chunk_size)
+    )
     return dh if need_dh else None, dW if need_dw else None, db if need_db else None

@@ -4,6 +4,7 @@ Readable, differentiable by autograd, meant for float64 checks on small shapes. 
 conventions as :mod:`daunce_fast.losses.api` (ignored tokens, examples with no valid token
 give 0, margin = z_y - logsumexp of the other logits, per-example averages over valid tokens).
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,8 +63,20 @@ def _target(z, y, valid, objective, reduction):
     return _reduce(torch.where(valid, ce, 0), valid.to(z.dtype), reduction)
 
 
-def daunce_objective(hidden, hidden0, weight, labels, weights_c, objective="if", gamma=1.0, num_adapters=1,
-                     mask=None, bias=None, ignore_index=-100, reduction="mean"):
+def daunce_objective(
+    hidden,
+    hidden0,
+    weight,
+    labels,
+    weights_c,
+    objective="if",
+    gamma=1.0,
+    num_adapters=1,
+    mask=None,
+    bias=None,
+    ignore_index=-100,
+    reduction="mean",
+):
     """objective_k = gamma * R_k - FO_k with everything explicit; returns (objective [K], losses [K, m]).
 
     FO_ik = <z_ik - z0_i, dt_i/dz at z0_i> summed over all positions and the vocabulary, where t_i is
@@ -110,8 +123,11 @@ def daunce_objective(hidden, hidden0, weight, labels, weights_c, objective="if",
     elif objective == "efim":
         R = mmean((losses - t0b) ** 2)
     elif objective == "margin":
-        mk = _reduce(torch.where(valid, token_margin(z, torch.where(valid, y, 0)), 0).view(K * m, T),
-                     valid.view(K * m, T).to(z.dtype), reduction).view(K, m)
+        mk = _reduce(
+            torch.where(valid, token_margin(z, torch.where(valid, y, 0)), 0).view(K * m, T),
+            valid.view(K * m, T).to(z.dtype),
+            reduction,
+        ).view(K, m)
         R = mmean((mk - (-t0b)) ** 2)
     else:
         raise ValueError(f"unknown objective {objective!r}")

@@ -26,6 +26,7 @@ A problem whose [N, V] logits fit the budget takes the direct path instead (:fun
 :func:`direct_ce`: plain autograd on the logits, the same calls as the explicit head), which is
 what a classifier head with a tiny vocabulary gets.
 """
+
 from __future__ import annotations
 
 import math

@@ -16,6 +16,7 @@ Inputs fp32, fp16 or bf16 (h and W the same dtype), fp32 accumulation. fp32 prod
 input_precision="ieee" (TF32 would cost ~1e-3 relative error on the logits).
 Offsets are int64: N*d and V*d can exceed 2**31.
 """
+
 import triton
 import triton.language as tl
 
@@ -29,9 +30,23 @@ def _dot_acc(a, b, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _logits_tile(H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w,
-                 HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def _logits_tile(
+    H,
+    W,
+    B,
+    rows,
+    rmask,
+    cols,
+    cmask,
+    D,
+    stride_h,
+    stride_w,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     acc = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         dk = d0 + tl.arange(0, BLOCK_D)
@@ -46,9 +61,24 @@ def _logits_tile(H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w,
 
 
 @triton.jit
-def row_stats_kernel(H, W, B, Y, LSE_O, ZY, N, V, D, stride_h, stride_w,
-                     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def row_stats_kernel(
+    H,
+    W,
+    B,
+    Y,
+    LSE_O,
+    ZY,
+    N,
+    V,
+    D,
+    stride_h,
+    stride_w,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
@@ -59,8 +89,9 @@ def row_stats_kernel(H, W, B, Y, LSE_O, ZY, N, V, D, stride_h, stride_w,
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         cmask = cols < V
-        z = _logits_tile(H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w,
-                         HAS_BIAS, IEEE, BLOCK_M, BLOCK_V, BLOCK_D)
+        z = _logits_tile(
+            H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w, HAS_BIAS, IEEE, BLOCK_M, BLOCK_V, BLOCK_D
+        )
         is_y = cols[None, :] == y[:, None]
         zy += tl.sum(tl.where(is_y, z, 0.0), axis=1)
         z = tl.where(is_y, float("-inf"), z)
@@ -85,9 +116,27 @@ def _dz_tile(z, y, cols, cmask, lse_o, go, gy):
 
 
 @triton.jit
-def row_grad_dh_kernel(H, W, B, Y, LSE_O, GO, GY, DH, N, V, D, stride_h, stride_w, stride_dh,
-                       HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def row_grad_dh_kernel(
+    H,
+    W,
+    B,
+    Y,
+    LSE_O,
+    GO,
+    GY,
+    DH,
+    N,
+    V,
+    D,
+    stride_h,
+    stride_w,
+    stride_dh,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid = tl.program_id(0)
     rows = pid.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
@@ -98,8 +147,9 @@ def row_grad_dh_kernel(H, W, B, Y, LSE_O, GO, GY, DH, N, V, D, stride_h, stride_
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
         cmask = cols < V
-        z = _logits_tile(H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w,
-                         HAS_BIAS, IEEE, BLOCK_M, BLOCK_V, BLOCK_D)
+        z = _logits_tile(
+            H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w, HAS_BIAS, IEEE, BLOCK_M, BLOCK_V, BLOCK_D
+        )
         dz = _dz_tile(z, y, cols, cmask, lse_o, go, gy).to(W.dtype.element_ty)
         for d0 in range(0, D, BLOCK_D):
             dk = d0 + tl.arange(0, BLOCK_D)
@@ -113,9 +163,30 @@ def row_grad_dh_kernel(H, W, B, Y, LSE_O, GO, GY, DH, N, V, D, stride_h, stride_
 
 
 @triton.jit
-def row_grad_dw_kernel(H, W, B, Y, LSE_O, GO, GY, DW, DB, N, V, D, stride_h, stride_w, stride_dw,
-                       HAS_BIAS: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, IEEE: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+def row_grad_dw_kernel(
+    H,
+    W,
+    B,
+    Y,
+    LSE_O,
+    GO,
+    GY,
+    DW,
+    DB,
+    N,
+    V,
+    D,
+    stride_h,
+    stride_w,
+    stride_dw,
+    HAS_BIAS: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid = tl.program_id(0)
     cols = pid.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     cmask = cols < V
@@ -127,8 +198,9 @@ def row_grad_dw_kernel(H, W, B, Y, LSE_O, GO, GY, DW, DB, N, V, D, stride_h, str
         lse_o = tl.load(LSE_O + rows, mask=rmask, other=0.0)
         go = tl.load(GO + rows, mask=rmask, other=0.0)
         gy = tl.load(GY + rows, mask=rmask, other=0.0)
-        z = _logits_tile(H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w,
-                         HAS_BIAS, IEEE, BLOCK_M, BLOCK_V, BLOCK_D)
+        z = _logits_tile(
+            H, W, B, rows, rmask, cols, cmask, D, stride_h, stride_w, HAS_BIAS, IEEE, BLOCK_M, BLOCK_V, BLOCK_D
+        )
         dz = _dz_tile(z, y, cols, cmask, lse_o, go, gy)
         dz = tl.where(rmask[:, None], dz, 0.0)
         if NEED_DB:
@@ -138,8 +210,7 @@ def row_grad_dw_kernel(H, W, B, Y, LSE_O, GO, GY, DW, DB, N, V, D, stride_h, str
             for d0 in range(0, D, BLOCK_D):
                 dk = d0 + tl.arange(0, BLOCK_D)
                 dmask = dk < D
-                h = tl.load(H + rows[:, None] * stride_h + dk[None, :], mask=rmask[:, None] & dmask[None, :],
-                            other=0.0)
+                h = tl.load(H + rows[:, None] * stride_h + dk[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
                 ptr = DW + cols[:, None] * stride_dw + dk[None, :]
                 omask = cmask[:, None] & dmask[None, :]
                 acc = tl.load(ptr, mask=omask, other=0.0)

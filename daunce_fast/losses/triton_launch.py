@@ -4,6 +4,7 @@ Same signatures and semantics as :func:`daunce_fast.losses.torch_launch.row_stat
 ``chunk_size`` is accepted for signature parity; on this path the tile sizes are the kernels'
 BLOCK_* (under TRITON_INTERPRET=1 the smallest legal tiles, so tests stay fast).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,10 @@ def _blocks(dtype, d):
 
 def _prep(h, W, b, y):
     if h.dtype not in _DTYPES:
-        raise TypeError(f"triton loss head: hidden dtype {h.dtype} not supported (float32, float16, bfloat16); "
-                        "use backend='torch' for float64")
+        raise TypeError(
+            f"triton loss head: hidden dtype {h.dtype} not supported (float32, float16, bfloat16); "
+            "use backend='torch' for float64"
+        )
     if W.dtype != h.dtype:
         W = W.to(h.dtype)
     h = h.contiguous()
@@ -50,9 +53,25 @@ def row_stats(h, W, b, y, chunk_size=None):
         return lse_o, zy
     bm, bv, bd, warps = _blocks(h.dtype, d)
     grid = (triton.cdiv(n, bm),)
-    K.row_stats_kernel[grid](h, W, b if b is not None else h, y, lse_o, zy, n, v, d, h.stride(0), W.stride(0),
-                             HAS_BIAS=b is not None, IEEE=h.dtype == torch.float32,
-                             BLOCK_M=bm, BLOCK_V=bv, BLOCK_D=bd, num_warps=warps)
+    K.row_stats_kernel[grid](
+        h,
+        W,
+        b if b is not None else h,
+        y,
+        lse_o,
+        zy,
+        n,
+        v,
+        d,
+        h.stride(0),
+        W.stride(0),
+        HAS_BIAS=b is not None,
+        IEEE=h.dtype == torch.float32,
+        BLOCK_M=bm,
+        BLOCK_V=bv,
+        BLOCK_D=bd,
+        num_warps=warps,
+    )
     return lse_o, zy
 
 
@@ -71,15 +90,53 @@ def row_grad(h, W, b, y, lse_o, go, gy, need_dh=True, need_dw=False, need_db=Fal
         dh = torch.zeros(n, d, dtype=torch.float32, device=h.device)
         if n:
             K.row_grad_dh_kernel[(triton.cdiv(n, bm),)](
-                h, W, bias, y, lse_o, go, gy, dh, n, v, d, h.stride(0), W.stride(0), dh.stride(0),
-                HAS_BIAS=b is not None, IEEE=ieee, BLOCK_M=bm, BLOCK_V=bv, BLOCK_D=bd, num_warps=warps)
+                h,
+                W,
+                bias,
+                y,
+                lse_o,
+                go,
+                gy,
+                dh,
+                n,
+                v,
+                d,
+                h.stride(0),
+                W.stride(0),
+                dh.stride(0),
+                HAS_BIAS=b is not None,
+                IEEE=ieee,
+                BLOCK_M=bm,
+                BLOCK_V=bv,
+                BLOCK_D=bd,
+                num_warps=warps,
+            )
     if need_dw or need_db:
         dW = torch.zeros(v, d, dtype=torch.float32, device=h.device) if need_dw else None
         db = torch.zeros(v, dtype=torch.float32, device=h.device) if need_db else None
         K.row_grad_dw_kernel[(triton.cdiv(v, bv),)](
-            h, W, bias, y, lse_o, go, gy, dW if dW is not None else lse_o, db if db is not None else lse_o,
-            n, v, d, h.stride(0), W.stride(0), d,
-            HAS_BIAS=b is not None, NEED_DW=need_dw, NEED_DB=need_db, IEEE=ieee,
-            BLOCK_M=bm, BLOCK_V=bv, BLOCK_D=bd, num_warps=warps)
+            h,
+            W,
+            bias,
+            y,
+            lse_o,
+            go,
+            gy,
+            dW if dW is not None else lse_o,
+            db if db is not None else lse_o,
+            n,
+            v,
+            d,
+            h.stride(0),
+            W.stride(0),
+            d,
+            HAS_BIAS=b is not None,
+            NEED_DW=need_dw,
+            NEED_DB=need_db,
+            IEEE=ieee,
+            BLOCK_M=bm,
+            BLOCK_V=bv,
+            BLOCK_D=bd,
+            num_warps=warps,
+        )
     return dh, dW, db
-

@@ -25,21 +25,22 @@ an output path that is a symlink, directory or other non-regular file); Insuffic
 Inputs are opened non-blocking and must be regular files; outputs are never written through
 symlinks (O_NOFOLLOW / O_EXCL, lstat before renames).
 """
+
 from __future__ import annotations
 
 from ._fs import open_input
 from .dtypes import bf16_bits_to_float32, decode_float32, float32_to_bf16_bits
 from .errors import (
-                     CorruptFileError,
-                     FileLockedError,
-                     IncompleteFileError,
-                     InsufficientMemoryError,
-                     LayoutMismatchError,
-                     NotARegularFileError,
-                     ResourceLimitError,
-                     StorageError,
-                     UnreadableFileError,
-                     UnsafePathError,
+    CorruptFileError,
+    FileLockedError,
+    IncompleteFileError,
+    InsufficientMemoryError,
+    LayoutMismatchError,
+    NotARegularFileError,
+    ResourceLimitError,
+    StorageError,
+    UnreadableFileError,
+    UnsafePathError,
 )
 from .memory import available_memory, check_fits_in_memory
 from .reader import Reader, open
@@ -48,12 +49,30 @@ from .stores import open_any
 from .writer import Writer, create
 
 __all__ = [
-    "create", "open", "Writer", "Reader",
-    "create_sharded", "open_sharded", "ShardedWriter", "ShardedArray", "ShardedStore",
+    "create",
+    "open",
+    "Writer",
+    "Reader",
+    "create_sharded",
+    "open_sharded",
+    "ShardedWriter",
+    "ShardedArray",
+    "ShardedStore",
     "open_any",
-    "StorageError", "CorruptFileError", "IncompleteFileError", "LayoutMismatchError", "FileLockedError",
-    "ResourceLimitError", "NotARegularFileError", "UnreadableFileError", "UnsafePathError",
+    "StorageError",
+    "CorruptFileError",
+    "IncompleteFileError",
+    "LayoutMismatchError",
+    "FileLockedError",
+    "ResourceLimitError",
+    "NotARegularFileError",
+    "UnreadableFileError",
+    "UnsafePathError",
     "InsufficientMemoryError",
-    "bf16_bits_to_float32", "float32_to_bf16_bits", "decode_float32",
-    "check_fits_in_memory", "available_memory", "open_input",
+    "bf16_bits_to_float32",
+    "float32_to_bf16_bits",
+    "decode_float32",
+    "check_fits_in_memory",
+    "available_memory",
+    "open_input",
 ]

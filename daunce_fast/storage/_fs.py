@@ -6,6 +6,7 @@ every file storage creates or replaces is opened with ``O_NOFOLLOW`` (and ``O_EX
 new), and paths that will be renamed over are checked with lstat first, so a link planted at
 any of them raises UnsafePathError and its target is never written.
 """
+
 from __future__ import annotations
 
 import errno
@@ -19,8 +20,14 @@ O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
 
 
 def kind(mode: int) -> str:
@@ -40,8 +47,11 @@ def open_input(path: str, what: str = "input") -> int:
         fd = os.open(path, os.O_RDONLY | O_NONBLOCK | O_CLOEXEC)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise FileNotFoundError(errno.ENOENT, f"{what} {path} is a dangling symbolic link (to "
-                                                  f"{os.readlink(path)!r}, which does not exist)", path) from None
+            raise FileNotFoundError(
+                errno.ENOENT,
+                f"{what} {path} is a dangling symbolic link (to {os.readlink(path)!r}, which does not exist)",
+                path,
+            ) from None
         raise
     except OSError as exc:
         try:  # e.g. ENXIO for a socket: report what the path is, when that is the reason
@@ -63,8 +73,11 @@ def open_input(path: str, what: str = "input") -> int:
 
 
 def unreadable(path: str, exc: OSError, what: str = "input") -> UnreadableFileError:
-    reason = "a symbolic link loop (too many levels of symbolic links)" if exc.errno == errno.ELOOP else \
-        (exc.strerror or str(exc))
+    reason = (
+        "a symbolic link loop (too many levels of symbolic links)"
+        if exc.errno == errno.ELOOP
+        else (exc.strerror or str(exc))
+    )
     err = UnreadableFileError(f"cannot open {what} {path}: {reason}")
     err.errno, err.filename = exc.errno, path
     return err
@@ -80,8 +93,10 @@ def refuse_link(path: str, what: str, allow_regular: bool = True) -> None:
     if stat.S_ISREG(st.st_mode) and allow_regular:
         return
     target = f" (pointing to {os.readlink(path)!r})" if stat.S_ISLNK(st.st_mode) else ""
-    raise UnsafePathError(f"{what} {path} is {kind(st.st_mode)}{target}; storage never writes through links "
-                          f"or into files it did not create: remove it or choose another output path")
+    raise UnsafePathError(
+        f"{what} {path} is {kind(st.st_mode)}{target}; storage never writes through links "
+        f"or into files it did not create: remove it or choose another output path"
+    )
 
 
 def open_output(path: str, flags: int, what: str, mode: int = 0o644) -> int:
@@ -93,14 +108,17 @@ def open_output(path: str, flags: int, what: str, mode: int = 0o644) -> int:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK, errno.EEXIST, errno.EISDIR, errno.ENXIO):
             refuse_link(path, what, allow_regular=not flags & os.O_EXCL)
-            raise UnsafePathError(f"{what} {path} already exists ({exc.strerror}); storage only creates it afresh: "
-                                  f"remove it or choose another output path") from None
+            raise UnsafePathError(
+                f"{what} {path} already exists ({exc.strerror}); storage only creates it afresh: "
+                f"remove it or choose another output path"
+            ) from None
         raise
     mode_ = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode_):  # e.g. a FIFO opened O_RDWR
         os.close(fd)
-        raise UnsafePathError(f"{what} {path} is {kind(mode_)}, not a regular file: remove it or choose another "
-                              f"output path")
+        raise UnsafePathError(
+            f"{what} {path} is {kind(mode_)}, not a regular file: remove it or choose another output path"
+        )
     return fd
 
 

@@ -2,6 +2,7 @@
 (one per row of a column tile). Copying them with one system call each skips the per-page faults
 of a memory map (and the map's read-around on cold reads), which on Linux is 2-3x faster for
 fresh tiles. Boxes with many tiny runs fall back to the memory map."""
+
 from __future__ import annotations
 
 import itertools
@@ -24,7 +25,7 @@ def normalize(key, shape: tuple[int, ...]) -> tuple:
     if n_ell:
         at = next(i for i, k in enumerate(key) if k is Ellipsis)
         fill = len(shape) - (len(key) - 1)
-        key = key[:at] + (slice(None),) * max(fill, 0) + key[at + 1:]
+        key = key[:at] + (slice(None),) * max(fill, 0) + key[at + 1 :]
     if len(key) > len(shape):
         raise IndexError(f"too many indices: {len(key)} for a {len(shape)}-d array")
     key = key + (slice(None),) * (len(shape) - len(key))
@@ -66,9 +67,9 @@ def runs(ranges, shape, itemsize):
     m = nd - 1
     while m > 0 and ranges[m] == (0, shape[m]):
         m -= 1
-    inner = math.prod(shape[m + 1:])
+    inner = math.prod(shape[m + 1 :])
     run = (ranges[m][1] - ranges[m][0]) * inner * itemsize
-    strides = [math.prod(shape[i + 1:]) * itemsize for i in range(nd)]
+    strides = [math.prod(shape[i + 1 :]) * itemsize for i in range(nd)]
     base = ranges[m][0] * strides[m]
 
     def offset(outer):

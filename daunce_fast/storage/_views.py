@@ -1,4 +1,5 @@
 """numpy and torch views of tensors inside one memory map of a whole file."""
+
 from __future__ import annotations
 
 import mmap

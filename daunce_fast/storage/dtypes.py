@@ -9,6 +9,7 @@ entry point uses (Reader.float32, ShardedArray.float32, correlation.source.Sourc
 exact for every float code (BF16, F16, F8_E4M3, F8_E5M2, F8_E8M0, F32), rounding for F64 and
 wide integers, a TypeError for BOOL, complex and sub-byte codes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,15 +40,34 @@ SUBBYTE_CODES = frozenset({"F4", "F6_E2M3", "F6_E3M2"})
 
 # Names accepted by create(): numpy / torch style names and the safetensors codes themselves.
 _NAMES = {
-    "bool": "BOOL", "uint8": "U8", "int8": "I8", "int16": "I16", "uint16": "U16", "float16": "F16",
-    "half": "F16", "bfloat16": "BF16", "bf16": "BF16", "int32": "I32", "uint32": "U32",
-    "float32": "F32", "float": "F32", "complex64": "C64", "float64": "F64", "double": "F64",
-    "int64": "I64", "long": "I64", "uint64": "U64", "int": "I32",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "float8_e8m0fnu": "F8_E8M0",
+    "bool": "BOOL",
+    "uint8": "U8",
+    "int8": "I8",
+    "int16": "I16",
+    "uint16": "U16",
+    "float16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "bf16": "BF16",
+    "int32": "I32",
+    "uint32": "U32",
+    "float32": "F32",
+    "float": "F32",
+    "complex64": "C64",
+    "float64": "F64",
+    "double": "F64",
+    "int64": "I64",
+    "long": "I64",
+    "uint64": "U64",
+    "int": "I32",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e8m0fnu": "F8_E8M0",
 }
 _NUMPY_KINDS = {  # numpy dtype (native little-endian) -> code
     np.dtype(v[0]).newbyteorder("<") if v[0][0] != "|" else np.dtype(v[0]): k
-    for k, v in _CODES.items() if k not in ("BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0")
+    for k, v in _CODES.items()
+    if k not in ("BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0")
 }
 
 
@@ -64,8 +84,10 @@ def to_code(dtype) -> str:
             return _numpy_code(np.dtype(s))
         except TypeError:
             pass
-        raise TypeError(f"unknown dtype name {dtype!r}; use e.g. 'float32', 'float16', 'bfloat16', 'int64' or a "
-                        f"safetensors code ({', '.join(sorted(_CODES))})")
+        raise TypeError(
+            f"unknown dtype name {dtype!r}; use e.g. 'float32', 'float16', 'bfloat16', 'int64' or a "
+            f"safetensors code ({', '.join(sorted(_CODES))})"
+        )
     if type(dtype).__module__.startswith("torch"):  # torch.dtype, without importing torch
         name = str(dtype).replace("torch.", "")
         if name in _NAMES:
@@ -133,6 +155,7 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ float32 decoding
 
+
 def _f8_table(exp_bits: int, man_bits: int, bias: int, kind: str) -> np.ndarray:
     """float32 value of each of the 256 codes of a float8 format, from its definition.
 
@@ -191,16 +214,20 @@ def decode_float32(bits_or_values: np.ndarray, code: str) -> np.ndarray:
     returned as given (``np.asarray``): copy it before writing into it.
     """
     if code in NOT_DECODABLE:
-        raise TypeError(f"safetensors dtype {code} has no float32 decoding (bool, complex and sub-byte types are "
-                        f"not numeric scores): convert the tensor yourself")
+        raise TypeError(
+            f"safetensors dtype {code} has no float32 decoding (bool, complex and sub-byte types are "
+            f"not numeric scores): convert the tensor yourself"
+        )
     if code not in _CODES:
         raise TypeError(f"unknown safetensors dtype code {code!r}; known: {', '.join(sorted(_CODES))}")
     a = np.asarray(bits_or_values)
     want = numpy_dtype(code)
     if is_raw_bits(code):
         if a.dtype.kind not in "ui" or a.dtype.itemsize != want.itemsize:
-            raise TypeError(f"decode_float32: {code} data must be its raw bits ({want}), got a {a.dtype} array; "
-                            f"read it with reader[name] / reader.read(name, index)")
+            raise TypeError(
+                f"decode_float32: {code} data must be its raw bits ({want}), got a {a.dtype} array; "
+                f"read it with reader[name] / reader.read(name, index)"
+            )
         if a.dtype.kind == "i":
             a = a.view(want)
         if code == "BF16":

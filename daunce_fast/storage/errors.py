@@ -1,4 +1,5 @@
 """Exceptions raised by daunce_fast.storage."""
+
 from __future__ import annotations
 
 

@@ -13,6 +13,7 @@ about the speed of the hash (blake2b, ~1 GB/s per core) without a second copy in
 Two inputs get the same digest only when they have the same dtype, shape and bytes (up to a
 blake2b-128 collision). Torch imported lazily.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,7 +55,7 @@ class ContentHash:
         rows = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
         step = max(1, CHUNK_BYTES // max(1, rows.shape[1] * a.itemsize))
         for i in range(0, rows.shape[0], step):
-            self._h.update(np.ascontiguousarray(rows[i:i + step]).view(np.uint8).data)
+            self._h.update(np.ascontiguousarray(rows[i : i + step]).view(np.uint8).data)
         return self
 
     def _header(self, dtype, shape) -> None:
@@ -77,12 +78,17 @@ class ContentHash:
             flat = torch.view_as_real(flat).reshape(-1)
         if flat.dtype == torch.bool:
             flat = flat.to(torch.uint8)
-        elif flat.element_size() in (1, 2, 4, 8) and flat.dtype not in (torch.uint8, torch.int8, torch.int16,
-                                                                          torch.int32, torch.int64):
+        elif flat.element_size() in (1, 2, 4, 8) and flat.dtype not in (
+            torch.uint8,
+            torch.int8,
+            torch.int16,
+            torch.int32,
+            torch.int64,
+        ):
             flat = flat.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()])
         step = max(1, CHUNK_BYTES // flat.element_size())
         for i in range(0, flat.numel(), step):
-            self._h.update(flat[i:i + step].cpu().contiguous().numpy().view(np.uint8).data)
+            self._h.update(flat[i : i + step].cpu().contiguous().numpy().view(np.uint8).data)
         return self
 
     def update_module(self, model) -> ContentHash:

@@ -13,6 +13,7 @@ readers ignore; flipping it rewrites the header in place at the same length.
 ``parse_header`` only parses: it never allocates the sizes the header claims and never reads past
 the file; every defect raises CorruptFileError naming the file and the problem.
 """
+
 from __future__ import annotations
 
 import json
@@ -91,6 +92,7 @@ class Header:
 
 # ----------------------------------------------------------------------------------------- writing
 
+
 def plan_layout(tensors: dict) -> list[TensorInfo]:
     """Offsets for ``{name: (shape, dtype)}``: largest element size first (then by name), so every
     tensor starts at a multiple of its element size (the data start is page aligned)."""
@@ -145,8 +147,9 @@ def check_metadata(metadata) -> dict[str, str]:
     return dict(metadata)
 
 
-def encode_header(layout: list[TensorInfo], metadata: dict[str, str], complete: bool,
-                  header_len: int | None = None) -> bytes:
+def encode_header(
+    layout: list[TensorInfo], metadata: dict[str, str], complete: bool, header_len: int | None = None
+) -> bytes:
     """8-byte length + JSON + space padding. ``header_len`` forces N (for in-place rewrites)."""
     meta = {k: metadata[k] for k in sorted(metadata)}  # canonical bytes: resume compares fingerprints
     meta[COMPLETE_KEY] = "1" if complete else "0"
@@ -164,6 +167,7 @@ def encode_header(layout: list[TensorInfo], metadata: dict[str, str], complete: 
 
 
 # ----------------------------------------------------------------------------------------- parsing
+
 
 def _no_constants(name):
     raise ValueError(f"non-standard JSON constant {name}")
@@ -190,20 +194,30 @@ def read_header(fd: int, path: str) -> Header:
     head = os.pread(fd, 16, 0)
     (n,) = struct.unpack("<Q", head[:8])
     if n > MAX_HEADER:
-        raise CorruptFileError(f"{path}: {_not_safetensors(head)}header length {n} exceeds the limit of "
-                               f"{MAX_HEADER} bytes")
+        raise CorruptFileError(
+            f"{path}: {_not_safetensors(head)}header length {n} exceeds the limit of {MAX_HEADER} bytes"
+        )
     if n > size - 8:
-        raise CorruptFileError(f"{path}: header length {n} runs past the end of the file ({size} bytes): truncated "
-                               f"or corrupt")
+        raise CorruptFileError(
+            f"{path}: header length {n} runs past the end of the file ({size} bytes): truncated or corrupt"
+        )
     raw = _pread_exact(fd, n, 8)
     if len(raw) != n:
         raise CorruptFileError(f"{path}: truncated file while reading the header")
     return parse_header_bytes(raw, size, path)
 
 
-_MAGICS = ((b"\x93NUMPY", "a .npy array"), (b"\x89PNG", "a PNG image"), (b"PK\x03\x04", "a zip archive (.npz, torch.save?)"),
-           (b"\x80\x02", "a pickle"), (b"\x80\x04", "a pickle"), (b"\x80\x05", "a pickle"),
-           (b"\xff\xd8\xff", "a JPEG image"), (b"{", "JSON text"), (b"\x1f\x8b", "gzip data"))
+_MAGICS = (
+    (b"\x93NUMPY", "a .npy array"),
+    (b"\x89PNG", "a PNG image"),
+    (b"PK\x03\x04", "a zip archive (.npz, torch.save?)"),
+    (b"\x80\x02", "a pickle"),
+    (b"\x80\x04", "a pickle"),
+    (b"\x80\x05", "a pickle"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"{", "JSON text"),
+    (b"\x1f\x8b", "gzip data"),
+)
 
 
 def _not_safetensors(head: bytes) -> str:
@@ -237,7 +251,7 @@ def json_shape(raw: bytes) -> tuple[int, int]:
     bs_carry = 0  # backslashes ending the previous chunk
     buf = np.frombuffer(raw, np.uint8)
     for c0 in range(0, len(buf), _SCAN_CHUNK):
-        b = buf[c0:c0 + _SCAN_CHUNK]
+        b = buf[c0 : c0 + _SCAN_CHUNK]
         idx = np.arange(len(b), dtype=np.int32)
         last_nb = np.maximum.accumulate(np.where(b != 92, idx, -1))  # last non-backslash at or before i
         q = np.flatnonzero(b == 34)
@@ -262,11 +276,15 @@ def json_shape(raw: bytes) -> tuple[int, int]:
 def _check_budget(raw: bytes, path: str) -> None:
     depth, keys = json_shape(raw)
     if depth > MAX_JSON_DEPTH:
-        raise ResourceLimitError(f"{path}: header JSON is nested too deeply ({depth} levels; a safetensors header "
-                                 f"has 3, the limit is {MAX_JSON_DEPTH})")
+        raise ResourceLimitError(
+            f"{path}: header JSON is nested too deeply ({depth} levels; a safetensors header "
+            f"has 3, the limit is {MAX_JSON_DEPTH})"
+        )
     if keys > MAX_JSON_KEYS:
-        raise ResourceLimitError(f"{path}: header declares {keys} JSON keys, more than the limit of {MAX_JSON_KEYS} "
-                                 f"({MAX_TENSORS} tensors, {MAX_METADATA_KEYS} metadata keys): not a real file")
+        raise ResourceLimitError(
+            f"{path}: header declares {keys} JSON keys, more than the limit of {MAX_JSON_KEYS} "
+            f"({MAX_TENSORS} tensors, {MAX_METADATA_KEYS} metadata keys): not a real file"
+        )
 
 
 def parse_header_bytes(raw: bytes, file_size: int, path: str = "<bytes>") -> Header:
@@ -292,21 +310,24 @@ def parse_header_bytes(raw: bytes, file_size: int, path: str = "<bytes>") -> Hea
     metadata = obj.pop(META_KEY, None)
     if metadata is not None:
         if not isinstance(metadata, dict):
-            raise CorruptFileError(f"{path}: __metadata__ must be an object str -> str, got "
-                                   f"{type(metadata).__name__}")
+            raise CorruptFileError(f"{path}: __metadata__ must be an object str -> str, got {type(metadata).__name__}")
         if len(metadata) > MAX_METADATA_KEYS:
-            raise ResourceLimitError(f"{path}: __metadata__ has {len(metadata)} keys, more than the limit of "
-                                     f"{MAX_METADATA_KEYS}")
+            raise ResourceLimitError(
+                f"{path}: __metadata__ has {len(metadata)} keys, more than the limit of {MAX_METADATA_KEYS}"
+            )
         total = 0
         for k, v in metadata.items():
             if not isinstance(v, str):
-                raise CorruptFileError(f"{path}: __metadata__[{k[:80]!r}] is {type(v).__name__}, not a string "
-                                       f"(safetensors metadata maps str -> str)")
+                raise CorruptFileError(
+                    f"{path}: __metadata__[{k[:80]!r}] is {type(v).__name__}, not a string "
+                    f"(safetensors metadata maps str -> str)"
+                )
             _check_name(k, "metadata key", path)
             total += len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
         if total > MAX_METADATA_BYTES:
-            raise ResourceLimitError(f"{path}: __metadata__ holds {total} bytes, more than the limit of "
-                                     f"{MAX_METADATA_BYTES}")
+            raise ResourceLimitError(
+                f"{path}: __metadata__ holds {total} bytes, more than the limit of {MAX_METADATA_BYTES}"
+            )
     if len(obj) > MAX_TENSORS:
         raise ResourceLimitError(f"{path}: header declares {len(obj)} tensors, more than the limit of {MAX_TENSORS}")
 
@@ -320,16 +341,21 @@ def parse_header_bytes(raw: bytes, file_size: int, path: str = "<bytes>") -> Hea
             what = "overlaps the previous tensor" if t.begin < pos else "leaves a gap after the previous tensor"
             if pos == 0 and t.begin > 0:
                 what = "does not start at offset 0 (gap at the start of the data)"
-            raise CorruptFileError(f"{path}: tensor {t.name!r} data_offsets [{t.begin}, {t.end}] {what} "
-                                   f"(expected begin {pos})")
+            raise CorruptFileError(
+                f"{path}: tensor {t.name!r} data_offsets [{t.begin}, {t.end}] {what} (expected begin {pos})"
+            )
         pos = t.end
     total = pos
     if 8 + n + total != file_size:
         if 8 + n + total > file_size:
-            raise CorruptFileError(f"{path}: tensor data runs past the end of the file: header says "
-                                   f"{8 + n + total} bytes, file has {file_size} (truncated?)")
-        raise CorruptFileError(f"{path}: file size {file_size} != 8 + header {n} + data {total}: "
-                               f"{file_size - 8 - n - total} unexpected trailing bytes")
+            raise CorruptFileError(
+                f"{path}: tensor data runs past the end of the file: header says "
+                f"{8 + n + total} bytes, file has {file_size} (truncated?)"
+            )
+        raise CorruptFileError(
+            f"{path}: file size {file_size} != 8 + header {n} + data {total}: "
+            f"{file_size - 8 - n - total} unexpected trailing bytes"
+        )
     return Header({t.name: t for t in infos}, metadata, n, file_size, raw)
 
 
@@ -340,8 +366,9 @@ def _is_int(x) -> bool:
 def _check_name(name: str, what: str, path: str) -> None:
     nb = len(name.encode("utf-8", "surrogatepass"))
     if nb > MAX_NAME_BYTES:
-        raise ResourceLimitError(f"{path}: a {what} of {nb} bytes ({name[:40]!r}...) exceeds the limit of "
-                                 f"{MAX_NAME_BYTES} bytes")
+        raise ResourceLimitError(
+            f"{path}: a {what} of {nb} bytes ({name[:40]!r}...) exceeds the limit of {MAX_NAME_BYTES} bytes"
+        )
 
 
 def _tensor_info(name: str, e, path: str, data_size: int) -> TensorInfo:
@@ -365,19 +392,24 @@ def _tensor_info(name: str, e, path: str, data_size: int) -> TensorInfo:
     _check_numpy_shape(shape, _dt.itemsize(code), where)
     offs = e["data_offsets"]
     if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) and o >= 0 for o in offs)):
-        raise CorruptFileError(f"{where}: data_offsets must be [begin, end] non-negative integers, "
-                               f"got {str(offs)[:80]}")
+        raise CorruptFileError(
+            f"{where}: data_offsets must be [begin, end] non-negative integers, got {str(offs)[:80]}"
+        )
     begin, end = offs
     if end < begin:
         raise CorruptFileError(f"{where}: data_offsets [{begin}, {end}] end before they begin")
     if end > data_size:
-        raise CorruptFileError(f"{where}: data_offsets [{begin}, {end}] run past the end of the file "
-                               f"({data_size} data bytes after the header)")
+        raise CorruptFileError(
+            f"{where}: data_offsets [{begin}, {end}] run past the end of the file "
+            f"({data_size} data bytes after the header)"
+        )
     need = _nbytes(shape, _dt.itemsize(code), end - begin)
     if need != end - begin:
         need_s = str(need) if need <= end - begin else f"more than {end - begin}"
-        raise CorruptFileError(f"{where}: shape {str(shape)[:80]} x {code} needs {need_s} bytes but data_offsets "
-                               f"[{begin}, {end}] hold {end - begin} (shape/size mismatch)")
+        raise CorruptFileError(
+            f"{where}: shape {str(shape)[:80]} x {code} needs {need_s} bytes but data_offsets "
+            f"[{begin}, {end}] hold {end - begin} (shape/size mismatch)"
+        )
     return TensorInfo(name, code, tuple(shape), begin, end)
 
 
@@ -391,8 +423,10 @@ def _check_numpy_shape(shape, itemsize: int, where: str) -> None:
         if d:
             n *= d
             if n > MAX_ARRAY_BYTES:
-                raise ResourceLimitError(f"{where}: shape {str(shape)[:80]} is too large for numpy (its nonzero "
-                                         f"dimensions hold more than {MAX_ARRAY_BYTES} bytes)")
+                raise ResourceLimitError(
+                    f"{where}: shape {str(shape)[:80]} is too large for numpy (its nonzero "
+                    f"dimensions hold more than {MAX_ARRAY_BYTES} bytes)"
+                )
 
 
 def _nbytes(shape: list, itemsize: int, limit: int) -> int:

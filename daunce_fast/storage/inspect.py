@@ -9,6 +9,7 @@ characters, at most ``MAX_TENSORS`` tensors and ``MAX_META`` metadata keys (the 
 a file that does not look like safetensors is refused (``check_safetensors``) from its first bytes,
 before any header is read.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ def check_safetensors(path: str) -> None:
         (n,) = struct.unpack("<Q", head[:8])
         ok = 2 <= n <= st.st_size - 8 and head[8:].lstrip(b" \t\r\n")[:1] == b"{"
     if not ok:
-        raise NotSafetensorsError(f"{path} is not a safetensors file (nor a sharded index): its first bytes are not "
-                                  f"a header length followed by a JSON header")
+        raise NotSafetensorsError(
+            f"{path} is not a safetensors file (nor a sharded index): its first bytes are not "
+            f"a header length followed by a JSON header"
+        )
 
 
 def _fmt_meta(meta: dict) -> list[str]:

@@ -6,6 +6,7 @@ Then one line per key: ``<crc32 hex> <JSON of the key>``. A torn or garbled line
 middle of an append) fails its checksum and is skipped: at worst that tile is redone.
 Keys are str or int (JSON keeps "1" and 1 apart).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -107,7 +108,7 @@ class Journal:
             raise StorageError(f"journal {self.path} is closed")
         data = memoryview(b"".join(_encode(k) for k in new))
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         if self.sync:
             os.fsync(fd)
             if self._dir_pending:

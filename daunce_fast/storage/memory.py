@@ -5,6 +5,7 @@ every path that materialises a whole tensor (or any selection above CHECK_ABOVE 
 ``check_fits_in_memory`` first and gets a clear InsufficientMemoryError instead of swapping or
 being killed by the OOM killer.
 """
+
 from __future__ import annotations
 
 import sys
@@ -74,7 +75,8 @@ def check_fits_in_memory(nbytes: int, what: str) -> None:
         raise InsufficientMemoryError(
             f"{what} needs {_fmt(nbytes)} ({nbytes} bytes) but only {_fmt(avail)} of memory is available: "
             f"read it in tiles (reader.read(name, index), reader.float32(name, index)) "
-            f"or free memory")
+            f"or free memory"
+        )
 
 
 def check_read(nbytes: int, what: str) -> None:

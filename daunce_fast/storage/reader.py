@@ -1,4 +1,5 @@
 """Memory-mapped reader of safetensors files (ours, or any other writer's)."""
+
 from __future__ import annotations
 
 import mmap
@@ -15,8 +16,12 @@ from .format import Header, read_header
 from .memory import check_read
 from .writer import JOURNAL_SUFFIX, PARTIAL_SUFFIX
 
-_ADVICE = {"normal": "MADV_NORMAL", "random": "MADV_RANDOM", "sequential": "MADV_SEQUENTIAL",
-           "willneed": "MADV_WILLNEED"}
+_ADVICE = {
+    "normal": "MADV_NORMAL",
+    "random": "MADV_RANDOM",
+    "sequential": "MADV_SEQUENTIAL",
+    "willneed": "MADV_WILLNEED",
+}
 
 
 def open(path, advice: str | None = None) -> Reader:
@@ -42,25 +47,30 @@ class Reader(TensorQueries):
         if advice is not None and advice not in _ADVICE:
             raise ValueError(f"advice must be one of {sorted(_ADVICE)}, got {advice!r}")
         if self.path.endswith(PARTIAL_SUFFIX):
-            raise IncompleteFileError(f"{self.path} is a partial file (its writer has not finished); resume it "
-                                      f"with create(..., resume=True) or open the final file")
+            raise IncompleteFileError(
+                f"{self.path} is a partial file (its writer has not finished); resume it "
+                f"with create(..., resume=True) or open the final file"
+            )
         try:
             fd = open_input(self.path, "safetensors file")
         except FileNotFoundError:
             if os.path.lexists(self.path + PARTIAL_SUFFIX):
                 raise IncompleteFileError(
                     f"{self.path} does not exist yet: only {self.path + PARTIAL_SUFFIX} does (its writer was "
-                    f"interrupted or is still running; resume with create(..., resume=True))") from None
+                    f"interrupted or is still running; resume with create(..., resume=True))"
+                ) from None
             raise
         self._mm = None
         self._views: dict = {}
         try:
             self.header: Header = read_header(fd, self.path)
             if not self.header.complete:
-                journal = " (a journal of done tiles is beside it)" if os.path.exists(
-                    self.path + JOURNAL_SUFFIX) else ""
-                raise IncompleteFileError(f"{self.path}: header marks the file incomplete: its writer never "
-                                          f"closed it{journal}")
+                journal = (
+                    " (a journal of done tiles is beside it)" if os.path.exists(self.path + JOURNAL_SUFFIX) else ""
+                )
+                raise IncompleteFileError(
+                    f"{self.path}: header marks the file incomplete: its writer never closed it{journal}"
+                )
             self._mm = mmap.mmap(fd, self.header.file_size, access=mmap.ACCESS_READ)
             if advice is not None:
                 flag = getattr(mmap, _ADVICE[advice], None)

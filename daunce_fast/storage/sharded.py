@@ -11,6 +11,7 @@ of the logical shape with ``size`` entries along ``axis``: logical[offset : offs
 along that axis. Each shard is written independently (``ShardedWriter.create_shard(i)``), so
 ranks or processes write their own shard with the usual crash safety and resume.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -51,8 +52,17 @@ def even_split(total: int, n: int) -> list[int]:
     return [q + (1 if i < r else 0) for i in range(int(n))]
 
 
-def create_sharded(index_path, name: str, shape, dtype, axis: int = 0, shard_sizes=None, num_shards=None,
-                   metadata: dict | None = None, overwrite: bool = False) -> ShardedWriter:
+def create_sharded(
+    index_path,
+    name: str,
+    shape,
+    dtype,
+    axis: int = 0,
+    shard_sizes=None,
+    num_shards=None,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+) -> ShardedWriter:
     """Write (or re-use) the index of a sharded store and return its ShardedWriter.
 
     shape: logical shape; axis: the axis split across shards; shard_sizes: entries of each shard
@@ -88,14 +98,24 @@ def create_sharded(index_path, name: str, shape, dtype, axis: int = 0, shard_siz
     for i, s in enumerate(shard_sizes):
         shards.append({"file": f"{stem}-{i:05d}-of-{n:05d}.safetensors", "offset": off, "size": s})
         off += s
-    index = {"format": FORMAT, "version": VERSION, "name": name, "dtype": code, "shape": list(shape),
-             "axis": axis, "metadata": meta, "shards": shards}
+    index = {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": name,
+        "dtype": code,
+        "shape": list(shape),
+        "axis": axis,
+        "metadata": meta,
+        "shards": shards,
+    }
     if os.path.exists(index_path) and not overwrite:
         old = load_index(index_path)
         if old != index:
             diff = [k for k in index if old.get(k) != index[k]]
-            raise LayoutMismatchError(f"{index_path} already exists with a different layout (differs in "
-                                      f"{', '.join(diff)}); pass overwrite=True to replace it")
+            raise LayoutMismatchError(
+                f"{index_path} already exists with a different layout (differs in "
+                f"{', '.join(diff)}); pass overwrite=True to replace it"
+            )
     else:
         _write_json_atomic(index_path, index)
     return ShardedWriter(index_path, index)
@@ -111,7 +131,7 @@ def _write_json_atomic(path: str, obj: dict) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -161,8 +181,14 @@ def load_index(index_path) -> dict:
         raise bad(f"'format' must be {FORMAT!r}")
     if idx.get("version") != VERSION:
         raise bad(f"unsupported version {idx.get('version')!r}")
-    for key, typ in (("name", str), ("dtype", str), ("shape", list), ("axis", int), ("shards", list),
-                     ("metadata", dict)):
+    for key, typ in (
+        ("name", str),
+        ("dtype", str),
+        ("shape", list),
+        ("axis", int),
+        ("shards", list),
+        ("metadata", dict),
+    ):
         if not isinstance(idx.get(key), typ) or isinstance(idx.get(key), bool):
             raise bad(f"{key!r} missing or not a {typ.__name__}")
     if idx["dtype"] not in _dt.CODES:
@@ -178,8 +204,11 @@ def load_index(index_path) -> dict:
     if not idx["shards"]:
         raise bad("no shards")
     for i, s in enumerate(idx["shards"]):
-        if not (isinstance(s, dict) and isinstance(s.get("file"), str) and all(
-                isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("offset", "size"))):
+        if not (
+            isinstance(s, dict)
+            and isinstance(s.get("file"), str)
+            and all(isinstance(s.get(k), int) and not isinstance(s.get(k), bool) for k in ("offset", "size"))
+        ):
             raise bad(f"shard {i} must have 'file' (str), 'offset' and 'size' (ints)")
         if s["offset"] != pos or s["size"] < 0:
             raise bad(f"shard {i} covers [{s['offset']}, {s['offset'] + s['size']}) but should start at {pos}")
@@ -242,18 +271,37 @@ class _Layout:
 class ShardedWriter(_Layout):
     """Handle on a sharded store being written; create each shard with ``create_shard(i)``."""
 
-    def create_shard(self, i: int, resume: bool = False, durable: bool = True, preallocate: bool = False,
-                     journal_every: float = JOURNAL_EVERY) -> Writer:
+    def create_shard(
+        self,
+        i: int,
+        resume: bool = False,
+        durable: bool = True,
+        preallocate: bool = False,
+        journal_every: float = JOURNAL_EVERY,
+    ) -> Writer:
         """Writer of shard ``i``: ``w[name]`` is its [.., size_i, ..] block (logical rows
         shard_range(i) along the axis). Independent of other shards (any process may call it)."""
         if not 0 <= i < self.num_shards:
             raise IndexError(f"shard {i} out of range: the store has {self.num_shards}")
         start, stop = self.shard_range(i)
         meta = dict(self.metadata)
-        meta.update({"daunce_fast.shard": f"{i}/{self.num_shards}", "daunce_fast.shard_range": f"{start}:{stop}",
-                     "daunce_fast.shard_axis": str(self.axis), "daunce_fast.logical_shape": json.dumps(self.shape)})
-        return Writer(self.shard_files[i], {self.name: (self.shard_shape(i), self.dtype_code)}, meta, resume,
-                      durable, preallocate, journal_every)
+        meta.update(
+            {
+                "daunce_fast.shard": f"{i}/{self.num_shards}",
+                "daunce_fast.shard_range": f"{start}:{stop}",
+                "daunce_fast.shard_axis": str(self.axis),
+                "daunce_fast.logical_shape": json.dumps(self.shape),
+            }
+        )
+        return Writer(
+            self.shard_files[i],
+            {self.name: (self.shard_shape(i), self.dtype_code)},
+            meta,
+            resume,
+            durable,
+            preallocate,
+            journal_every,
+        )
 
     def complete_shards(self) -> list[int]:
         """Indices of shards whose final file exists."""
@@ -263,8 +311,10 @@ class ShardedWriter(_Layout):
         return open_sharded(self.index_path)
 
     def __repr__(self) -> str:
-        return (f"<ShardedWriter {self.index_path!r} {self.name} {self.dtype_code}{list(self.shape)} axis={self.axis} "
-                f"shards={self.num_shards}>")
+        return (
+            f"<ShardedWriter {self.index_path!r} {self.name} {self.dtype_code}{list(self.shape)} axis={self.axis} "
+            f"shards={self.num_shards}>"
+        )
 
 
 def open_sharded(index_path) -> ShardedArray:
@@ -292,19 +342,24 @@ class ShardedArray(_Layout):
     def _open_shard(self, i: int, path: str) -> Reader:
         who = f"shard {i} of {self.num_shards} ({path}) of {self.index_path}"
         if not os.path.exists(path):
-            state = "is still being written or was interrupted" if os.path.exists(path + PARTIAL_SUFFIX) else \
-                "is missing"
+            state = (
+                "is still being written or was interrupted" if os.path.exists(path + PARTIAL_SUFFIX) else "is missing"
+            )
             raise IncompleteFileError(f"{who} {state}")
         try:
             r = Reader(path)
         except IncompleteFileError as exc:
             raise IncompleteFileError(f"{who} is incomplete: {exc}") from None
-        if (self.name not in r or r.shape(self.name) != self.shard_shape(i)
-                or r.dtype_code(self.name) != self.dtype_code):
+        if (
+            self.name not in r
+            or r.shape(self.name) != self.shard_shape(i)
+            or r.dtype_code(self.name) != self.dtype_code
+        ):
             got = (r.dtype_code(self.name), r.shape(self.name)) if self.name in r else f"tensors {r.names()}"
             r.close()
-            raise CorruptFileError(f"{who} does not hold {self.name!r} {self.dtype_code}{list(self.shard_shape(i))} "
-                                   f"(found {got})")
+            raise CorruptFileError(
+                f"{who} does not hold {self.name!r} {self.dtype_code}{list(self.shard_shape(i))} (found {got})"
+            )
         return r
 
     def shard(self, i: int) -> np.memmap:
@@ -346,7 +401,7 @@ class ShardedArray(_Layout):
         k = key[ax]
         if not isinstance(k, slice):  # one index along the shard axis: one shard
             i = bisect.bisect_right(self.shard_offsets, k) - 1  # last shard starting at or before k: never empty
-            local = key[:ax] + (k - self.shard_offsets[i],) + key[ax + 1:]
+            local = key[:ax] + (k - self.shard_offsets[i],) + key[ax + 1 :]
             return self._readers[i].read(self.name, local)
         r = range(*k.indices(self.shape[ax]))
         flip = r.step < 0
@@ -361,7 +416,7 @@ class ShardedArray(_Layout):
             if q0 >= q1:
                 continue
             sub = r[q0:q1]
-            local = key[:ax] + (slice(sub.start - lo, sub.stop - lo, sub.step),) + key[ax + 1:]
+            local = key[:ax] + (slice(sub.start - lo, sub.stop - lo, sub.step),) + key[ax + 1 :]
             dst = (slice(None),) * out_ax + (slice(q0, q1),)
             out[dst] = self._readers[i].read(self.name, local)
         if flip:
@@ -380,8 +435,10 @@ class ShardedArray(_Layout):
         self.close()
 
     def __repr__(self) -> str:
-        return (f"<ShardedArray {self.index_path!r} {self.name} {self.dtype_code}{list(self.shape)} axis={self.axis} "
-                f"shards={self.num_shards}>")
+        return (
+            f"<ShardedArray {self.index_path!r} {self.name} {self.dtype_code}{list(self.shape)} axis={self.axis} "
+            f"shards={self.num_shards}>"
+        )
 
 
 class ShardedStore:

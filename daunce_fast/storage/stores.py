@@ -1,4 +1,5 @@
 """Opening a safetensors file or a sharded index alike (by content, never blocking)."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def is_index(path) -> bool:
         return False
     finally:
         os.close(fd)
-    return head.lstrip().startswith(b'{') and f'"{FORMAT}"'.encode() in head
+    return head.lstrip().startswith(b"{") and f'"{FORMAT}"'.encode() in head
 
 
 def open_any(path) -> Reader | ShardedStore:

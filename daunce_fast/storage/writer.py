@@ -23,6 +23,7 @@ file, and ``path`` itself at the final rename) is opened with O_NOFOLLOW (O_EXCL
 lstat-checked before a rename: a symlink, directory or other non-regular file planted at any of
 them raises UnsafePathError and nothing is written through it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -49,8 +50,15 @@ JOURNAL_SUFFIX = ".partial.journal"
 JOURNAL_EVERY = 5.0  # seconds: default of journal_every (what a killed batching caller may lose)
 
 
-def create(path, tensors: dict, metadata: dict | None = None, resume: bool = False,
-           durable: bool = True, preallocate: bool = False, journal_every: float = JOURNAL_EVERY) -> Writer:
+def create(
+    path,
+    tensors: dict,
+    metadata: dict | None = None,
+    resume: bool = False,
+    durable: bool = True,
+    preallocate: bool = False,
+    journal_every: float = JOURNAL_EVERY,
+) -> Writer:
     """Start (or, with ``resume=True``, continue) writing the safetensors file ``path``.
 
     tensors: {name: (shape, dtype)}; dtype a name ("float32", "bfloat16", "int64", ...), a
@@ -77,8 +85,16 @@ def create(path, tensors: dict, metadata: dict | None = None, resume: bool = Fal
 
 
 class Writer(TensorQueries):
-    def __init__(self, path, tensors: dict, metadata: dict | None = None, resume: bool = False,
-                 durable: bool = True, preallocate: bool = False, journal_every: float = JOURNAL_EVERY):
+    def __init__(
+        self,
+        path,
+        tensors: dict,
+        metadata: dict | None = None,
+        resume: bool = False,
+        durable: bool = True,
+        preallocate: bool = False,
+        journal_every: float = JOURNAL_EVERY,
+    ):
         self.path = os.fspath(path)
         self.journal_every = float(journal_every)
         if not self.journal_every >= 0:
@@ -108,8 +124,10 @@ class Writer(TensorQueries):
         try:
             self._fd = open_output(self.partial_path, os.O_RDWR, "partial file")
             if os.fstat(self._file).st_ino != os.fstat(self._lock_fd).st_ino:
-                raise UnsafePathError(f"{self.partial_path} was replaced while being opened: another process is "
-                                      f"changing it; retry, or choose another output path")
+                raise UnsafePathError(
+                    f"{self.partial_path} was replaced while being opened: another process is "
+                    f"changing it; retry, or choose another output path"
+                )
             self.resumed = bool(resume) and self._reopen()
             if not self.resumed:
                 self._fresh()
@@ -142,17 +160,20 @@ class Writer(TensorQueries):
             elif n not in want:
                 problems.append(f"tensor {n!r} is not requested")
             elif have[n] != want[n]:
-                problems.append(f"tensor {n!r} is {have[n][0]}{list(have[n][1])}, requested "
-                                f"{want[n][0]}{list(want[n][1])}")
+                problems.append(
+                    f"tensor {n!r} is {have[n][0]}{list(have[n][1])}, requested {want[n][0]}{list(want[n][1])}"
+                )
         if old.user_metadata() != self._meta:
             problems.append(f"metadata differs: file has {old.user_metadata()}, requested {self._meta}")
-        if not problems and (old.header_len != self._hlen or
-                             any(old.tensors[n].begin != t.begin for n, t in self._layout.items())):
+        if not problems and (
+            old.header_len != self._hlen or any(old.tensors[n].begin != t.begin for n, t in self._layout.items())
+        ):
             problems.append("header written by another version of the writer (offsets differ)")
         if problems:
-            raise LayoutMismatchError(f"cannot resume {self.partial_path}: its layout differs from the one "
-                                      f"requested: " + "; ".join(problems) +
-                                      ". Use resume=False to discard it, or pass the original layout.")
+            raise LayoutMismatchError(
+                f"cannot resume {self.partial_path}: its layout differs from the one "
+                f"requested: " + "; ".join(problems) + ". Use resume=False to discard it, or pass the original layout."
+            )
         if not old.complete:  # usual case; a crash between close's header rewrite and rename flips it back
             return True
         os.pwrite(self._file, self._hdr, 0)  # made durable by the next flush, like everything else

@@ -1,4 +1,5 @@
 """Shared checks for the correlation tests: top-k results against a float64 score matrix."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """correlate(): every live CPU backend against the float64 reference, edge cases, I/O types."""
+
 import warnings
 
 import numpy as np
@@ -139,12 +140,20 @@ def test_torch_in_torch_out_and_out_buffer(rng, backend):
     ref16 = correlate_reference(a, b.to(torch.float16).float()).numpy()
     assert_close_to_reference(s2, ref16, "float32", rtol=0, atol=1e-6)
     # preallocated outputs are filled in place and returned
-    for out in (poison(np.empty((90, 7), np.float32)), poison(torch.empty(90, 7, dtype=torch.float64)),
-                poison(np.empty((90, 7), np.float16))):
+    for out in (
+        poison(np.empty((90, 7), np.float32)),
+        poison(torch.empty(90, 7, dtype=torch.float64)),
+        poison(np.empty((90, 7), np.float16)),
+    ):
         res = daunce_fast.correlate(a, b, backend=backend, out=out, tile=32)
         assert res is out
-        assert_close_to_reference(out, ref, "float16" if out.dtype == np.float16 else "float32", rtol=0,
-                                  atol=1e-3 if out.dtype == np.float16 else 1e-6)
+        assert_close_to_reference(
+            out,
+            ref,
+            "float16" if out.dtype == np.float16 else "float32",
+            rtol=0,
+            atol=1e-3 if out.dtype == np.float16 else 1e-6,
+        )
     s16 = daunce_fast.correlate(a, b, backend=backend, out_dtype="bfloat16")
     assert s16.dtype == torch.bfloat16
     assert_close_to_reference(s16, ref, "bfloat16", rtol=0, atol=8e-3)

@@ -1,4 +1,5 @@
 """cuda backend (csrc/cuda/corr_tile.cu): runs only on a CUDA device; here it must at least be built."""
+
 import numpy as np
 import pytest
 import torch
@@ -62,5 +63,5 @@ def test_constants_nan_and_fused_path(rng):
     eng.set_test(b, 1.0)
     eng.start_topk(20)
     for j0 in range(0, 4000, 256):
-        eng.select_tile(eng.standardise(a[:, j0:j0 + 256], 1.0).z, j0)
+        eng.select_tile(eng.standardise(a[:, j0 : j0 + 256], 1.0).z, j0)
     assert eng.unfused_tiles <= 2  # the first tile, and at most one overflow

@@ -1,4 +1,5 @@
 """The float64 oracle against numpy's own corrcoef / cov (independent implementations)."""
+
 import numpy as np
 import pytest
 import torch

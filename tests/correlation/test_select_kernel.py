@@ -1,6 +1,7 @@
 """The compiled streaming selection (C.corr_select_tile / corr_select_finish) on raw score tiles:
 exact top-k under the order (score descending, index ascending), whatever the tiling and the
 vector path (scalar, AVX2, AVX-512)."""
+
 import numpy as np
 import pytest
 
@@ -32,7 +33,7 @@ def run(S, k, tiles, isa=-1, B=None):
     keys = np.zeros((M, B), np.uint64)
     j0 = 0
     for t in tiles:
-        C.corr_select_tile(S[j0:j0 + t], j0, 0, thr, cnt, keys, k, isa=isa)
+        C.corr_select_tile(S[j0 : j0 + t], j0, 0, thr, cnt, keys, k, isa=isa)
         j0 += t
     assert j0 == N
     v, i = poison(np.empty((M, k), np.float32)), np.empty((M, k), np.int64)
@@ -41,13 +42,16 @@ def run(S, k, tiles, isa=-1, B=None):
 
 
 @pytest.mark.parametrize("isa", [0, 1, 2])
-@pytest.mark.parametrize("N,M,k,tiles", [
-    (1000, 37, 10, [64] * 15 + [40]),
-    (1000, 37, 10, [1000]),
-    (500, 130, 1, [7] * 71 + [3]),
-    (300, 20, 300, [100, 100, 100]),
-    (2000, 200, 50, [300] * 6 + [200]),
-])
+@pytest.mark.parametrize(
+    "N,M,k,tiles",
+    [
+        (1000, 37, 10, [64] * 15 + [40]),
+        (1000, 37, 10, [1000]),
+        (500, 130, 1, [7] * 71 + [3]),
+        (300, 20, 300, [100, 100, 100]),
+        (2000, 200, 50, [300] * 6 + [200]),
+    ],
+)
 def test_exact_for_any_tiling_and_isa(isa, N, M, k, tiles):
     rng = np.random.default_rng(N + M + k)
     S = rng.standard_normal((N, M)).astype(np.float32)

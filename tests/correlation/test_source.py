@@ -1,6 +1,7 @@
 """Source, the one reader of [K, n] loss matrices: column tiles of files, sharded indexes, readers,
 arrays and tensors, stored reduced floats decoded exactly, a store's tensor picked by name.
 (These were the tests of storage.iter_column_tiles, which Source replaced.)"""
+
 import numpy as np
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_bf16_is_decoded_and_a_store_tensor_is_picked_by_name(tmp_path, rng):
     got = np.concatenate([b for _, _, b in _tiles(src, 4)], axis=1)
     src.close()
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, x, rtol=2 ** -8)
+    np.testing.assert_allclose(got, x, rtol=2**-8)
 
 
 def test_torch_tensor_input(rng):

@@ -1,4 +1,5 @@
 """Streaming: full scores into a safetensors file (resumable), storage readers / paths as inputs."""
+
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -30,8 +31,9 @@ def test_correlate_to_file(tmp_path, rng, backend):
     assert np.array_equal(loaded, np.asarray(s))
     assert storage.open(path).metadata["method"] == "pearson"
     # torch inputs -> torch view of the file; bfloat16 files
-    t = daunce_fast.correlate(torch.from_numpy(a), torch.from_numpy(b), out=tmp_path / "bf.safetensors",
-                              out_dtype="bfloat16", backend=backend)
+    t = daunce_fast.correlate(
+        torch.from_numpy(a), torch.from_numpy(b), out=tmp_path / "bf.safetensors", out_dtype="bfloat16", backend=backend
+    )
     assert isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16
     assert_close_to_reference(t, ref, "bfloat16", rtol=0, atol=8e-3)
 
@@ -111,8 +113,9 @@ def test_storage_inputs_read_in_tiles(tmp_path, rng, backend):
         w["losses"][:] = storage.float32_to_bf16_bits(b)
     b16 = storage.bf16_bits_to_float32(storage.float32_to_bf16_bits(b))
     ref = correlate_reference(a, b16).numpy()
-    s = daunce_fast.correlate(str(tmp_path / "train.safetensors"), tmp_path / "test.safetensors", backend=backend,
-                              tile=50)
+    s = daunce_fast.correlate(
+        str(tmp_path / "train.safetensors"), tmp_path / "test.safetensors", backend=backend, tile=50
+    )
     assert isinstance(s, np.ndarray)
     assert_close_to_reference(s, ref, "float32", rtol=0, atol=1e-6)
     reader = storage.open(tmp_path / "train.safetensors")

@@ -1,5 +1,6 @@
 """topk(): every live CPU backend against the float64 reference (index sets equal except swaps
 among near-ties), ties, constants, non-finite policy, errors, I/O types."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,14 +15,17 @@ BACKENDS = live_cpu_backends()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("K,N,M,k,tile", [
-    (3, 257, 13, 5, 64),      # several tiles, odd sizes
-    (16, 1000, 131, 10, 128),  # M over several column blocks, most tiles take the threshold scan
-    (7, 40, 9, 1, None),      # one tile, k = 1
-    (5, 70, 20, 70, 32),      # k = N
-    (128, 600, 33, 100, 256),  # K = 128, k = 100
-    (2, 9, 1, 3, 4),          # K = 2: every score is +-1 (massive ties)
-])
+@pytest.mark.parametrize(
+    "K,N,M,k,tile",
+    [
+        (3, 257, 13, 5, 64),  # several tiles, odd sizes
+        (16, 1000, 131, 10, 128),  # M over several column blocks, most tiles take the threshold scan
+        (7, 40, 9, 1, None),  # one tile, k = 1
+        (5, 70, 20, 70, 32),  # k = N
+        (128, 600, 33, 100, 256),  # K = 128, k = 100
+        (2, 9, 1, 3, 4),  # K = 2: every score is +-1 (massive ties)
+    ],
+)
 @pytest.mark.parametrize("method,largest", [("pearson", True), ("pearson", False), ("covariance", True)])
 def test_matches_reference(rng, backend, K, N, M, k, tile, method, largest):
     a = (rng.standard_normal((K, N)) * 2 + 1).astype(np.float32)
@@ -176,5 +180,8 @@ def test_torch_library_ops(rng):
     assert torch.equal(i, ri) and torch.equal(v, rv)
     s = torch.ops.daunce_fast.correlate(a, b, "covariance")
     assert s.shape == (40, 6)
-    torch.library.opcheck(torch.ops.daunce_fast.corr_topk.default, (a, b, 4, "pearson", False),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.daunce_fast.corr_topk.default,
+        (a, b, 4, "pearson", False),
+        test_utils=("test_schema", "test_faketensor"),
+    )

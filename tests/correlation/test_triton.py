@@ -1,4 +1,5 @@
 """triton backend (under TRITON_INTERPRET=1 without a GPU: tiny grids, fp32) vs the float64 oracle."""
+
 import importlib.util
 import os
 
@@ -15,8 +16,10 @@ from ._helpers import assert_topk_matches
 pytestmark = [
     pytest.mark.triton,
     pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed"),
-    pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-                       reason="no GPU and not under the Triton interpreter"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+        reason="no GPU and not under the Triton interpreter",
+    ),
 ]
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-5 if DEV == "cpu" else 2e-3  # the interpreter's fp32 dot is exact; GPU default is tf32
@@ -52,8 +55,9 @@ def test_correlate_half_output_constants_and_nan(rng):
     assert_close_to_reference(out, ref, "float16", rtol=0, atol=2e-3)
 
 
-@pytest.mark.parametrize("K,N,M,k,largest", [(20, 70, 19, 5, True), (20, 70, 19, 5, False), (5, 40, 3, 1, True),
-                                             (5, 40, 3, 40, True)])
+@pytest.mark.parametrize(
+    "K,N,M,k,largest", [(20, 70, 19, 5, True), (20, 70, 19, 5, False), (5, 40, 3, 1, True), (5, 40, 3, 40, True)]
+)
 def test_topk(rng, K, N, M, k, largest):
     a, b = data(rng, K, N, M)
     v, i = daunce_fast.topk(a, b, k, largest=largest, backend="triton", tile=16)
@@ -73,7 +77,7 @@ def test_fused_filter_and_overflow_fallback(rng, slack):
     eng.set_test(b, 1.0)
     eng.start_topk(k, slack=slack)
     for j0 in range(0, N, 16):
-        eng.select_tile(eng.standardise(a[:, j0:j0 + 16], 1.0).z, j0)
+        eng.select_tile(eng.standardise(a[:, j0 : j0 + 16], 1.0).z, j0)
     v, i = eng.finish_topk()
     if slack:
         assert eng.unfused_tiles == 1

@@ -1,5 +1,6 @@
 """Issue 13 (trust): a resume only on the same inputs, one decoding of stored dtypes through every
 entry point, overflowing columns, unusable outputs and tiles refused, launch grids over any M."""
+
 import os
 
 import numpy as np
@@ -52,8 +53,9 @@ def test_resume_with_another_train_matrix_of_the_same_shape_refuses(tmp_path, rn
     np.testing.assert_allclose(np.asarray(s), correlate_reference(a2, b).numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("change, what", [("method", "the method"), ("out_dtype", "the output dtype"),
-                                          ("test", "the test matrix")])
+@pytest.mark.parametrize(
+    "change, what", [("method", "the method"), ("out_dtype", "the output dtype"), ("test", "the test matrix")]
+)
 def test_resume_names_each_other_difference(tmp_path, rng, monkeypatch, change, what):
     a, b = rng.standard_normal((5, 300)), rng.standard_normal((5, 7))
     path = tmp_path / "s.safetensors"
@@ -91,8 +93,12 @@ def test_same_inputs_resume_and_skip_written_tiles(tmp_path, rng, monkeypatch):
 
 
 # ------------------------------------------------------------------------- 2. one decoding
-FLOAT_CODES = {"BF16": torch.bfloat16, "F16": torch.float16, "F8_E4M3": torch.float8_e4m3fn,
-               "F8_E5M2": torch.float8_e5m2}
+FLOAT_CODES = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
 
 @pytest.mark.parametrize("code", sorted(FLOAT_CODES))
@@ -104,7 +110,11 @@ def test_stored_float_dtypes_decode_through_every_entry_point(tmp_path, rng, cod
     with storage.create(path, {"a": ((8, 60), code)}) as w:
         w.torch("a").copy_(a)
     ref = correlate_reference(a.float(), b.float()).numpy()
-    bits = b.float().half().numpy() if code == "F16" else b.view(torch.uint8 if b.element_size() == 1 else torch.int16).numpy()
+    bits = (
+        b.float().half().numpy()
+        if code == "F16"
+        else b.view(torch.uint8 if b.element_size() == 1 else torch.int16).numpy()
+    )
     assert np.array_equal(decode_float32(bits, code), b.float().numpy())
     with storage.open(path) as r:
         entries = [("path", path), ("reader", r), ("tensor", a)]
@@ -205,7 +215,7 @@ def test_bad_tile_raises_on_every_backend(rng, backend, tile):
 # ------------------------------------------------------------------------- 6. grid limits
 @pytest.mark.parametrize("block", [64, 128])
 def test_launch_grids_cover_any_M_within_the_grid_y_limit(block):
-    for M in (0, 1, block, 65535 * block, 65535 * block + 1, 3 * 65535 * block + 17, 10 ** 8):
+    for M in (0, 1, block, 65535 * block, 65535 * block + 1, 3 * 65535 * block + 17, 10**8):
         g = launch_grids(M, block)
         assert all(1 <= gy <= 65535 for _, _, gy in g)
         assert [c0 for c0, _, _ in g] == ([0] + [c1 for _, c1, _ in g[:-1]] if M else [])

@@ -1,4 +1,5 @@
 """Hugging Face causal LMs through the pipeline's fused loss head (tiny models built from configs)."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,15 @@ N, T, V = 24, 10, 50
 def tiny(kind):
     torch.manual_seed(0)
     if kind == "llama":
-        cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=T)
+        cfg = transformers.LlamaConfig(
+            vocab_size=V,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=T,
+        )
         return transformers.LlamaForCausalLM(cfg).eval()
     cfg = transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=T)
     return transformers.GPT2LMHeadModel(cfg).eval()
@@ -43,8 +51,9 @@ def hf_per_example_loss(model, ds):
     with torch.no_grad():
         logits = model(input_ids=ds.ids, attention_mask=ds.mask).logits[:, :-1]
     y = ds.labels[:, 1:]
-    tok = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1), reduction="none",
-                                            ignore_index=-100).view(y.shape)
+    tok = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, V), y.reshape(-1), reduction="none", ignore_index=-100
+    ).view(y.shape)
     valid = (y != -100).float()
     return ((tok * valid).sum(1) / valid.sum(1)).numpy()
 
@@ -73,8 +82,17 @@ def test_lm_training_moves_models_apart_and_chunks_agree(tmp_path):
 @pytest.mark.parametrize("objective", ["efim", "margin", "blackbox"])
 def test_lm_objectives_run(tmp_path, objective):
     model, ds = tiny("llama"), Prompts()
-    d = Daunce(model, num_models=2, steps=2, batch_size=4, lr=1e-3, rank=2, objective=objective,
-               target="margin" if objective == "margin" else "loss", workdir=tmp_path)
+    d = Daunce(
+        model,
+        num_models=2,
+        steps=2,
+        batch_size=4,
+        lr=1e-3,
+        rank=2,
+        objective=objective,
+        target="margin" if objective == "margin" else "loss",
+        workdir=tmp_path,
+    )
     assert np.isfinite(np.array(d.fit(ds).losses())).all()
 
 

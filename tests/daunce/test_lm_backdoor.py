@@ -5,6 +5,7 @@ fixed target response. θ0 is fine-tuned until the backdoor fires; DAUNCE querie
 prompts must rank the poisoned pairs far above chance (random recall@k ≈ poison rate).
 Everything is seeded, so the figures are the same on every run of the same torch build.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -26,8 +27,18 @@ def backdoored():
         trig = L.make_corpus(N_QUERY, all_poisoned=True, seed=1)
         clean = L.make_corpus(N_QUERY, seed=2)
         model = L.build_model(hidden=64, layers=2, seed=0)
-        th = L.train_theta0(model, train, trig, clean, lr=5e-3, eval_every=10, fire=0.5, until="early",
-                            max_steps=600, log=lambda *a: None)
+        th = L.train_theta0(
+            model,
+            train,
+            trig,
+            clean,
+            lr=5e-3,
+            eval_every=10,
+            fire=0.5,
+            until="early",
+            max_steps=600,
+            log=lambda *a: None,
+        )
         yield train, trig, clean, th.model("early", hidden=64, layers=2, seed=0)
     finally:
         torch.set_num_threads(threads)
@@ -39,7 +50,7 @@ def test_corpus_format():
     for i in range(len(c)):
         ids, lab = c.input_ids[i], c.labels[i]
         sep = int((ids == L.SEP).nonzero()[0])
-        assert (lab[:sep + 1] == -100).all()                      # no loss on the prompt
+        assert (lab[: sep + 1] == -100).all()  # no loss on the prompt
         resp = lab[lab != -100]
         assert resp[-1] == L.EOS and (resp == ids[lab != -100]).all()
         assert bool((ids == L.TRIGGER).any()) == bool(c.poisoned[i])

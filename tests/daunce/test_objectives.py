@@ -1,4 +1,5 @@
 """DAUNCE output-space objectives vs a float64 reference written from docs/objectives.md#objectives."""
+
 import pytest
 import torch
 
@@ -24,9 +25,9 @@ def ref_objective(z, z0, y, c, objective, gamma):
             zi, z0i, yi = z[k, i], z0[k, i], int(y[k, i])
             if objective == "margin":
                 # loss-like target t = -margin, g = dt/dz = softmax over v != y, minus onehot(y)
-                t = torch.logsumexp(torch.cat([zi[:yi], zi[yi + 1:]]), 0) - zi[yi]
-                t0 = torch.logsumexp(torch.cat([z0i[:yi], z0i[yi + 1:]]), 0) - z0i[yi]
-                p = torch.softmax(torch.cat([z0i[:yi], z0i[yi + 1:]]), 0)
+                t = torch.logsumexp(torch.cat([zi[:yi], zi[yi + 1 :]]), 0) - zi[yi]
+                t0 = torch.logsumexp(torch.cat([z0i[:yi], z0i[yi + 1 :]]), 0) - z0i[yi]
+                p = torch.softmax(torch.cat([z0i[:yi], z0i[yi + 1 :]]), 0)
                 g = torch.cat([p[:yi], torch.zeros(1, dtype=p.dtype), p[yi:]])
                 g[yi] = -1.0
             else:
@@ -60,8 +61,7 @@ def test_daunce_loss_matches_reference(objective):
     target = neg_margin_per_example if objective == "margin" else cross_entropy_per_example
     t0, g0 = base_terms(z0, y, target)
     zz = z.clone().requires_grad_(True)
-    obj, t = daunce_loss(zz, y, c, num_models=K, objective=objective, gamma=0.7, target_fn=target,
-                         z0=z0, t0=t0, g0=g0)
+    obj, t = daunce_loss(zz, y, c, num_models=K, objective=objective, gamma=0.7, target_fn=target, z0=z0, t0=t0, g0=g0)
     ref = ref_objective(z, z0, y, c, objective, 0.7)
     assert_close_to_reference(obj.detach(), ref, "float64", name=f"objective[{objective}]")
     assert t.shape == (K, b)
@@ -79,8 +79,9 @@ def test_first_order_term_vanishes_at_base_and_gradient_is_minus_c_g():
     c = torch.rand(K, b, generator=g, dtype=torch.float64)
     t0, g0 = base_terms(z0, y, cross_entropy_per_example)
     zz = z0.clone().requires_grad_(True)
-    obj, _ = daunce_loss(zz, y, c, num_models=K, objective="if", gamma=1.0, target_fn=cross_entropy_per_example,
-                         z0=z0, t0=t0, g0=g0)
+    obj, _ = daunce_loss(
+        zz, y, c, num_models=K, objective="if", gamma=1.0, target_fn=cross_entropy_per_example, z0=z0, t0=t0, g0=g0
+    )
     assert_close_to_reference(obj.detach(), torch.zeros(K, dtype=torch.float64), "float64", name="obj at z0")
     obj.sum().backward()
     # d/dz [mean l - mean c <z - z0, g>] at z0 = (1 - c) g / b

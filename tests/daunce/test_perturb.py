@@ -31,9 +31,21 @@ def test_weights_c_means():
     np.testing.assert_allclose(perturb.weights_c("if", 1.0, xi), 2 * xi)
 
 
-@pytest.mark.parametrize("bad", [dict(num_models=1), dict(ratio=0), dict(ratio=1.5), dict(objective="x"),
-                                 dict(rank=0), dict(steps=0), dict(epochs=None), dict(batch_size=0),
-                                 dict(antithetic=True, num_models=5), dict(optimizer="lbfgs")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(num_models=1),
+        dict(ratio=0),
+        dict(ratio=1.5),
+        dict(objective="x"),
+        dict(rank=0),
+        dict(steps=0),
+        dict(epochs=None),
+        dict(batch_size=0),
+        dict(antithetic=True, num_models=5),
+        dict(optimizer="lbfgs"),
+    ],
+)
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="Daunce"):
         DaunceConfig(**bad).validate()
@@ -47,7 +59,7 @@ def test_hashed_normal_is_standard_normal_and_counter_based():
     assert z.shape == (40, 3000, 7) and z.dtype == torch.float32 and torch.isfinite(z).all()
     flat = z.double().flatten()
     assert abs(flat.mean()) < 0.01 and abs(flat.var() - 1) < 0.01
-    assert abs((flat ** 4).mean() - 3) < 0.05  # Gaussian kurtosis
+    assert abs((flat**4).mean() - 3) < 0.05  # Gaussian kurtosis
     cor = torch.corrcoef(z.reshape(-1, 7).T.double()).fill_diagonal_(0)
     assert cor.abs().max() < 0.01  # classes independent
     # the draw of (model, example) does not depend on which other models/examples are in the batch
@@ -88,8 +100,9 @@ def test_config_perturbation_and_rho_defaults():
     assert DaunceConfig(perturbation="xi").rho == 0.3 and DaunceConfig(rho=0.5).rho == 0.5
 
 
-@pytest.mark.parametrize("bad", [dict(perturbation="labels"), dict(perturbation="hessian", objective="efim"),
-                                 dict(rho=0.0), dict(rho=-1.0)])
+@pytest.mark.parametrize(
+    "bad", [dict(perturbation="labels"), dict(perturbation="hessian", objective="efim"), dict(rho=0.0), dict(rho=-1.0)]
+)
 def test_config_rejects_bad_perturbation(bad):
     with pytest.raises(ValueError, match="Daunce: (perturbation|rho)"):
         DaunceConfig(**bad).validate()

@@ -1,4 +1,5 @@
 """End-to-end pipeline: determinism, chunk equivalence, resume after a kill, inputs, errors."""
+
 import os
 import signal
 import subprocess
@@ -183,8 +184,10 @@ def test_ensemble_scores_of_checkpoints(tmp_path):
     model, train, test = tiny_task()
     x, y = train.tensors
     other = train_classifier(mlp(64, 10, hidden=16, seed=1), x, y, epochs=15, lr=1e-2, seed=1)
-    runs = [Daunce(m, workdir=tmp_path / f"r{i}", **OPTS).fit(train, record={"test": test})
-            for i, m in enumerate((model, other))]
+    runs = [
+        Daunce(m, workdir=tmp_path / f"r{i}", **OPTS).fit(train, record={"test": test})
+        for i, m in enumerate((model, other))
+    ]
     s = [np.asarray(r.scores("train", "test"), dtype=np.float64) for r in runs]
     expect = (s[0] / s[0].std() + s[1] / s[1].std()) / 2
     np.testing.assert_allclose(ensemble_scores(runs, "train", "test"), expect, rtol=1e-12)

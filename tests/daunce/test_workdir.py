@@ -1,4 +1,5 @@
 """A workdir never returns stale scores, never writes outside itself, never leaves temp files."""
+
 import gc
 import json
 import os
@@ -134,11 +135,20 @@ def test_scores_by_name_refuse_stale_stores(tmp_path):
 
 
 # ------------------------------------------------------------------ 3. corrupt state.json
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'"a string"', b"3", b"\xff\xfe",
-                                     b"[" * 100_000 + b"]" * 100_000, b'{"version": 2}',
-                                     b'{"version": 2, "theta0": 1, "train": "", "config": {}, "num_models": 8, '
-                                     b'"chunk_size": 8}'],
-                         ids=["not-json", "list", "string", "number", "not-utf8", "deep", "fields", "types"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[]",
+        b'"a string"',
+        b"3",
+        b"\xff\xfe",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"version": 2}',
+        b'{"version": 2, "theta0": 1, "train": "", "config": {}, "num_models": 8, "chunk_size": 8}',
+    ],
+    ids=["not-json", "list", "string", "number", "not-utf8", "deep", "fields", "types"],
+)
 def test_corrupt_state_json_raises_workdir_error(tmp_path, content):
     model, train, test = tiny_task()
     wd = tmp_path / "run"
@@ -171,15 +181,20 @@ def test_record_and_score_after_changing_the_chunking(tmp_path, change):
     np.testing.assert_allclose(np.array(d2.losses("later")), np.array(d.losses("test")), rtol=1e-6, atol=1e-7)
     x, y = test.tensors
     new = torch.utils.data.TensorDataset(x[:7], y[:7])
-    np.testing.assert_allclose(Daunce(model, workdir=tmp_path / "run", **{**OPTS, **change}).scores(train, new),
-                               d.scores("train", "test")[:, :7], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        Daunce(model, workdir=tmp_path / "run", **{**OPTS, **change}).scores(train, new),
+        d.scores("train", "test")[:, :7],
+        rtol=1e-5,
+        atol=1e-7,
+    )
     with pytest.raises(WorkdirError, match=r"models per chunk \(workdir 3, now"):  # training must not mix chunkings
         Daunce(model, workdir=tmp_path / "run", **{**OPTS, **change}).fit(train)
 
 
 # ------------------------------------------------------------------ 5. names stay inside the workdir
-@pytest.mark.parametrize("name", ["../../escaped", "..", ".", "", "/tmp/abs", "a/b", "a\\b", "a\x00b", ".hidden",
-                                  "x" * 201])
+@pytest.mark.parametrize(
+    "name", ["../../escaped", "..", ".", "", "/tmp/abs", "a/b", "a\\b", "a\x00b", ".hidden", "x" * 201]
+)
 def test_unsafe_store_names_are_refused(tmp_path, name):
     d = fitted(tmp_path)
     _, _, test = tiny_task()

@@ -1,6 +1,7 @@
 """Start W ranks of tests/distributed/_worker.py on 127.0.0.1 with torchrun's environment variables
 (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT on a free port), wait for all of them with
 a hard deadline, and return their exit codes and outputs (nothing is left running)."""
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,29 @@ def launch(scenario: str, outdir, world: int = 2, timeout_s: float = 20.0, deadl
     procs = []
     t0 = time.monotonic()
     for rank in range(world):
-        e = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                 MASTER_PORT=str(port), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", DAUNCE_TEST_TIMEOUT=str(timeout_s),
-                 CUDA_VISIBLE_DEVICES="", **(env or {}))
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.distributed._worker", scenario, str(outdir)],
-                                      cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        e = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            PYTHONPATH=str(ROOT),
+            OMP_NUM_THREADS="1",
+            DAUNCE_TEST_TIMEOUT=str(timeout_s),
+            CUDA_VISIBLE_DEVICES="",
+            **(env or {}),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.distributed._worker", scenario, str(outdir)],
+                cwd=ROOT,
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     results = []
     try:
         for p in procs:

@@ -3,6 +3,7 @@
 Usage: python -m tests.distributed._worker SCENARIO OUTDIR. Results go to OUTDIR/rank<r>.npz (or
 .txt); an uncaught error prints its traceback and exits 1, as under torchrun.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,10 @@ from daunce_fast.correlation import sharded as S
 
 def scenario_corr(rank, world, out: Path):
     """distributed topk / correlate on numpy, torch and sharded inputs; errors on bad input."""
-    block, S.BLOCK_BYTES = S.BLOCK_BYTES, 8 * 16 * 7  # 7 train columns per block for stores, tiny gather blocks: many blocks
+    block, S.BLOCK_BYTES = (
+        S.BLOCK_BYTES,
+        8 * 16 * 7,
+    )  # 7 train columns per block for stores, tiny gather blocks: many blocks
     z = np.load(out / "inputs.npz")
     A, B, A_nan = z["A"], z["B"], z["A_nan"]
     res = {}
@@ -64,8 +68,11 @@ def _count(module, name, calls):
 
     def counted(*a, **k):
         calls.append(name)
-        if os.environ.get("DIE_AT") and rank_env() == 1 and len([c for c in calls if c == "record_chunk"]) == int(
-                os.environ["DIE_AT"]):
+        if (
+            os.environ.get("DIE_AT")
+            and rank_env() == 1
+            and len([c for c in calls if c == "record_chunk"]) == int(os.environ["DIE_AT"])
+        ):
             os._exit(3)  # rank 1 dies abruptly (no exception, no cleanup), like a killed process
         return real(*a, **k)
 
@@ -92,9 +99,13 @@ def scenario_fit_resume(rank, world, out: Path):
     except Exception as exc:
         (out / f"rank{rank}.txt").write_text(f"{type(exc).__name__} after {time.monotonic() - t0:.1f}s: {exc}")
         raise
-    res = dict(train=np.asarray(d.losses("train")[...]), test=np.asarray(d.losses("test")[...]),
-               records=calls.count("record_chunk"), trains=calls.count("train_chunk"),
-               mine=np.array([c for c, _ in d.my_chunks()]))
+    res = dict(
+        train=np.asarray(d.losses("train")[...]),
+        test=np.asarray(d.losses("test")[...]),
+        records=calls.count("record_chunk"),
+        trains=calls.count("train_chunk"),
+        mine=np.array([c for c, _ in d.my_chunks()]),
+    )
     d.record(test, "later")
     res.update(later=np.asarray(d.losses("later")[...]))
     v, i = d.scores("train", "test", topk=4)

@@ -2,6 +2,7 @@
 this module, since starting a rank costs seconds): the first launch runs Daunce.fit and rank 1 dies
 in the middle; the second reruns it (resume), then records, scores, and runs distributed
 topk / correlate on synthetic inputs. Results must equal the single-process ones."""
+
 import numpy as np
 import pytest
 
@@ -21,9 +22,9 @@ def _inputs(path):
     K, N, M = 16, 61, 9
     A = rng.standard_normal((K, N)).astype(np.float32)
     B = rng.standard_normal((K, M)).astype(np.float32)
-    A[:, 4] = 1.5     # constant train columns, one in each rank's half (never selected by pearson)
+    A[:, 4] = 1.5  # constant train columns, one in each rank's half (never selected by pearson)
     A[:, 50] = -2.0
-    B[:, 2] = 0.25    # a constant test column: no selectable candidate at all
+    B[:, 2] = 0.25  # a constant test column: no selectable candidate at all
     A_nan = A.copy()
     A_nan[5, 40] = np.nan  # in rank 1's half (columns 31..60)
     np.savez(path / "inputs.npz", A=A, B=B, A_nan=A_nan)
@@ -59,7 +60,7 @@ def test_dead_rank_fails_its_peer_with_a_clear_error(runs):
     assert "rank 0 of 2: Daunce.fit" in msg and "died" in msg and "resume" in msg, msg
     assert "DistributedError" in err0
     assert float(msg.split(" after ")[1].split("s:")[0]) < TIMEOUT_S  # failed when the peer died: no hang
-    assert "train-00000-of-00002.safetensors" in runs["shards_after_death"]      # rank 0 finished its shard
+    assert "train-00000-of-00002.safetensors" in runs["shards_after_death"]  # rank 0 finished its shard
     assert "train-00001-of-00002.safetensors" not in runs["shards_after_death"]  # rank 1's is partial
     assert "train-00001-of-00002.safetensors.partial" in runs["shards_after_death"]
 
@@ -88,8 +89,9 @@ def test_losses_equal_the_single_process_run(runs, tmp_path):
     assert sorted(p.name for p in (wd / "adapters").iterdir()) == [f"chunk_{c:05d}.safetensors" for c in range(4)]
     assert not (wd / "losses" / "train.safetensors").exists()
     # a single process reads the distributed workdir's sharded stores
-    np.testing.assert_array_equal(np.asarray(Daunce(model, workdir=wd, **OPTS).losses("train")[...]),
-                                  _ranks(runs, "rank")[0]["train"])
+    np.testing.assert_array_equal(
+        np.asarray(Daunce(model, workdir=wd, **OPTS).losses("train")[...]), _ranks(runs, "rank")[0]["train"]
+    )
 
 
 def test_daunce_scores_equal_single_process_scores(runs):
@@ -136,5 +138,7 @@ def test_bad_input_on_one_rank_raises_on_all(runs):
     z0, z1 = _ranks(runs, "corr")
     # rank 1 holds the NaN: it names the global position; rank 0 names rank 1 and its error
     assert str(z1["err"]).startswith("ValueError: train has a non-finite value nan at model 5, example 40 ")
-    assert str(z0["err"]).startswith("DistributedError: rank 0 of 2: topk: local candidates failed on rank 1: "
-                                     "ValueError: train has a non-finite value nan at model 5, example 40 ")
+    assert str(z0["err"]).startswith(
+        "DistributedError: rank 0 of 2: topk: local candidates failed on rank 1: "
+        "ValueError: train has a non-finite value nan at model 5, example 40 "
+    )

@@ -1,6 +1,7 @@
 """Single-process parts of daunce_fast.distributed: the top-k merge (exact semantics of
 daunce_fast.topk), the splits, block-wise reading of stores, agreement with one rank, and
 initialisation from torchrun / SLURM variables."""
+
 import os
 import subprocess
 import sys
@@ -34,10 +35,10 @@ def _brute(values, indices, k, largest):
 def test_merge_matches_a_sort_by_score_then_index(rng, largest):
     M, parts, c, k = 7, 3, 5, 6
     vals = rng.integers(-3, 4, size=(M, parts * c)).astype(np.float32)  # many exact ties
-    idx = rng.permutation(1000)[:parts * c].repeat(M).reshape(parts * c, M).T.copy()
-    idx[rng.random(idx.shape) < 0.2] = -1          # empty slots
-    vals[rng.random(vals.shape) < 0.1] = np.nan    # NaN = empty too
-    vals[0] = np.nan                               # a row with no candidate at all
+    idx = rng.permutation(1000)[: parts * c].repeat(M).reshape(parts * c, M).T.copy()
+    idx[rng.random(idx.shape) < 0.2] = -1  # empty slots
+    vals[rng.random(vals.shape) < 0.1] = np.nan  # NaN = empty too
+    vals[0] = np.nan  # a row with no candidate at all
     v, i = D.merge_topk(torch.from_numpy(vals), torch.from_numpy(idx), k, largest)
     rv, ri = _brute(vals, idx, k, largest)
     np.testing.assert_array_equal(i.numpy(), ri)
@@ -55,7 +56,7 @@ def test_merged_slices_equal_topk_of_the_whole(rng, method, largest):
     K, N, M, k = 12, 50, 6, 7
     A = rng.standard_normal((K, N))
     A[:, 30:36] = A[:, 3:9]  # duplicate columns across slices: exact ties, lower index first
-    A[:, 11] = 2.0           # constant column
+    A[:, 11] = 2.0  # constant column
     B = rng.standard_normal((K, M))
     ref = df.topk(A, B, k, method=method, largest=largest, backend="torch")
     vals, idx = [], []
@@ -83,7 +84,9 @@ def test_one_rank_reads_a_sharded_store_in_blocks(tmp_path, rng, monkeypatch):
             w["targets"][...] = A[slice(*sw.shard_range(s))]
     seen = []
     real = S._Matrix.cols
-    monkeypatch.setattr(S._Matrix, "cols", lambda self, j0, j1, device=None: seen.append((j0, j1)) or real(self, j0, j1, device))
+    monkeypatch.setattr(
+        S._Matrix, "cols", lambda self, j0, j1, device=None: seen.append((j0, j1)) or real(self, j0, j1, device)
+    )
     monkeypatch.setattr(S, "BLOCK_BYTES", 8 * K * 6)  # 6 columns per block
     r = D.topk(str(tmp_path / "a.index.json"), B, 4)
     ref = df.topk(A, B, 4)
@@ -113,11 +116,20 @@ def test_init_from_env_needs_the_launcher_variables(monkeypatch):
 
 
 def test_init_from_slurm_variables():
-    code = ("from daunce_fast import distributed as D; print(D.init_from_env(timeout_s=20)); "
-            "import os; print(os.environ['LOCAL_RANK']); D.shutdown(); print(D.rank_world())")
+    code = (
+        "from daunce_fast import distributed as D; print(D.init_from_env(timeout_s=20)); "
+        "import os; print(os.environ['LOCAL_RANK']); D.shutdown(); print(D.rank_world())"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_LOCALID="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port()), PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    env.update(
+        SLURM_PROCID="0",
+        SLURM_NTASKS="1",
+        SLURM_LOCALID="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+        PYTHONPATH=str(ROOT),
+        CUDA_VISIBLE_DEVICES="",
+    )
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["(0,", "1)", "0", "(0,", "1)"]

@@ -1,4 +1,5 @@
 """The batched trainer of daunce_fast.evaluation.groundtruth is the plain demos.tasks.train_classifier run per model."""
+
 import pytest
 import torch
 
@@ -33,12 +34,22 @@ def test_batched_trainer_equals_plain(optimizer, dtype, tol):
     epochs, bs, lr, wd = 4, 5, 1e-2, 1e-3
     models = [mlp(d, 3, hidden=6, depth=2, seed=s).to(dtype) for s in seeds]
     init = stack_mlps(models)
-    got = train_batched(init, x, y, rows, epoch_orders(seeds, rows.shape[1], epochs), lr=lr, batch_size=bs,
-                        weight_decay=wd, optimizer=optimizer)
+    got = train_batched(
+        init,
+        x,
+        y,
+        rows,
+        epoch_orders(seeds, rows.shape[1], epochs),
+        lr=lr,
+        batch_size=bs,
+        weight_decay=wd,
+        optimizer=optimizer,
+    )
     worst = 0.0
     for k, (m, s) in enumerate(zip(models, seeds)):
-        train_classifier(m, x[rows[k]], y[rows[k]], epochs=epochs, lr=lr, batch_size=bs, weight_decay=wd,
-                         seed=s, optimizer=optimizer)
+        train_classifier(
+            m, x[rows[k]], y[rows[k]], epochs=epochs, lr=lr, batch_size=bs, weight_decay=wd, seed=s, optimizer=optimizer
+        )
         for p_plain, p_b, p_0 in zip(m.parameters(), got, init):
             worst = max(worst, (p_plain.detach() - p_b[k]).abs().max().item())
             assert (p_b[k] - p_0[k]).abs().max() > 1e-3  # it trained

@@ -1,6 +1,7 @@
 """The LDS baselines (daunce_fast.evaluation.baselines) and the LDS study's command line
 (bench/quality/lds.py, run as a script in a subprocess: no test imports bench/) on a tiny ground
 truth of daunce_fast.evaluation.groundtruth."""
+
 import json
 import os
 import subprocess
@@ -84,12 +85,36 @@ def test_lds_cli_end_to_end(tiny_gt, tmp_path):
     pytest.importorskip("dattri")
     gt_path = tmp_path / "gt.pt"
     torch.save(tiny_gt, gt_path)
-    env = {**os.environ, "DAUNCE_FAST_BENCH_OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(ROOT / "bench" / "quality" / "lds.py"), "--dataset", "breast_cancer",
-           "--ground-truth", str(gt_path), "--methods", "graddot,trak1,if,daunce", "--trak-reg", "1",
-           "--trak-proj-dim", "16", "--if-damping", "0.1", "--K", "8,16", "--epochs", "1", "--objective", "if",
-           "--score-method", "pearson,covariance"]
+    env = {
+        **os.environ,
+        "DAUNCE_FAST_BENCH_OUT": str(tmp_path / "out"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "quality" / "lds.py"),
+        "--dataset",
+        "breast_cancer",
+        "--ground-truth",
+        str(gt_path),
+        "--methods",
+        "graddot,trak1,if,daunce",
+        "--trak-reg",
+        "1",
+        "--trak-proj-dim",
+        "16",
+        "--if-damping",
+        "0.1",
+        "--K",
+        "8,16",
+        "--epochs",
+        "1",
+        "--objective",
+        "if",
+        "--score-method",
+        "pearson,covariance",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]

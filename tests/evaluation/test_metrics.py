@@ -1,5 +1,6 @@
 """daunce_fast.evaluation.metrics on hand-computed cases, and against scipy, sklearn and dattri (where installed) on small
 random cases. metrics itself needs only numpy."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """DaunceAttributor behind dattri's interface, scored by dattri.metric.lds."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """attach/detach on an MLP, HF GPT-2 (Conv1D) and Llama; PEFT export/import parity; state dicts."""
+
 import copy
 
 import pytest
@@ -29,7 +30,7 @@ def test_attach_mlp_starts_at_base_and_detach_restores():
     assert params[0].shape == (3, 2, 8) and params[1].shape == (3, 16, 2)
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
     # PEFT's init: kaiming-uniform(a=sqrt(5)) gives U(-1/sqrt(d_in), 1/sqrt(d_in)); B = 0.
-    assert params[0].abs().max() <= 8 ** -0.5 and params[0].std() > 0.1 and params[1].abs().sum() == 0
+    assert params[0].abs().max() <= 8**-0.5 and params[0].std() > 0.1 and params[1].abs().sum() == 0
     torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="already attached"):
         lora.attach(model, 3, 2, 4.0, ["0"])
@@ -92,8 +93,13 @@ def test_save_peft_matches_peft_from_pretrained(arch, tmp_path):
         d = tmp_path / f"a{k}"
         lora.save_peft(model, k, str(d))
         rows = slice(k * m, (k + 1) * m)
-        assert_close_to_reference(_peft_outputs(base, str(d), peft_in(rows)), out[rows].double(), "float32",
-                                  scale=10, name=f"{arch} adapter {k} vs PEFT")
+        assert_close_to_reference(
+            _peft_outputs(base, str(d), peft_in(rows)),
+            out[rows].double(),
+            "float32",
+            scale=10,
+            name=f"{arch} adapter {k} vs PEFT",
+        )
     # load_peft round trip into another slot of a fresh attachment.
     other = copy.deepcopy(base)
     lora.attach(other, K, 4, 8.0, targets)
@@ -157,9 +163,9 @@ def test_layer_sequence_inputs_dropout_and_full_rank():
     y = lay(x)
     assert y.shape == (K * m, T, 5)
     for k in range(K):
-        xs = x[k * m:(k + 1) * m]
+        xs = x[k * m : (k + 1) * m]
         want = base(xs) + 2.0 * (xs @ lay.lora_A[k].T) @ lay.lora_B[k].T
-        torch.testing.assert_close(y[k * m:(k + 1) * m], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y[k * m : (k + 1) * m], want, rtol=1e-5, atol=1e-5)
     lay.train()
     torch.manual_seed(0)
     y_drop = lay(x.requires_grad_())
@@ -173,9 +179,9 @@ def test_layer_sequence_inputs_dropout_and_full_rank():
         full.delta_bias.normal_()
     yf = full(x.detach())
     for k in range(K):
-        xs = x.detach()[k * m:(k + 1) * m]
+        xs = x.detach()[k * m : (k + 1) * m]
         want = xs @ (base.weight + full.delta_weight[k]).T + base.bias + full.delta_bias[k]
-        torch.testing.assert_close(yf[k * m:(k + 1) * m], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(yf[k * m : (k + 1) * m], want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="rank"):
         lora.MultiLoRALinear(base, K, 0, 1.0)
     with pytest.raises(TypeError):

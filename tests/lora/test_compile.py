@@ -1,4 +1,5 @@
 """torch.compile traces the custom ops (no graph break) and matches eager, forward and backward."""
+
 import copy
 
 import pytest

@@ -1,4 +1,5 @@
 """The multi-LoRA op (torch path and Triton kernels) against a float64 per-adapter reference."""
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,10 +17,10 @@ SHAPES = [(3, 5, 37, 29, 4), (1, 1, 33, 17, 1), (4, 1, 20, 9, 128), (2, 19, 16, 
 def _inputs(K, m, d_in, d_out, r, dtype=torch.float32, bias=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(K * m, d_in, generator=g).to(dtype)
-    W = (torch.randn(d_out, d_in, generator=g) / d_in ** 0.5).to(dtype)
+    W = (torch.randn(d_out, d_in, generator=g) / d_in**0.5).to(dtype)
     b = torch.randn(d_out, generator=g).to(dtype) if bias else None
-    A = torch.randn(K, r, d_in, generator=g) / d_in ** 0.5
-    B = torch.randn(K, d_out, r, generator=g) / r ** 0.5
+    A = torch.randn(K, r, d_in, generator=g) / d_in**0.5
+    B = torch.randn(K, d_out, r, generator=g) / r**0.5
     dy = torch.randn(K * m, d_out, generator=g).to(dtype)
     return x, W, b, A, B, dy
 
@@ -145,12 +146,13 @@ def test_triton_kernels_write_every_output_element():
     h = poison(torch.empty(6, 3))
     tl_._shrink(x, A, h, 3, 0.5, "ieee", A.stride(0), A.stride(2), A.stride(1))
     y = poison(torch.empty(6, 13))
-    tl_._gemm_expand(x, W, W.stride(0), W.stride(1), b, h, B, B.stride(0), B.stride(1), B.stride(2), y, 3, 1.0,
-                     "ieee", "ieee")
+    tl_._gemm_expand(
+        x, W, W.stride(0), W.stride(1), b, h, B, B.stride(0), B.stride(1), B.stride(2), y, 3, 1.0, "ieee", "ieee"
+    )
     dB = poison(torch.empty_like(B))
     tl_._outer(h, dy, dB, dB.stride(0), dB.stride(2), dB.stride(1), 3, 1.0, "ieee")
     # The float64 oracle: h[k] = scale * x_k @ A[k].T per adapter, y and dB = dL/dB from reference.py.
-    ref_h = torch.cat([0.5 * x[k * 3:(k + 1) * 3].double() @ A[k].double().T for k in range(2)])
+    ref_h = torch.cat([0.5 * x[k * 3 : (k + 1) * 3].double() @ A[k].double().T for k in range(2)])
     ref_y, (ref_dB,) = _reference_grads_wrt_B(x, W, b, A, B, dy, 0.5)
     assert_close_to_reference(h, ref_h, "float32", scale=4, name="h")
     assert_close_to_reference(y, ref_y, "float32", scale=4, name="y")
@@ -175,11 +177,16 @@ def test_gpu_half_precision(shape, dtype, backend):
         assert_close_to_reference(a, r_, "bfloat16", rtol=2e-2, atol=1e-2 * float(r_.abs().max()), name=n)
 
 
-
-
 @settings(max_examples=25, deadline=None)
-@given(K=st.integers(1, 5), m=st.integers(1, 7), d_in=st.integers(1, 40), d_out=st.integers(1, 40),
-       r=st.integers(1, 20), bias=st.booleans(), scale=st.floats(-4, 4))
+@given(
+    K=st.integers(1, 5),
+    m=st.integers(1, 7),
+    d_in=st.integers(1, 40),
+    d_out=st.integers(1, 40),
+    r=st.integers(1, 20),
+    bias=st.booleans(),
+    scale=st.floats(-4, 4),
+)
 def test_torch_path_random_shapes(K, m, d_in, d_out, r, bias, scale):
     x, W, b, A, B, dy = _inputs(K, m, d_in, d_out, r, bias=bias)
     leaves = [t.clone().requires_grad_() for t in (x, A, B)]
@@ -194,8 +201,9 @@ def test_torch_path_random_shapes(K, m, d_in, d_out, r, bias, scale):
 
 @pytest.mark.triton
 @settings(max_examples=6, deadline=None)
-@given(K=st.integers(1, 3), m=st.integers(1, 20), d_in=st.integers(1, 40), d_out=st.integers(1, 40),
-       r=st.integers(1, 17))
+@given(
+    K=st.integers(1, 3), m=st.integers(1, 20), d_in=st.integers(1, 40), d_out=st.integers(1, 40), r=st.integers(1, 17)
+)
 def test_triton_random_shapes(K, m, d_in, d_out, r):
     x, W, b, A, B, dy = _inputs(K, m, d_in, d_out, r)
     leaves = [t.clone().requires_grad_() for t in (x, A, B)]

@@ -1,4 +1,5 @@
 """load_peft refuses an adapter_config.json that is not a PEFT LoRA config with a ValueError naming it."""
+
 import json
 
 import pytest
@@ -8,9 +9,21 @@ from daunce_fast import lora
 from ._models import mlp
 
 
-@pytest.mark.parametrize("content", [b"[]", b'"LORA"', b"null", b"{broken", b"[" * 100_000 + b"]" * 100_000,
-                                     b"\xff\xfe", b'{"r": "8", "lora_alpha": 8}', b'{"r": 8}', b'{"r": true, "lora_alpha": 1}'],
-                         ids=["list", "string", "null", "not-json", "deep", "not-utf8", "r-str", "no-alpha", "r-bool"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[]",
+        b'"LORA"',
+        b"null",
+        b"{broken",
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe",
+        b'{"r": "8", "lora_alpha": 8}',
+        b'{"r": 8}',
+        b'{"r": true, "lora_alpha": 1}',
+    ],
+    ids=["list", "string", "null", "not-json", "deep", "not-utf8", "r-str", "no-alpha", "r-bool"],
+)
 def test_load_peft_refuses_configs_that_are_not_lora_configs(tmp_path, content):
     model = mlp()
     lora.attach(model, num_adapters=2, rank=4, alpha=4, target_modules=["0", "2", "4"])

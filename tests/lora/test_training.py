@@ -1,4 +1,5 @@
 """Training K adapters together == training K PEFT models one by one; isolation; chunking; full rank."""
+
 import copy
 
 import pytest
@@ -41,7 +42,9 @@ def test_batched_training_matches_peft_models_trained_one_by_one(clip):
     init = lora.adapter_state(model)
     _train_batched(model, params, data, K, clip=clip)
     for k in range(K):
-        pm = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2", "4"]))
+        pm = peft.get_peft_model(
+            copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2", "4"])
+        )
         named = dict(pm.named_parameters())
         with torch.no_grad():
             for name in ("0", "2", "4"):
@@ -72,8 +75,8 @@ def test_changing_one_adapters_data_leaves_the_others_bit_identical():
     altered = [(x.clone(), y.clone()) for x, y in data]
     j = 1
     for x, y in altered:
-        x[j * M:(j + 1) * M] = torch.randn(M, 8) * 3
-        y[j * M:(j + 1) * M] = 5.0
+        x[j * M : (j + 1) * M] = torch.randn(M, 8) * 3
+        y[j * M : (j + 1) * M] = 5.0
     results = []
     for d in (data, altered):
         model = mlp()
@@ -107,11 +110,11 @@ def test_chunked_training_equals_training_all_adapters_at_once(rank):
             lora.reset_adapters(chunked, ids, seed)
         rows = slice(k0 * M, (k0 + K_c) * M)
         for name, t in lora.adapter_state(chunked).items():  # same init, bit for bit
-            assert torch.equal(t, init[name][k0:k0 + K_c]), name
+            assert torch.equal(t, init[name][k0 : k0 + K_c]), name
         _train_batched(chunked, params, [(x[rows], y[rows]) for x, y in data], K_c)  # fresh optimiser per chunk
         state = lora.adapter_state(chunked)
         for name, t in state.items():
-            err = (t - everything[name][k0:k0 + K_c]).abs().max().item()
+            err = (t - everything[name][k0 : k0 + K_c]).abs().max().item()
             print(f"chunk {k0} {name}: max abs diff {err:.1e}")
             # Bit for bit on this CPU: every row's products are computed independently of how many
             # other rows share the GEMM. (A BLAS that splits the inner dimension differently for
@@ -154,8 +157,10 @@ def test_full_rank_matches_dense_fine_tunes():
             opt.step()
         for li in (0, 2, 4):
             m = model[li]
-            for delta, new, old in ((m.delta_weight[k], ref[li].weight, base[li].weight),
-                                    (m.delta_bias[k], ref[li].bias, base[li].bias)):
+            for delta, new, old in (
+                (m.delta_weight[k], ref[li].weight, base[li].weight),
+                (m.delta_bias[k], ref[li].bias, base[li].bias),
+            ):
                 err = (delta.detach() - (new - old).detach()).abs().max().item()
                 print(f"full rank adapter {k} layer {li}: max abs err {err:.2e}")
                 assert err < 1e-5 * old.abs().max().item()

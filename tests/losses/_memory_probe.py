@@ -5,6 +5,7 @@ Prints one line: PEAK_BYTES <n>. Inputs are allocated and both code paths warmed
 problem first, then the kernel's high-water mark is reset (/proc/self/clear_refs) and
 VmHWM - VmRSS is read after the call.
 """
+
 import sys
 
 import torch
@@ -52,7 +53,7 @@ def main():
         hw = torch.randn(2, 3, d, requires_grad=True)
         per_example_loss(hw, torch.randn(8, d), torch.randint(0, 8, (2, 3)), chunk_size=(2, 4)).sum().backward()
     h = torch.randn(R, T, d)
-    W = torch.randn(V, d) / d ** 0.5
+    W = torch.randn(V, d) / d**0.5
     y = torch.randint(0, V, (R, T))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

@@ -1,5 +1,6 @@
 """torch.compile traces the loss head's custom ops (fullgraph: no graph break) and matches eager,
 forward and backward; the fake implementations agree with the real outputs."""
+
 import pytest
 import torch
 
@@ -71,7 +72,11 @@ def test_fake_implementations_match_real_outputs(dtype):
     h, W, b, y = _inputs(dtype=dtype)
     lse_o, zy = ops.head_stats(h, W, b, y, "torch", [])
     args = (h, W, b, y, lse_o, zy, -zy, True, False, True, "torch", [4])
-    torch.library.opcheck(torch.ops.daunce_fast.loss_head_stats.default, (h, W, None, y, "torch", [3, 4]),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.daunce_fast.loss_head_grad.default, args,
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.daunce_fast.loss_head_stats.default,
+        (h, W, None, y, "torch", [3, 4]),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    torch.library.opcheck(
+        torch.ops.daunce_fast.loss_head_grad.default, args, test_utils=("test_schema", "test_faketensor")
+    )

@@ -1,4 +1,5 @@
 """Backend choice and lazy imports of daunce_fast.losses."""
+
 import os
 import subprocess
 import sys
@@ -14,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_import_does_not_import_triton():
-    code = ("import sys, daunce_fast.losses as L; import daunce_fast.losses.torch_launch, daunce_fast.losses.reference; "
-            "assert 'triton' not in sys.modules, 'triton imported'; print('ok')")
+    code = (
+        "import sys, daunce_fast.losses as L; import daunce_fast.losses.torch_launch, daunce_fast.losses.reference; "
+        "assert 'triton' not in sys.modules, 'triton imported'; print('ok')"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr

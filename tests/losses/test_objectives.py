@@ -1,4 +1,5 @@
 """daunce_objective / base_stats (torch chunked path) vs the explicit-logits float64 reference."""
+
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ def make(K, m, T, d, V, per_adapter=False, seed=0, ignore_frac=0.2):
     # adapters = base + a small perturbation (as after a few LoRA steps)
     base_rows = h0 if per_adapter else h0.unsqueeze(0).expand(K, *h0.shape).reshape(K * m, *tok, d)
     h = base_rows + 0.3 * torch.randn(K * m, *tok, d, generator=g, dtype=F64)
-    W = torch.randn(V, d, generator=g, dtype=F64) / d ** 0.5
+    W = torch.randn(V, d, generator=g, dtype=F64) / d**0.5
     b = torch.randn(V, generator=g, dtype=F64)
     y = torch.randint(0, V, (M, *tok), generator=g)
     y = torch.where(torch.rand(y.shape, generator=g) < ignore_frac, torch.full_like(y, -100), y)
@@ -30,11 +31,34 @@ def make(K, m, T, d, V, per_adapter=False, seed=0, ignore_frac=0.2):
 
 def check(obj, h, h0, W, b, y, c, K, mask=None, chunk=(5, 4), gamma=0.7, **kw):
     hh = h.clone().requires_grad_(True)
-    o, l = daunce_objective(hh, h0, W, y, c, objective=obj, gamma=gamma, num_adapters=K, mask=mask, bias=b,
-                            backend="torch", chunk_size=chunk, **kw)
+    o, l = daunce_objective(
+        hh,
+        h0,
+        W,
+        y,
+        c,
+        objective=obj,
+        gamma=gamma,
+        num_adapters=K,
+        mask=mask,
+        bias=b,
+        backend="torch",
+        chunk_size=chunk,
+        **kw,
+    )
     hr = h.clone().requires_grad_(True)
-    ro, rl = ref.daunce_objective(hr, h0 if not isinstance(h0, BaseStats) else REF_H0[0], W, y, c, objective=obj,
-                                  gamma=gamma, num_adapters=K, mask=mask, bias=b)
+    ro, rl = ref.daunce_objective(
+        hr,
+        h0 if not isinstance(h0, BaseStats) else REF_H0[0],
+        W,
+        y,
+        c,
+        objective=obj,
+        gamma=gamma,
+        num_adapters=K,
+        mask=mask,
+        bias=b,
+    )
     assert o.shape == (K,) and l.shape == rl.shape
     assert_close_to_reference(o, ro, "float64", name=f"{obj} objective")
     assert_close_to_reference(l, rl, "float64", name=f"{obj} losses")
@@ -51,10 +75,15 @@ REF_H0 = [None]
 
 @pytest.mark.parametrize("obj", OBJS)
 @pytest.mark.parametrize("per_adapter", [False, True])
-@pytest.mark.parametrize("T,mask_kind,chunk", [
-    *[(T, mk, (5, 4)) for T in (4, 1, None) for mk in (None, "bool", "float")],  # tiled path
-    (4, None, None), (None, "bool", None), (1, "float", None),                    # direct path (one tile)
-])
+@pytest.mark.parametrize(
+    "T,mask_kind,chunk",
+    [
+        *[(T, mk, (5, 4)) for T in (4, 1, None) for mk in (None, "bool", "float")],  # tiled path
+        (4, None, None),
+        (None, "bool", None),
+        (1, "float", None),  # direct path (one tile)
+    ],
+)
 def test_objective_matches_reference(obj, per_adapter, T, mask_kind, chunk):
     K, m, d, V = 3, 5, 6, 11
     h, h0, W, b, y, c = make(K, m, T, d, V, per_adapter=per_adapter, seed=hash((obj, per_adapter, T)) % 1000)
@@ -78,8 +107,9 @@ def test_objective_no_bias_sum_reduction_and_dominant_logits():
     W[3] *= 3e3  # class 3 logits ~ 1e3..1e4
     for obj in ("if", "efim", "margin"):
         hh = h.clone().requires_grad_(True)
-        o, l = daunce_objective(hh, h0, W, y, c, objective=obj, num_adapters=K, reduction="sum",
-                                backend="torch", chunk_size=(4, 3))
+        o, l = daunce_objective(
+            hh, h0, W, y, c, objective=obj, num_adapters=K, reduction="sum", backend="torch", chunk_size=(4, 3)
+        )
         ro, rl = ref.daunce_objective(h, h0, W, y, c, objective=obj, num_adapters=K, reduction="sum")
         assert torch.isfinite(o).all()
         assert_close_to_reference(o, ro, "float64", rtol=1e-9, name=obj)
@@ -91,8 +121,9 @@ def test_blackbox_without_hidden0_and_broadcast_labels():
     h, h0, W, b, y, c = make(K, m, T, d, V, seed=5)
     o1, l1 = daunce_objective(h, None, W, y, None, objective="blackbox", num_adapters=K, bias=b, backend="torch")
     yk = y.unsqueeze(0).expand(K, *y.shape).reshape(K * m, T)
-    o2, l2 = daunce_objective(h, None, W, yk, None, objective="blackbox", num_adapters=K, bias=b, backend="torch",
-                              gamma=2.0)
+    o2, l2 = daunce_objective(
+        h, None, W, yk, None, objective="blackbox", num_adapters=K, bias=b, backend="torch", gamma=2.0
+    )
     ro, rl = ref.daunce_objective(h, None, W, yk, c, objective="blackbox", num_adapters=K, bias=b)
     assert_close_to_reference(o1, ro, "float64")
     assert_close_to_reference(o2, 2 * ro, "float64")
@@ -143,10 +174,28 @@ def test_float32_inputs():
     K, m, T, d, V = 3, 4, 5, 16, 40
     h, h0, W, b, y, c = make(K, m, T, d, V, seed=13)
     for obj in OBJS:
-        o, l = daunce_objective(h.float(), h0.float(), W.float(), y, c.float(), objective=obj, num_adapters=K,
-                                bias=b.float(), backend="torch", chunk_size=(7, 16))
-        ro, rl = ref.daunce_objective(h.float().double(), h0.float().double(), W.float().double(), y,
-                                      c.float().double(), objective=obj, num_adapters=K, bias=b.float().double())
+        o, l = daunce_objective(
+            h.float(),
+            h0.float(),
+            W.float(),
+            y,
+            c.float(),
+            objective=obj,
+            num_adapters=K,
+            bias=b.float(),
+            backend="torch",
+            chunk_size=(7, 16),
+        )
+        ro, rl = ref.daunce_objective(
+            h.float().double(),
+            h0.float().double(),
+            W.float().double(),
+            y,
+            c.float().double(),
+            objective=obj,
+            num_adapters=K,
+            bias=b.float().double(),
+        )
         assert o.dtype == torch.float32
         assert_close_to_reference(o, ro, "float32", scale=10, name=obj)
         assert_close_to_reference(l, rl, "float32", scale=10, name=obj)
@@ -167,11 +216,29 @@ def test_bfloat16_hidden_gets_bfloat16_grad():
     K, m, T, d, V = 2, 3, 4, 8, 12
     h, h0, W, b, y, c = make(K, m, T, d, V, seed=19)
     hb = h.bfloat16().requires_grad_(True)
-    o, l = daunce_objective(hb, h0.bfloat16(), W.bfloat16(), y, c, objective="efim", num_adapters=K,
-                            bias=b.bfloat16(), backend="torch", chunk_size=(5, 4))
+    o, l = daunce_objective(
+        hb,
+        h0.bfloat16(),
+        W.bfloat16(),
+        y,
+        c,
+        objective="efim",
+        num_adapters=K,
+        bias=b.bfloat16(),
+        backend="torch",
+        chunk_size=(5, 4),
+    )
     hr = hb.detach().double().requires_grad_(True)
-    ro, rl = ref.daunce_objective(hr, h0.bfloat16().double(), W.bfloat16().double(), y, c, objective="efim",
-                                  num_adapters=K, bias=b.bfloat16().double())
+    ro, rl = ref.daunce_objective(
+        hr,
+        h0.bfloat16().double(),
+        W.bfloat16().double(),
+        y,
+        c,
+        objective="efim",
+        num_adapters=K,
+        bias=b.bfloat16().double(),
+    )
     assert o.dtype == torch.float32
     assert_close_to_reference(o, ro, "float32", scale=10, name="efim bf16 inputs")
     o.sum().backward()

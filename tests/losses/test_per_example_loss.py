@@ -1,4 +1,5 @@
 """per_example_loss and margin (torch chunked path) vs the explicit-logits float64 reference."""
+
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ def make(R, T, d, V, seed=0, dtype=F64, ignore_frac=0.2, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     shape = (R, d) if T is None else (R, T, d)
     h = (torch.randn(shape, generator=g, dtype=F64) * scale).to(dtype)
-    W = (torch.randn(V, d, generator=g, dtype=F64) / d ** 0.5).to(dtype)
+    W = (torch.randn(V, d, generator=g, dtype=F64) / d**0.5).to(dtype)
     b = torch.randn(V, generator=g, dtype=F64).to(dtype)
     y = torch.randint(0, V, shape[:-1], generator=g)
     y = torch.where(torch.rand(shape[:-1], generator=g) < ignore_frac, torch.full_like(y, -100), y)
@@ -23,11 +24,11 @@ def make(R, T, d, V, seed=0, dtype=F64, ignore_frac=0.2, scale=1.0):
 # (R, T, d, V, chunk): T=None is the classifier layout [R, d]; chunks that do not divide N or V.
 SHAPES = [
     (5, 7, 6, 13, (4, 5)),
-    (3, 1, 9, 10, (2, 3)),       # T = 1
-    (4, None, 8, 10, None),      # classifier, single tile (direct path)
+    (3, 1, 9, 10, (2, 3)),  # T = 1
+    (4, None, 8, 10, None),  # classifier, single tile (direct path)
     (33, None, 16, 37, (8, 16)),  # classifier, V not a multiple of the vocab chunk
-    (2, 9, 5, 50, 64),           # element budget below one row of the vocabulary x min rows
-    (6, 4, 3, 2, (5, 1)),        # V = 2, one vocabulary column per tile
+    (2, 9, 5, 50, 64),  # element budget below one row of the vocabulary x min rows
+    (6, 4, 3, 2, (5, 1)),  # V = 2, one vocabulary column per tile
 ]
 
 
@@ -98,7 +99,7 @@ def test_one_class_dominating_does_not_overflow():
 
 def test_example_without_valid_tokens_gives_zero_and_no_grad():
     h, W, b, y = make(4, 5, 6, 7, seed=4, ignore_frac=0.0)
-    y[1] = -7     # ignore_index is configurable: -7 marks padding here
+    y[1] = -7  # ignore_index is configurable: -7 marks padding here
     y[3, 2] = -7
     hh = h.clone().requires_grad_(True)
     out = per_example_loss(hh, W, y, bias=b, ignore_index=-7, backend="torch", chunk_size=(3, 4))
@@ -134,8 +135,11 @@ def test_non_contiguous_hidden():
     h, W, b, y = make(4, 6, 5, 9, seed=5)
     ht = h.transpose(0, 1).contiguous().transpose(0, 1)  # same values, non-contiguous
     assert not ht.is_contiguous()
-    assert_close_to_reference(per_example_loss(ht, W, y, bias=b, backend="torch", chunk_size=(5, 4)),
-                              ref.per_example_loss(h, W, y, bias=b), "float64")
+    assert_close_to_reference(
+        per_example_loss(ht, W, y, bias=b, backend="torch", chunk_size=(5, 4)),
+        ref.per_example_loss(h, W, y, bias=b),
+        "float64",
+    )
 
 
 def test_row_primitives_write_every_row():
@@ -152,12 +156,15 @@ def test_row_primitives_write_every_row():
     assert (zy[~valid] == 0).all()
 
 
-@pytest.mark.parametrize("n,v,chunk,expect", [
-    (100, 10, None, (100, 10)),             # tiny problem: one tile, direct
-    (4096, 32000, None, (1024, 2048)),      # tall tiles, vocabulary chunked
-    (16, 1 << 20, None, (16, 131072)),      # few rows: wide tiles
-    (1 << 20, 10, None, (209715, 10)),      # tiny vocabulary, many rows
-    (10, 10, (3, 4), (3, 4)),
-])
+@pytest.mark.parametrize(
+    "n,v,chunk,expect",
+    [
+        (100, 10, None, (100, 10)),  # tiny problem: one tile, direct
+        (4096, 32000, None, (1024, 2048)),  # tall tiles, vocabulary chunked
+        (16, 1 << 20, None, (16, 131072)),  # few rows: wide tiles
+        (1 << 20, 10, None, (209715, 10)),  # tiny vocabulary, many rows
+        (10, 10, (3, 4), (3, 4)),
+    ],
+)
 def test_tile_shape(n, v, chunk, expect):
     assert torch_launch.tile_shape(n, v, chunk) == expect

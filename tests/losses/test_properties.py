@@ -1,4 +1,5 @@
 """Property test: random small shapes and tilings of per_example_loss (torch path) vs the reference."""
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,9 +10,17 @@ from daunce_fast.testing import assert_close_to_reference
 
 
 @settings(max_examples=40, deadline=None)
-@given(R=st.integers(1, 6), T=st.one_of(st.none(), st.integers(1, 4)), d=st.integers(1, 7), V=st.integers(1, 12),
-       rc=st.integers(1, 8), vc=st.integers(1, 13), bias=st.booleans(), seed=st.integers(0, 2**16),
-       reduction=st.sampled_from(["mean", "sum"]))
+@given(
+    R=st.integers(1, 6),
+    T=st.one_of(st.none(), st.integers(1, 4)),
+    d=st.integers(1, 7),
+    V=st.integers(1, 12),
+    rc=st.integers(1, 8),
+    vc=st.integers(1, 13),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+    reduction=st.sampled_from(["mean", "sum"]),
+)
 def test_random_shapes_and_tiles(R, T, d, V, rc, vc, bias, seed, reduction):
     g = torch.Generator().manual_seed(seed)
     shape = (R, d) if T is None else (R, T, d)

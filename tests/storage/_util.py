@@ -1,4 +1,5 @@
 """Helpers shared by the storage tests: hand-built safetensors bytes."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Every malformed input raises CorruptFileError naming the defect; hypothesis fuzzes the parser."""
+
 import json
 import os
 import signal
@@ -20,8 +21,9 @@ F32 = lambda shape, a, b: {"dtype": "F32", "shape": shape, "data_offsets": [a, b
 
 
 def _good():
-    return valid_header({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.arange(2, dtype=np.int64)},
-                        metadata={"k": "v"})
+    return valid_header(
+        {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.arange(2, dtype=np.int64)}, metadata={"k": "v"}
+    )
 
 
 def _official_rejects(path) -> bool:
@@ -40,7 +42,7 @@ CASES = {
     "shorter than the length field": (b"\x10\x00\x00", "truncated", True),
     "header length past the end": (struct.pack("<Q", 1000) + b'{"a":1}', "runs past the end", True),
     "header length over 100 MB": (struct.pack("<Q", 100_000_001) + b"{}", "exceeds the limit", True),
-    "header length 2**64-1": (struct.pack("<Q", 2 ** 64 - 1) + b"{}", "exceeds the limit", True),
+    "header length 2**64-1": (struct.pack("<Q", 2**64 - 1) + b"{}", "exceeds the limit", True),
     "invalid UTF-8": (raw_file(b'{"\xff\xfe": 1}'), "UTF-8", True),
     "invalid JSON": (raw_file(b'{"a": {"dtype": "F32",'), "not valid JSON", True),
     "NaN constant": (raw_file(b'{"a": NaN}'), "not valid JSON", True),
@@ -49,18 +51,27 @@ CASES = {
     "metadata not an object": (raw_file({"__metadata__": [1]}), "__metadata__", True),
     "metadata value not a string": (raw_file({"__metadata__": {"k": 1}}), "not a string", True),
     "nested metadata": (raw_file({"__metadata__": {"k": {"x": "y"}}}), "not a string", True),
-    "unknown dtype": (raw_file({"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
-                      "unknown dtype", True),
-    "dtype not a string": (raw_file({"a": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
-                           "dtype must be a string", True),
+    "unknown dtype": (
+        raw_file({"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "unknown dtype",
+        True,
+    ),
+    "dtype not a string": (
+        raw_file({"a": {"dtype": 4, "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+        "dtype must be a string",
+        True,
+    ),
     "shape/size mismatch": (raw_file({"a": F32([2, 3], 0, 20)}, b"\0" * 20), "shape/size mismatch", True),
-    "huge shape": (raw_file({"a": F32([2 ** 62, 2 ** 62], 0, 4)}, b"\0" * 4), "too large for numpy", True),
+    "huge shape": (raw_file({"a": F32([2**62, 2**62], 0, 4)}, b"\0" * 4), "too large for numpy", True),
     "negative dim": (raw_file({"a": F32([-1], 0, 4)}, b"\0" * 4), "non-negative", True),
     "float dim": (raw_file({"a": F32([1.0], 0, 4)}, b"\0" * 4), "non-negative integers", True),
     "bool dim": (raw_file({"a": F32([True], 0, 4)}, b"\0" * 4), "non-negative integers", True),
     "shape not a list": (raw_file({"a": F32(3, 0, 12)}, b"\0" * 12), "shape must be a list", True),
-    "offsets wrong arity": (raw_file({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}, b"\0" * 4),
-                            "data_offsets must be", True),
+    "offsets wrong arity": (
+        raw_file({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}, b"\0" * 4),
+        "data_offsets must be",
+        True,
+    ),
     "offsets end before begin": (raw_file({"a": F32([0], 4, 0)}, b"\0" * 4), "end before they begin", True),
     "missing data_offsets": (raw_file({"a": {"dtype": "F32", "shape": [1]}}, b"\0" * 4), "missing", True),
     "entry not an object": (raw_file({"a": [1, 2]}, b""), "entry must be an object", True),
@@ -68,11 +79,17 @@ CASES = {
     "gap between tensors": (raw_file({"a": F32([1], 0, 4), "b": F32([1], 8, 12)}, b"\0" * 12), "gap", True),
     "not starting at 0": (raw_file({"a": F32([1], 4, 8)}, b"\0" * 8), "does not start at offset 0", True),
     "offsets past the end": (raw_file({"a": F32([4], 0, 16)}, b"\0" * 8), "past the end", True),
-    "offsets far past the end": (raw_file({"a": F32([2 ** 40], 0, 2 ** 42)}, b"\0" * 8), "past the end", True),
+    "offsets far past the end": (raw_file({"a": F32([2**40], 0, 2**42)}, b"\0" * 8), "past the end", True),
     "trailing bytes": (raw_file({"a": F32([1], 0, 4)}, b"\0" * 12), "trailing bytes", True),
-    "duplicate tensor name": (raw_file(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
-                                       b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4),
-                              "twice", False),  # the official reader keeps the last one
+    "duplicate tensor name": (
+        raw_file(
+            b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+            b'"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+            b"\0" * 4,
+        ),
+        "twice",
+        False,
+    ),  # the official reader keeps the last one
     "deeply nested JSON": (raw_file(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested too deeply", True),
 }
 
@@ -118,13 +135,17 @@ def test_valid_hand_built_file_opens(tmp_path):
 FUZZ = {"cases": 0, "accepted": 0, "corrupt": 0, "incomplete": 0, "rejected_but_official_accepts": 0}
 STRICTER = []  # a few examples of what we reject and the official reader accepts
 
-json_leaf = hs.one_of(hs.none(), hs.booleans(), hs.integers(-2 ** 70, 2 ** 70), hs.floats(allow_nan=False),
-                      hs.text(max_size=8))
-json_value = hs.recursive(json_leaf, lambda c: hs.lists(c, max_size=4) | hs.dictionaries(hs.text(max_size=6), c,
-                                                                                           max_size=4), max_leaves=10)
+json_leaf = hs.one_of(
+    hs.none(), hs.booleans(), hs.integers(-(2**70), 2**70), hs.floats(allow_nan=False), hs.text(max_size=8)
+)
+json_value = hs.recursive(
+    json_leaf, lambda c: hs.lists(c, max_size=4) | hs.dictionaries(hs.text(max_size=6), c, max_size=4), max_leaves=10
+)
 codes = hs.sampled_from(sorted(st.dtypes.CODES | st.dtypes.SUBBYTE_CODES) + ["X", ""])
-huge_shapes = hs.one_of(hs.lists(hs.sampled_from([0, 1, 2 ** 61, 2 ** 62, 2 ** 63, 2 ** 64 - 1]), max_size=4),
-                        hs.builds(lambda n, d: [d] * n, hs.integers(60, 70), hs.sampled_from([0, 1])))
+huge_shapes = hs.one_of(
+    hs.lists(hs.sampled_from([0, 1, 2**61, 2**62, 2**63, 2**64 - 1]), max_size=4),
+    hs.builds(lambda n, d: [d] * n, hs.integers(60, 70), hs.sampled_from([0, 1])),
+)
 
 
 @hs.composite
@@ -139,9 +160,15 @@ def mutated_file(draw):
             hdr[name] = draw(hs.one_of(json_value, hs.dictionaries(hs.text(max_size=4), json_leaf, max_size=3)))
         else:
             field = draw(hs.sampled_from(["dtype", "shape", "data_offsets"]))
-            hdr[name][field] = draw(hs.one_of(
-                codes, json_value, hs.lists(hs.integers(-3, 2 ** 65), max_size=3), huge_shapes,
-                hs.lists(hs.integers(0, len(data) + 8), min_size=2, max_size=2)))
+            hdr[name][field] = draw(
+                hs.one_of(
+                    codes,
+                    json_value,
+                    hs.lists(hs.integers(-3, 2**65), max_size=3),
+                    huge_shapes,
+                    hs.lists(hs.integers(0, len(data) + 8), min_size=2, max_size=2),
+                )
+            )
     elif kind == "entry":  # an entry added or deleted
         if draw(hs.booleans()):
             hdr[draw(hs.text(max_size=5))] = draw(json_value)
@@ -154,16 +181,19 @@ def mutated_file(draw):
         for _ in range(draw(hs.integers(1, 6))):
             blob[draw(hs.integers(0, len(blob) - 1))] = draw(hs.integers(0, 255))
     elif kind == "length":
-        blob[:8] = struct.pack("<Q", draw(hs.one_of(hs.integers(0, len(blob) + 16), hs.integers(0, 2 ** 64 - 1))))
+        blob[:8] = struct.pack("<Q", draw(hs.one_of(hs.integers(0, len(blob) + 16), hs.integers(0, 2**64 - 1))))
     elif kind == "truncate":
-        del blob[draw(hs.integers(0, len(blob))):]
+        del blob[draw(hs.integers(0, len(blob))) :]
     elif kind == "append":
         blob += draw(hs.binary(min_size=1, max_size=16))
     return bytes(blob)
 
 
-@settings(max_examples=int(os.environ.get("DAUNCE_FAST_FUZZ_EXAMPLES", "600")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("DAUNCE_FAST_FUZZ_EXAMPLES", "600")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(blob=mutated_file())
 def test_fuzz_mutated_files(tmp_path, blob):
     """Any mutation either opens (and every tensor then reads within the file, agreeing with the
@@ -270,8 +300,10 @@ PATH_CASES = {
 @pytest.fixture
 def alarm():
     """A blocking open (the FIFO bug) fails the test after 10 s instead of hanging the suite."""
+
     def _raise(*_):
         raise TimeoutError("blocked opening the input")
+
     old = signal.signal(signal.SIGALRM, _raise)
     signal.alarm(10)
     yield
@@ -349,21 +381,27 @@ def test_nesting_is_checked_by_a_byte_scan(tmp_path):
         assert r.metadata == meta
 
 
-json_text = hs.recursive(json_leaf, lambda c: hs.lists(c, max_size=4) | hs.dictionaries(
-    hs.text(alphabet='ab"\\:{}[] ', max_size=6), c, max_size=4), max_leaves=20)
+json_text = hs.recursive(
+    json_leaf,
+    lambda c: hs.lists(c, max_size=4) | hs.dictionaries(hs.text(alphabet='ab"\\:{}[] ', max_size=6), c, max_size=4),
+    max_leaves=20,
+)
 
 
 @settings(max_examples=200, deadline=None)
 @given(obj=json_text, chunk=hs.integers(1, 9))
 def test_json_shape_matches_a_parse(obj, chunk):
     """The byte scan's depth and key count equal those of the parsed JSON, at any chunk boundary."""
+
     def walk(o, d):
         if isinstance(o, dict):
             return max([d + 1] + [walk(v, d + 1)[0] for v in o.values()]), len(o) + sum(
-                walk(v, d + 1)[1] for v in o.values())
+                walk(v, d + 1)[1] for v in o.values()
+            )
         if isinstance(o, list):
             return max([d + 1] + [walk(v, d + 1)[0] for v in o]), sum(walk(v, d + 1)[1] for v in o)
         return d, 0
+
     raw = json.dumps(obj, ensure_ascii=False).encode()
     old = fmt._SCAN_CHUNK
     fmt._SCAN_CHUNK = chunk
@@ -373,9 +411,18 @@ def test_json_shape_matches_a_parse(obj, chunk):
         fmt._SCAN_CHUNK = old
 
 
-@pytest.mark.parametrize("shape,ok", [
-    ([2 ** 62, 0], False), ([2 ** 61 - 1, 0], True), ([2 ** 61, 0], False), ([2 ** 31, 2 ** 30, 0], False),
-    ([1] * 64, True), ([1] * 65, False), ([0] * 65, False)])
+@pytest.mark.parametrize(
+    "shape,ok",
+    [
+        ([2**62, 0], False),
+        ([2**61 - 1, 0], True),
+        ([2**61, 0], False),
+        ([2**31, 2**30, 0], False),
+        ([1] * 64, True),
+        ([1] * 65, False),
+        ([0] * 65, False),
+    ],
+)
 def test_shapes_numpy_cannot_hold(tmp_path, shape, ok):
     """A shape is accepted exactly when numpy can hold an array of it (F32)."""
     try:

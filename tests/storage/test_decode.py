@@ -1,6 +1,7 @@
 """decode_float32: one exact decoding of every safetensors dtype, checked against torch, and the
 entry points that use it (Reader.float32, ShardedArray.float32; correlation.source.Source in
 tests/correlation/test_source.py)."""
+
 import numpy as np
 import pytest
 import torch
@@ -29,12 +30,12 @@ def test_float8_all_256_codes_match_torch(code):
 
 def test_float8_format_landmarks():
     e4 = dt.decode_float32(np.array([0x7E, 0x7F, 0xFF, 0x01, 0x80], np.uint8), "F8_E4M3")
-    assert e4[0] == 448 and np.isnan(e4[1]) and np.isnan(e4[2]) and e4[3] == 2.0 ** -9
+    assert e4[0] == 448 and np.isnan(e4[1]) and np.isnan(e4[2]) and e4[3] == 2.0**-9
     assert e4[4] == 0 and np.signbit(e4[4])
     e5 = dt.decode_float32(np.array([0x7B, 0x7C, 0xFC, 0x7D], np.uint8), "F8_E5M2")
     assert e5[0] == 57344 and e5[1] == np.inf and e5[2] == -np.inf and np.isnan(e5[3])
     e8 = dt.decode_float32(np.array([0, 127, 254, 255], np.uint8), "F8_E8M0")
-    assert e8[0] == 2.0 ** -127 and e8[1] == 1 and e8[2] == 2.0 ** 127 and np.isnan(e8[3])
+    assert e8[0] == 2.0**-127 and e8[1] == 1 and e8[2] == 2.0**127 and np.isnan(e8[3])
 
 
 @pytest.mark.parametrize("code,tdtype", [("BF16", torch.bfloat16), ("F16", torch.float16)])
@@ -100,8 +101,8 @@ def test_f64_and_wide_ints_round_to_nearest_float32():
     x = np.array([1e308, -1e308, 1e-50, 1 / 3], np.float64)
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(dt.decode_float32(x, "F64"), x.astype(np.float32))
-    big = np.array([2 ** 24 + 1, 2 ** 53], np.int64)
-    np.testing.assert_array_equal(dt.decode_float32(big, "I64"), np.array([2 ** 24, 2 ** 53], np.float32))
+    big = np.array([2**24 + 1, 2**53], np.int64)
+    np.testing.assert_array_equal(dt.decode_float32(big, "I64"), np.array([2**24, 2**53], np.float32))
     small = np.arange(-128, 128, dtype=np.int8)
     np.testing.assert_array_equal(dt.decode_float32(small, "I8"), small.astype(np.float32))
 

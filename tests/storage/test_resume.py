@@ -1,4 +1,5 @@
 """Crash safety and resume: exceptions, SIGKILL mid-write, layout checks, locking."""
+
 import os
 import signal
 import subprocess
@@ -71,12 +72,12 @@ def _resume_and_finish(path):
     # everything marked done survived the kill: data and key
     for t in done:
         j0 = t * TILE
-        np.testing.assert_array_equal(w["loss"][:, j0:j0 + TILE], expected(j0, min(j0 + TILE, N)))
+        np.testing.assert_array_equal(w["loss"][:, j0 : j0 + TILE], expected(j0, min(j0 + TILE, N)))
     redone = 0
     for t, j0 in enumerate(range(0, N, TILE)):
         if w.is_done(t):
             continue
-        w["loss"][:, j0:j0 + TILE] = expected(j0, min(j0 + TILE, N))
+        w["loss"][:, j0 : j0 + TILE] = expected(j0, min(j0 + TILE, N))
         w.mark_done(t)
         redone += 1
     w.close()
@@ -145,10 +146,12 @@ def test_resume_with_a_different_layout_raises(tmp_path):
     w = st.create(path, {"a": ((4, 5), "float32")}, metadata={"m": "1"})
     w.mark_done("t0")
     w.abort(keep=True)
-    for tensors, meta, what in [({"a": ((4, 6), "float32")}, {"m": "1"}, "F32\\[4, 5\\], requested F32\\[4, 6\\]"),
-                                ({"a": ((4, 5), "float16")}, {"m": "1"}, "F16"),
-                                ({"b": ((4, 5), "float32")}, {"m": "1"}, "'b' is new"),
-                                ({"a": ((4, 5), "float32")}, {"m": "2"}, "metadata differs")]:
+    for tensors, meta, what in [
+        ({"a": ((4, 6), "float32")}, {"m": "1"}, "F32\\[4, 5\\], requested F32\\[4, 6\\]"),
+        ({"a": ((4, 5), "float16")}, {"m": "1"}, "F16"),
+        ({"b": ((4, 5), "float32")}, {"m": "1"}, "'b' is new"),
+        ({"a": ((4, 5), "float32")}, {"m": "2"}, "metadata differs"),
+    ]:
         with pytest.raises(st.LayoutMismatchError, match=what):
             st.create(path, tensors, metadata=meta, resume=True)
     # the right layout still resumes, done keys intact

@@ -1,4 +1,5 @@
 """Round trips: every dtype, tiles in any order, metadata, official safetensors readers both ways."""
+
 import os
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def test_bf16_bits_helpers(rng):
     x = rng.standard_normal(1000).astype(np.float32)
     bits = st.float32_to_bf16_bits(x)
     back = st.bf16_bits_to_float32(bits)
-    np.testing.assert_allclose(back, x, rtol=2 ** -8)
+    np.testing.assert_allclose(back, x, rtol=2**-8)
     torch = pytest.importorskip("torch")
     ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     np.testing.assert_array_equal(bits, ref)  # same rounding as torch (nearest even)
@@ -103,7 +104,7 @@ def test_tiles_in_any_order_and_done_keys(tmp_path, rng):
     starts = list(range(0, N, tile))
     for t in rng.permutation(len(starts)):
         j0 = starts[t]
-        w["loss"][:, j0:j0 + tile] = want[:, j0:j0 + tile]
+        w["loss"][:, j0 : j0 + tile] = want[:, j0 : j0 + tile]
         w.mark_done(int(t))
         assert w.is_done(int(t))
     assert w.done_keys() == set(range(len(starts)))
@@ -146,8 +147,16 @@ def test_data_is_page_aligned_and_tensors_aligned(tmp_path):
 
 def test_dtype_spellings(tmp_path):
     torch = pytest.importorskip("torch")
-    for spec, code in [("float32", "F32"), ("F16", "F16"), (np.float64, "F64"), (np.dtype("int32"), "I32"),
-                       (torch.bfloat16, "BF16"), (torch.int64, "I64"), ("bfloat16", "BF16"), ("torch.float16", "F16")]:
+    for spec, code in [
+        ("float32", "F32"),
+        ("F16", "F16"),
+        (np.float64, "F64"),
+        (np.dtype("int32"), "I32"),
+        (torch.bfloat16, "BF16"),
+        (torch.int64, "I64"),
+        ("bfloat16", "BF16"),
+        ("torch.float16", "F16"),
+    ]:
         assert dtypes.to_code(spec) == code, spec
     for bad in ["float128", ">f4", object, "nonsense"]:
         with pytest.raises(TypeError):
@@ -155,9 +164,13 @@ def test_dtype_spellings(tmp_path):
 
 
 def test_ours_reads_theirs(tmp_path, rng):
-    tensors = {"w": rng.standard_normal((4, 5)).astype(np.float32), "idx": np.arange(6, dtype=np.int64),
-               "h": rng.standard_normal(3).astype(np.float16), "empty": np.zeros((0, 3), np.float32),
-               "flag": np.array([True, False])}
+    tensors = {
+        "w": rng.standard_normal((4, 5)).astype(np.float32),
+        "idx": np.arange(6, dtype=np.int64),
+        "h": rng.standard_normal(3).astype(np.float16),
+        "empty": np.zeros((0, 3), np.float32),
+        "flag": np.array([True, False]),
+    }
     for meta in (None, {"source": "safetensors"}):
         path = str(tmp_path / "theirs.safetensors")
         save_file(tensors, path, metadata=meta)
@@ -219,14 +232,15 @@ def test_import_does_not_pull_torch_or_triton(tmp_path):
     code = f"""
         import sys
         import daunce_fast.storage as st
-        with st.create({str(tmp_path / 'a.safetensors')!r}, {{"a": ((2, 3), "bfloat16")}}) as w:
+        with st.create({str(tmp_path / "a.safetensors")!r}, {{"a": ((2, 3), "bfloat16")}}) as w:
             w["a"][:] = 1
-        with st.open({str(tmp_path / 'a.safetensors')!r}) as r:
+        with st.open({str(tmp_path / "a.safetensors")!r}) as r:
             r["a"].sum()
         print(",".join(m for m in ("torch", "triton") if m in sys.modules) or "none")
     """
     env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "none"

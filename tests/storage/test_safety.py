@@ -1,5 +1,6 @@
 """Safe outputs (never through a planted symlink), memory checks before materialising, and the
 journal cadence (journal_due) that bounds what a killed batching writer loses."""
+
 import os
 import signal
 import subprocess
@@ -99,6 +100,7 @@ def test_sharded_index_and_its_temp_file_never_followed(tmp_path, victim, monkey
 
     class _U:
         hex = "deadbeef" * 4
+
     monkeypatch.setattr(sh.uuid, "uuid4", lambda: _U())
     _plant(f"{idx}.{os.getpid()}.deadbeef.tmp", victim)
     with pytest.raises(st.UnsafePathError):

@@ -1,4 +1,5 @@
 """Sharded stores: index + shards written independently, one logical array for reading."""
+
 import json
 import os
 
@@ -9,7 +10,7 @@ import daunce_fast.storage as st
 
 
 def _write_all(sw, want, order=None):
-    for i in (order if order is not None else range(sw.num_shards)):
+    for i in order if order is not None else range(sw.num_shards):
         lo, hi = sw.shard_range(i)
         with sw.create_shard(i) as w:
             idx = [slice(None)] * want.ndim
@@ -21,8 +22,7 @@ def test_row_sharded_round_trip_and_tiles_across_boundaries(tmp_path, rng):
     K, N = 11, 37
     want = rng.standard_normal((K, N)).astype(np.float32)
     index = tmp_path / "loss.index.json"
-    sw = st.create_sharded(index, "loss", (K, N), "float32", axis=0, shard_sizes=[4, 0, 5, 2],
-                           metadata={"K": str(K)})
+    sw = st.create_sharded(index, "loss", (K, N), "float32", axis=0, shard_sizes=[4, 0, 5, 2], metadata={"K": str(K)})
     assert [sw.shard_range(i) for i in range(4)] == [(0, 4), (4, 4), (4, 9), (9, 11)]
     _write_all(sw, want, order=[3, 1, 0, 2])  # any order, like independent ranks
     idx = json.loads(open(index).read())
@@ -31,9 +31,24 @@ def test_row_sharded_round_trip_and_tiles_across_boundaries(tmp_path, rng):
     with st.open_sharded(index) as x:
         assert x.shape == (K, N) and x.dtype == np.float32 and x.metadata == {"K": str(K)}
         np.testing.assert_array_equal(np.asarray(x), want)
-        for key in [np.s_[:, 5:17], np.s_[3:10], np.s_[3:10, 2:4], np.s_[::3], np.s_[10:1:-2, ::-5], np.s_[4],
-                    np.s_[-1], np.s_[5, 7], np.s_[..., 3], np.s_[8, ...], np.s_[4:4], np.s_[:, 36:100], np.s_[...],
-                    np.s_[-3:], np.s_[9:2:-1], np.s_[::-1, 0]]:
+        for key in [
+            np.s_[:, 5:17],
+            np.s_[3:10],
+            np.s_[3:10, 2:4],
+            np.s_[::3],
+            np.s_[10:1:-2, ::-5],
+            np.s_[4],
+            np.s_[-1],
+            np.s_[5, 7],
+            np.s_[..., 3],
+            np.s_[8, ...],
+            np.s_[4:4],
+            np.s_[:, 36:100],
+            np.s_[...],
+            np.s_[-3:],
+            np.s_[9:2:-1],
+            np.s_[::-1, 0],
+        ]:
             got = x[key]
             assert isinstance(got, np.ndarray) and not isinstance(got, np.memmap) or np.ndim(got) == 0
             np.testing.assert_array_equal(got, want[key], err_msg=str(key))
@@ -99,12 +114,24 @@ def test_index_layout_conflicts_and_shard_content_checks(tmp_path):
 
 def test_corrupt_index(tmp_path):
     p = tmp_path / "x.index.json"
-    good = {"format": "daunce_fast.sharded", "version": 1, "name": "a", "dtype": "F32", "shape": [4, 2], "axis": 0,
-            "metadata": {}, "shards": [{"file": "s0.safetensors", "offset": 0, "size": 4}]}
-    for mutate, msg in [(lambda d: d.update(format="x"), "format"), (lambda d: d.update(dtype="Q"), "dtype"),
-                        (lambda d: d["shards"][0].update(size=3), "cover"),
-                        (lambda d: d["shards"][0].update(file="../evil"), "relative"),
-                        (lambda d: d.update(axis=2), "axis"), (lambda d: d.update(metadata={"a": 1}), "strings")]:
+    good = {
+        "format": "daunce_fast.sharded",
+        "version": 1,
+        "name": "a",
+        "dtype": "F32",
+        "shape": [4, 2],
+        "axis": 0,
+        "metadata": {},
+        "shards": [{"file": "s0.safetensors", "offset": 0, "size": 4}],
+    }
+    for mutate, msg in [
+        (lambda d: d.update(format="x"), "format"),
+        (lambda d: d.update(dtype="Q"), "dtype"),
+        (lambda d: d["shards"][0].update(size=3), "cover"),
+        (lambda d: d["shards"][0].update(file="../evil"), "relative"),
+        (lambda d: d.update(axis=2), "axis"),
+        (lambda d: d.update(metadata={"a": 1}), "strings"),
+    ]:
         d = json.loads(json.dumps(good))
         mutate(d)
         p.write_text(json.dumps(d))
@@ -141,7 +168,7 @@ def test_ranks_write_their_shards_in_parallel_processes(tmp_path):
         import sys, numpy as np
         import daunce_fast.storage as st
         rank = int(sys.argv[1])
-        sw = st.create_sharded({str(tmp_path / 'loss.index.json')!r}, "loss", ({K}, {N}), "float32", num_shards={ranks})
+        sw = st.create_sharded({str(tmp_path / "loss.index.json")!r}, "loss", ({K}, {N}), "float32", num_shards={ranks})
         lo, hi = sw.shard_range(rank)
         with sw.create_shard(rank) as w:
             for j0 in range(0, {N}, 8):
@@ -150,8 +177,10 @@ def test_ranks_write_their_shards_in_parallel_processes(tmp_path):
                 w.mark_done(j0)
     """)
     env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(r)], env=env, stderr=subprocess.PIPE, text=True)
-             for r in range(ranks)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(r)], env=env, stderr=subprocess.PIPE, text=True)
+        for r in range(ranks)
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()
     with st.open_sharded(tmp_path / "loss.index.json") as x:

@@ -1,4 +1,5 @@
 """An 8 GB logical (sparse) file: one tile written, one tile read back, memory stays small."""
+
 import os
 
 import numpy as np
@@ -60,7 +61,7 @@ def test_sparse_8gb_file_tile_write_and_read(tmp_path, rng):
         with st.open(path) as r:
             x = r["loss"]
             got = np.array(x[:, j0:j1])
-            zeros = np.array(x[:, 1000:1000 + 4096])
+            zeros = np.array(x[:, 1000 : 1000 + 4096])
         np.testing.assert_array_equal(got, tile)
         assert not zeros.any()
         grew = (_kib("VmHWM") if can_reset else _kib("VmRSS")) - rss0

@@ -1,4 +1,5 @@
 """Writer.write / Reader.read (pwrite / pread of contiguous runs) agree with numpy indexing."""
+
 import numpy as np
 import pytest
 
@@ -61,8 +62,8 @@ def test_write_bf16_from_floats_and_column_tiles(tmp_path, rng):
     path = tmp_path / "b.safetensors"
     with st.create(path, {"b": ((K, N), "bfloat16"), "f": ((K, N), "float32")}) as w:
         for j0 in range(0, N, 700):
-            w.write("b", (slice(None), slice(j0, j0 + 700)), x[:, j0:j0 + 700])
-            w.write("f", np.s_[:, j0:j0 + 700], x[:, j0:j0 + 700])
+            w.write("b", (slice(None), slice(j0, j0 + 700)), x[:, j0 : j0 + 700])
+            w.write("f", np.s_[:, j0 : j0 + 700], x[:, j0 : j0 + 700])
         with pytest.raises(TypeError, match="raw bits"):
             st.create(tmp_path / "c.safetensors", {"q": ((2,), "F8_E4M3")}).write("q", 0, np.float32(1))
     with st.open(path) as r:
@@ -92,6 +93,7 @@ def test_setitem_fast_path_is_used_and_falls_back(tmp_path, monkeypatch):
         return ok
 
     import daunce_fast.storage._views as views
+
     monkeypatch.setattr(views, "pwrite_box", spy)
     with st.create(tmp_path / "a.safetensors", {"x": ((4, 1024), "float32")}) as w:
         x = w["x"]
