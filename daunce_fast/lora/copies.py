@@ -18,7 +18,11 @@ equals the base module exactly.
 Attribute reads a copy layer does not define fall through to the wrapped module, so code that
 reads ``layer.weight`` / ``layer.in_features`` of a wrapped layer keeps working (it sees θ0's
 values: a module that bypasses ``forward`` and reads weights directly, like
-``nn.MultiheadAttention.out_proj``, must be wrapped as a whole instead; see kinds.py).
+``nn.MultiheadAttention.out_proj``, must be wrapped as a whole instead; see attach.py).
+
+Every copy layer carries a no-op forward pre-hook: torch's fused fast paths
+(``nn.TransformerEncoderLayer`` in eval mode under ``no_grad``) read the weights of their
+submodules directly and would silently compute θ0; they stand down when a submodule has hooks.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class CopyLayer(nn.Module):
         self.num_adapters = int(num_adapters)
         self.name = name
         self.disabled = False
+        # Why: see the module docstring (fused fast paths check for hooks and then use the slow path).
+        self.register_forward_pre_hook(_no_fast_path)
 
     # ------------------------------------------------------------------ what subclasses provide
     def adapter_parameters(self) -> list[nn.Parameter]:
@@ -94,6 +100,10 @@ class CopyLayer(nn.Module):
             if base is None:
                 raise
             return getattr(base, name)
+
+
+def _no_fast_path(module: nn.Module, args: tuple) -> None:
+    return None
 
 
 # ---------------------------------------------------------------------------------- registry

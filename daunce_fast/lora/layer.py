@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .copies import CopyLayer
 from .ops import multilora_linear
 
 
@@ -36,7 +37,7 @@ def _default_adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if weight_dtype in (torch.float16, torch.bfloat16) else weight_dtype
 
 
-class MultiLoRALinear(nn.Module):
+class MultiLoRALinear(CopyLayer):
     """``num_adapters`` adapters on one frozen ``nn.Linear`` (or transformers ``Conv1D``).
 
     Input ``[K*m, d_in]`` or ``[K*m, T, d_in]``, adapter-major: the first ``m`` leading rows are
@@ -52,6 +53,9 @@ class MultiLoRALinear(nn.Module):
     ``seed``/``adapter_ids``: slot ``i``'s A comes from a generator seeded by
     ``slot_seed(seed, adapter_ids[i], name)`` only (see :meth:`reset_adapters`).
     ``backend``: None (auto), 'torch' or 'triton', passed to :func:`multilora_linear`.
+
+    A :class:`CopyLayer` of kind ``"full"`` or ``"lora"``: reads of attributes it does not define
+    (``layer.weight``, ``layer.bias``) fall through to the frozen base, so they are θ0's.
     """
 
     def __init__(
@@ -68,31 +72,25 @@ class MultiLoRALinear(nn.Module):
         adapter_dtype: Optional[torch.dtype] = None,
         backend: Optional[str] = None,
     ):
-        super().__init__()
         if not (isinstance(base_linear, nn.Linear) or is_conv1d(base_linear)):
             raise TypeError(f"MultiLoRALinear wraps nn.Linear or transformers Conv1D, not {type(base_linear).__name__}")
-        if int(num_adapters) < 1:
-            raise ValueError(f"num_adapters must be >= 1, got {num_adapters}")
-        self.full = rank == "full"
-        if not self.full and (not isinstance(rank, int) or rank < 1):
+        full = rank == "full"
+        if not full and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"rank must be a positive int or 'full', got {rank!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.base = base_linear
-        for p in base_linear.parameters():
-            p.requires_grad_(False)
+        super().__init__(base_linear, num_adapters, name)
+        self.full = full
+        self.kind = "full" if full else "lora"
         self.fan_in_fan_out = is_conv1d(base_linear)
         w = base_linear.weight
         self.in_features, self.out_features = (
             (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
         )
-        self.num_adapters = int(num_adapters)
         self.rank = rank
         self.alpha = float(alpha)
         self.dropout_p = float(dropout)
-        self.name = name
         self.backend = backend
-        self.disabled = False
         dt = adapter_dtype or _default_adapter_dtype(w.dtype)
         K, d_in, d_out = self.num_adapters, self.in_features, self.out_features
         if self.full:
@@ -108,9 +106,19 @@ class MultiLoRALinear(nn.Module):
         self.reset_adapters(adapter_ids if adapter_ids is not None else range(K), seed)
 
     def adapter_parameters(self) -> list:
+        return [p for _, p in self.state_items()]
+
+    def state_items(self) -> list[tuple[str, nn.Parameter]]:
         if self.full:
-            return [p for p in (self.delta_weight, self.delta_bias) if p is not None]
-        return [self.lora_A, self.lora_B]
+            return [
+                (n, p)
+                for n, p in (("delta_weight", self.delta_weight), ("delta_bias", self.delta_bias))
+                if p is not None
+            ]
+        return [("lora_A", self.lora_A), ("lora_B", self.lora_B)]
+
+    def kind_label(self) -> str:
+        return "full" if self.full else f"lora r={self.rank}"
 
     @torch.no_grad()
     def reset_adapters(self, adapter_ids: Iterable[int], seed: Optional[int] = None) -> None:
