@@ -27,6 +27,7 @@ RHO_DEFAULTS = {"xi": 0.3, "hessian": 0.03}
 SCORE_METHOD = {"logits": "covariance", "lm": "pearson"}
 TARGETS = ("loss", "margin")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+BATCHNORM_MODES = ("eval", "batch")
 
 
 @dataclass
@@ -60,6 +61,10 @@ class DaunceConfig:
     adapter_chunk: int | None = None  # models trained together (None: all, capped by row_budget)
     row_budget: int = 65536  # max rows (models x examples) in one batched forward
     antithetic: bool = False  # pairs of models share a subset and use xi and 1 - xi
+    batchnorm: str = "eval"  # BatchNorm while the copies train: "eval" normalises with θ0's running
+    # statistics; "batch" with each copy's own batch statistics (never mixed across copies); θ0's
+    # buffers never change; recording always uses θ0's running statistics (docs/pipeline.md#batchnorm)
+    dropout: bool = False  # True: the model's dropout modules stay active while the copies train
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -111,6 +116,10 @@ class DaunceConfig:
             or not 0.0 <= warmup < 1.0
         ):
             bad(f"extra must be a dict whose 'warmup' (fraction of the steps) is in [0, 1), got {self.extra!r}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            bad(f"batchnorm must be one of {BATCHNORM_MODES}, got {self.batchnorm!r}")
+        if not isinstance(self.dropout, bool):
+            bad(f"dropout must be True or False, got {self.dropout!r}")
         if self.antithetic and self.num_models % 2:
             bad("antithetic pairs need an even num_models")
         return self

@@ -98,14 +98,47 @@ def as_examples(data) -> Examples:
     return Examples(inputs, _stack([it[1] for it in items]))
 
 
-def call_model(model, inputs):
-    """Run the model on gathered inputs; return its output tensor (``.logits`` of HF outputs)."""
-    out = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
-    if hasattr(out, "logits"):
-        out = out.logits
-    elif isinstance(out, (tuple, list)):
-        out = out[0]
+def num_rows(inputs) -> int:
+    """Leading size of the first input tensor (the examples in a batch)."""
+    values = list(inputs.values()) if isinstance(inputs, dict) else list(inputs)
+    return int(next(v for v in values if isinstance(v, torch.Tensor)).shape[0])
+
+
+def model_outputs(out, rows: int, source: str = "the model") -> torch.Tensor:
+    """The output tensor of a forward pass, by these rules (docs/pipeline.md#forward):
+
+    - a tensor is taken as it is;
+    - an object with a ``.logits`` attribute (Hugging Face ``ModelOutput``) gives ``.logits``;
+    - a dict gives its ``"logits"`` entry;
+    - a tuple or list gives its first element (nanoGPT's ``(logits, loss)``, ``return_dict=False``).
+
+    The result must be a tensor with ``rows`` (the examples' count) as leading size; otherwise
+    ValueError naming what was returned and saying to pass ``forward_fn``."""
+    got = out
+    if not isinstance(out, torch.Tensor):
+        if hasattr(out, "logits"):
+            out = out.logits
+        elif isinstance(out, dict):
+            out = out.get("logits")
+        elif isinstance(out, (tuple, list)) and out:
+            out = out[0]
+    if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != rows:
+        what = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        kind = type(got).__name__
+        raise ValueError(
+            f"Daunce: {source} returned {kind if kind != 'Tensor' else 'a tensor'} from which the output "
+            f"read was {what}; the pipeline needs the outputs of the {rows} examples as one tensor "
+            f"[{rows}, ...] (e.g. logits [{rows}, classes]). Pass forward_fn=lambda model, inputs: ... "
+            "returning that tensor"
+        )
     return out
+
+
+def call_model(model, inputs):
+    """Run the model on gathered inputs (``model(**inputs)`` for dict inputs, else ``model(*inputs)``)
+    and return its outputs by the rules of :func:`model_outputs`."""
+    out = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+    return model_outputs(out, num_rows(inputs))
 
 
 def repeat_for_models(inputs, k: int):

@@ -14,28 +14,14 @@ LMHead      Hugging Face causal language models: the backbone's final hidden sta
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .data import call_model, repeat_for_models
+from .data import call_model, model_outputs, num_rows, repeat_for_models
 from .objectives import base_terms, cross_entropy_per_example, daunce_loss, margin_per_example, neg_margin_per_example
 
 
 def is_causal_lm(model) -> bool:
     get = getattr(model, "get_output_embeddings", None)
     return callable(get) and get() is not None and getattr(model, "base_model", model) is not model
-
-
-def is_linear_like(m) -> bool:
-    return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"  # transformers' GPT-2 projections
-
-
-def default_targets(model, lm: bool) -> list[str]:
-    """Every linear layer (classifiers), or the MLP projections of a language model's blocks."""
-    if not lm:
-        return [n for n, m in model.named_modules() if is_linear_like(m)]
-    out_emb = model.get_output_embeddings()
-    names = [n for n, m in model.named_modules() if is_linear_like(m) and m is not out_emb]
-    return [n for n in names if ".mlp." in f".{n}."] or names
 
 
 @torch.no_grad()
@@ -72,13 +58,41 @@ def hessian_direction(sq0: torch.Tensor, normals: torch.Tensor, scale: torch.Ten
     return scale.to(device=sq0.device, dtype=sq0.dtype).repeat_interleave(normals.shape[1])[:, None] * d
 
 
+def _checked_forward(forward_fn):
+    """``forward_fn`` whose result goes through data.model_outputs (tuple/dict rules, leading size)."""
+
+    def forward(model, inputs):
+        return model_outputs(forward_fn(model, inputs), num_rows(inputs), "forward_fn")
+
+    return forward
+
+
+def _checked_loss(loss_fn):
+    """``loss_fn`` checked on every call: it must return one loss per example, a tensor [B] for
+    outputs [B, ...]; ValueError naming the shape it returned otherwise (at the first batch, before
+    any training step)."""
+
+    def loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t = loss_fn(z, y)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (z.shape[0],):
+            got = f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(
+                f"Daunce: loss_fn returned {got} for outputs {tuple(z.shape)} and labels {tuple(y.shape)}; "
+                f"it must return the loss of each example, shape [{z.shape[0]}] (e.g. "
+                "F.cross_entropy(..., reduction='none'), averaged over tokens for sequence outputs)"
+            )
+        return t
+
+    return loss
+
+
 class LogitsHead:
     kind = "logits"
 
     def __init__(self, cfg, forward_fn=None, loss_fn=None):
         self.cfg = cfg
-        self.forward = forward_fn or call_model
-        self.loss_fn = loss_fn or cross_entropy_per_example
+        self.forward = call_model if forward_fn is None else _checked_forward(forward_fn)
+        self.loss_fn = cross_entropy_per_example if loss_fn is None else _checked_loss(loss_fn)
         self.train_target = neg_margin_per_example if cfg.objective == "margin" else self.loss_fn
 
     @torch.no_grad()

@@ -41,8 +41,9 @@ import torch
 from .config import LM_DEFAULTS, SCORE_METHOD, DaunceConfig
 from .data import as_examples
 from .errors import WorkdirError
-from .heads import LMHead, LogitsHead, default_targets, is_causal_lm
+from .heads import LMHead, LogitsHead, is_causal_lm
 from .recorder import record_chunk
+from .targets import default_targets
 from .trainer import ChunkPlan, train_chunk
 from .workdir import (
     STATE_FILE,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import perturb
+from .modes import copy_modes
 
 # Perturbation "hessian": a chunk's normals over its members are drawn once when they fit in this
 # many floats (256 MB), else hashed per step (the same values either way: counter-based draws).
@@ -117,16 +118,22 @@ def train_chunk(model, params, examples, plan: ChunkPlan, base, head, *, progres
 
     base: the head's tables over the training set (see heads.py), or None for "blackbox".
     head: a LogitsHead or LMHead that turns a forward pass into the K per-model objectives.
+    The forward passes run under modes.copy_modes (BatchNorm and dropout per cfg.batchnorm and
+    cfg.dropout; θ0's running statistics are never updated); the model's modes are restored after.
     """
-    from .. import lora
-
     cfg = plan.cfg
-    device = params[0].device
     opt = make_optimizer(cfg, params)
     K = len(plan.ids)
     if plan.noise is not None:
         plan.prepare_noise(base["z0"].shape[-1])
-    model.train()
+    with copy_modes(model, K, batchnorm=cfg.batchnorm, dropout=cfg.dropout, training=True):
+        _steps(model, params, examples, plan, base, head, opt, progress)
+
+
+def _steps(model, params, examples, plan: ChunkPlan, base, head, opt, progress) -> None:
+    from .. import lora
+
+    cfg, K, device = plan.cfg, len(plan.ids), params[0].device
     for step in range(plan.total_steps):
         idx, c, noise = plan.batch(step)
         inputs, y = examples.take(idx, device)
@@ -140,4 +147,3 @@ def train_chunk(model, params, examples, plan: ChunkPlan, base, head, *, progres
         opt.step()
         if progress is not None:
             progress.update(1)
-    model.eval()
