@@ -3,6 +3,8 @@
 Work directory (resumable: a run killed at any point and started again with the same workdir
 continues from the last completed chunk and gives the same result):
 
+    workdir/summary.json                   what the run perturbs (Daunce.summary().to_dict()),
+                                           written at the start of fit; informative only
     workdir/state.json                     content fingerprints of what the contents were computed
                                            from: θ0's parameters and buffers, the training set in
                                            full, the training config, K, the chunking, the format
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 import tempfile
 import weakref
@@ -43,11 +46,13 @@ from .data import as_examples
 from .errors import WorkdirError
 from .heads import LMHead, LogitsHead, is_causal_lm
 from .recorder import record_chunk
+from .summary import PerturbationSummary
 from .targets import default_targets
 from .trainer import ChunkPlan, train_chunk
 from .workdir import (
     STATE_FILE,
     STATE_VERSION,
+    SUMMARY_FILE,
     check_name,
     differences,
     mismatch_error,
@@ -55,8 +60,11 @@ from .workdir import (
     run_id,
     store_files,
     wipe,
+    write_json,
     write_state,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _progress(enabled: bool, **kw):
@@ -486,10 +494,33 @@ class Daunce:
             return self
         return self._fit(ex, sets)
 
+    def summary(self) -> PerturbationSummary:
+        """What this run perturbs: one row per wrapped module (name, type, kind — full-rank, LoRA
+        rank r, norm affine, fallback —, parameters and memory per copy, totals for the K copies,
+        and which modules use the slow torch.func fallback). ``print(d.summary())`` prints the
+        table; ``.rows`` is the list of dicts, ``.to_dict()`` what ``fit`` stores in
+        ``workdir/summary.json``. Builds the adapter copy of θ0 (reused by ``fit``); no training."""
+        self._live()
+        model, _ = self._model_for(self.chunks()[0][1])
+        return PerturbationSummary.of(model, self.num_models)
+
+    def _report_summary(self) -> None:
+        """Log the summary once, before training (and print it above the progress bars when
+        progress=True); rank 0 stores it as workdir/summary.json."""
+        s = self.summary()
+        logger.info("%s", s)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(str(s))
+        if self._rank_world()[0] == 0:
+            write_json(self.workdir / SUMMARY_FILE, s.to_dict())
+
     def _fit(self, ex, sets) -> Daunce:
         pending = {n: v for n, v in sets.items() if not self._store_complete(n, v[1])}
         if not pending:
             return self
+        self._report_summary()
         base = None  # θ0's outputs over the training set: computed when a chunk needs training
         writers = {n: self._open_store(n, len(e), f) for n, (e, f) in pending.items()}
         chunks, off = self.my_chunks(), self._row_offset()

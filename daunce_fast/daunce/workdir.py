@@ -23,6 +23,7 @@ from .errors import WorkdirError
 
 STATE_VERSION = 2
 STATE_FILE = "state.json"
+SUMMARY_FILE = "summary.json"  # what the run perturbs (daunce.summary); informative, not part of the fingerprint
 STATE_MAX_BYTES = 1 << 20  # a state.json is a few kB; anything larger is not one
 FRESH = "overwrite=True (deletes its state.json, adapters/ and losses/) or use a new workdir"
 _FIELDS = {"version": int, "theta0": str, "train": str, "config": dict, "num_models": int, "chunk_size": int}
@@ -74,14 +75,20 @@ def read_state(path: Path) -> dict:
     return state
 
 
-def write_state(path: Path, state: dict) -> None:
-    """Write ``state`` atomically, never through a link planted at the temporary name."""
-    tmp = path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename), never through
+    a link planted at the temporary name."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)  # removes a stale file or link itself, never a link's target
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(state, indent=1, sort_keys=True))
+        f.write(json.dumps(obj, indent=1, sort_keys=True))
     os.replace(tmp, path)
+
+
+def write_state(path: Path, state: dict) -> None:
+    """Write ``state`` atomically (see :func:`write_json`)."""
+    write_json(path, state)
 
 
 def differences(old: dict, new: dict, *, chunking: bool) -> list[str]:
@@ -112,8 +119,9 @@ def mismatch_error(workdir: Path, diff: list[str]) -> WorkdirError:
 
 
 def wipe(workdir: Path) -> None:
-    """Delete what a run put in ``workdir`` (state.json, adapters/, losses/), nothing else."""
+    """Delete what a run put in ``workdir`` (state.json, summary.json, adapters/, losses/), nothing else."""
     (workdir / STATE_FILE).unlink(missing_ok=True)
+    (workdir / SUMMARY_FILE).unlink(missing_ok=True)
     for sub in ("adapters", "losses"):
         p = workdir / sub
         if p.is_symlink():
