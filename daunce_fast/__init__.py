@@ -16,8 +16,7 @@ makes no CUDA call. Public names are resolved on first use:
 
 from __future__ import annotations
 
-import importlib
-
+from ._lazy import lazy_names
 from ._version import __version__
 
 _LAZY = {
@@ -46,18 +45,4 @@ _SUBMODULES = (
 __all__ = ["__version__", *_LAZY, *_SUBMODULES]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        mod, attr = _LAZY[name]
-        value = getattr(importlib.import_module(mod, __name__), attr)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'daunce_fast' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__, _SUBMODULES)

@@ -26,7 +26,7 @@ from .._backends import implemented, kernel, select_backend
 from ._resume import effective_precision, mismatch_error, resume_metadata
 from .engines import ENGINE_OP as _ENGINES
 from .merge import merge_candidates
-from .options import check_options, out_torch_dtype
+from .options import check_k, check_options, out_torch_dtype
 from .source import Source, check_pair
 from .standardise import nonfinite_error, overflow_error
 
@@ -436,11 +436,7 @@ def topk(
         train, test, "topk", backend, method, nan_policy, precision, tile
     )
     try:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        k = int(k)
-        if k < 0 or k > tr.n:
-            raise ValueError(f"k must be in [0, N] = [0, {tr.n}], got k={k}")
+        k = check_k(k, tr.n)
         if tr.n >= 0xFFFFFFFF:
             raise ValueError("topk supports N < 2**32 - 1 train examples")
         return _topk(tr, te, k, device, backend, precision, out_kind, method, largest, progress, nan_policy, tile)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .._ext import C
+from .engines import Engine
 from .standardise import TileStats, first_stats_overflow
 
 # Unfused path / full mode: score tile of about 16 MiB (4096 rows at M = 1000), standardised chunk
@@ -81,34 +82,21 @@ def _fused_self_check(addr: int) -> bool:
     return bool(np.allclose(v, ref.values.numpy(), atol=1e-5))
 
 
-class CpuEngine:
+class CpuEngine(Engine):
     torch_based = False
 
-    def __init__(
-        self,
-        K: int,
-        M: int,
-        *,
-        method: str,
-        device="cpu",
-        precision: str | None = None,
-        compute64: bool = False,
-        tile: int | None = None,
-    ):
+    def _configure(self, precision: str | None, compute64: bool, tile: int | None) -> None:
         # device: always host memory here (the argument keeps the engines' common signature)
         if precision not in (None, "fp32"):
             raise ValueError(
                 f"precision={precision!r} needs a GPU backend (triton or cuda); the cpu backend computes fp32"
             )
-        self.K, self.M = K, M
-        self.pearson = method == "pearson"
         self.np_dtype = np.float64 if compute64 else np.float32
         # tile (driver): train columns read + standardised per chunk; self.sub: rows per score tile
-        self.sub = tile_rows(M) if tile is None else min(tile_rows(M), tile)
-        self.tile = tile or chunk_cols(K, self.sub)
-        self._za = np.empty((K, self.tile), self.np_dtype)
+        self.sub = tile_rows(self.M) if tile is None else min(tile_rows(self.M), tile)
+        self.tile = tile or chunk_cols(self.K, self.sub)
+        self._za = np.empty((self.K, self.tile), self.np_dtype)
         self._buf = None
-        self.zb = None
 
     # --------------------------------------------------------------- standardisation
     def standardise(self, blk: np.ndarray, factor: float, out: np.ndarray | None = None) -> TileStats:

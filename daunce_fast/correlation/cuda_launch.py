@@ -17,23 +17,11 @@ _PREC = {"fp32": 0, "tf32": 1, "bf16": 2}
 
 
 class CudaEngine(FilterTopkEngine):
-    def __init__(
-        self,
-        K: int,
-        M: int,
-        *,
-        method: str,
-        device,
-        precision: str | None = None,
-        compute64: bool = False,
-        tile: int | None = None,
-    ):
-        # compute64 (float64 output) does not change the product here: it stays fp32 / tf32 / bf16
-        device = torch.device(device)
-        if device.type != "cuda":
+    def _precision(self, precision: str | None) -> torch.dtype:
+        if self.device.type != "cuda":
             raise ValueError("the cuda backend needs CUDA tensors")
-        super().__init__(K, M, method=method, device=device, dtype=torch.float32, tile=tile)
         self.prec_code = _PREC[precision or "tf32"]
+        return torch.float32  # rounded to tf32 / bf16 by the kernels when they stage the operands
 
     def _stream(self) -> int:
         return torch.cuda.current_stream(self.device).cuda_stream
@@ -46,10 +34,11 @@ class CudaEngine(FilterTopkEngine):
     def _direct_out_ok(self, out: torch.Tensor) -> bool:
         return out.device == self.device and out.dtype == torch.float32 and out.stride(1) == 1
 
-    def _launch_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool) -> None:
+    def _launch(self, kernel, z: torch.Tensor, *args) -> None:
+        """kernel(train tile z [K, n], test columns zb [K, M], sizes, *args, stream) on this device."""
         z = self._operand(z)
         with torch.cuda.device(self.device):
-            C.corr_tile_cuda(
+            kernel(
                 z.data_ptr(),
                 z.stride(0),
                 self.zb.data_ptr(),
@@ -57,30 +46,22 @@ class CudaEngine(FilterTopkEngine):
                 z.shape[1],
                 self.M,
                 self.K,
-                out.data_ptr(),
-                out.stride(0),
-                clip,
-                self.prec_code,
+                *args,
                 self._stream(),
             )
 
+    def _launch_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool) -> None:
+        self._launch(C.corr_tile_cuda, z, out.data_ptr(), out.stride(0), clip, self.prec_code)
+
     def _launch_filter(self, z: torch.Tensor, j0: int) -> None:
-        z = self._operand(z)
-        with torch.cuda.device(self.device):
-            C.corr_filter_cuda(
-                z.data_ptr(),
-                z.stride(0),
-                self.zb.data_ptr(),
-                self.zb.stride(0),
-                z.shape[1],
-                self.M,
-                self.K,
-                self.thr.data_ptr(),
-                self.cnt.data_ptr(),
-                self.cand_v.data_ptr(),
-                self.cand_i.data_ptr(),
-                self.C,
-                j0,
-                self.prec_code,
-                self._stream(),
-            )
+        self._launch(
+            C.corr_filter_cuda,
+            z,
+            self.thr.data_ptr(),
+            self.cnt.data_ptr(),
+            self.cand_v.data_ptr(),
+            self.cand_i.data_ptr(),
+            self.C,
+            j0,
+            self.prec_code,
+        )

@@ -19,29 +19,29 @@ from __future__ import annotations
 
 import torch
 
+from .engines import Engine
 from .standardise import TileStats, standardise_torch
 
 
-class FilterTopkEngine:
+class FilterTopkEngine(Engine):
     """Engine of one backend whose kernels are: ``_launch_tile(z, out, clip)``, the scores of a
     standardised train tile z [K, n] against the test columns ``self.zb`` [K, M] into out [n, M]
     (clipped to [-1, 1] if ``clip``); ``_launch_filter(z, j0)``, the fused product + filter that
-    appends scores above ``thr`` to ``cand_v`` / ``cand_i`` and counts them in ``cnt``; and
-    ``_direct_out_ok(out)``, whether the tile kernel may write into ``out`` itself."""
+    appends scores above ``thr`` to ``cand_v`` / ``cand_i`` and counts them in ``cnt``;
+    ``_direct_out_ok(out)``, whether the tile kernel may write into ``out`` itself; and
+    ``_precision(precision)``, its part of the constructor (:class:`.engines.Engine`)."""
 
-    torch_based = True
-
-    def __init__(
-        self, K: int, M: int, *, method: str, device: torch.device, dtype: torch.dtype, tile: int | None = None
-    ):
-        self.K, self.M = K, M
-        self.pearson = method == "pearson"
-        self.device = device
-        self.dtype = dtype  # of the standardised operands in memory
+    def _configure(self, precision: str | None, compute64: bool, tile: int | None) -> None:
+        # compute64 (float64 output) does not change the product here: it stays fp32 / tf32 / bf16
+        self.dtype = self._precision(precision)  # of the standardised operands in memory
         # ~512 MiB of fp32 score tile on a GPU (also bounds the unfused first tile's topk input)
-        self.tile = tile or int(max(1024, min(1 << 17, (512 << 20) // (4 * max(M, 1)))))
-        self.zb = None
+        self.tile = tile or int(max(1024, min(1 << 17, (512 << 20) // (4 * max(self.M, 1)))))
         self._buf = None
+
+    def _precision(self, precision: str | None) -> torch.dtype:
+        """Check ``precision`` (None: the backend's default) on ``self.device`` and keep the kernels'
+        setting for it; returns the dtype of the standardised operands in memory."""
+        raise NotImplementedError
 
     def _launch_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool) -> None:
         raise NotImplementedError

@@ -1,5 +1,5 @@
 """The correlation options as the public functions spell them, checked once: method, nan_policy,
-precision, out_dtype and tile (correlate, topk and their rank-sharded versions share these checks)."""
+precision, out_dtype, tile and k (correlate, topk and their rank-sharded versions share these checks)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ def check_tile(tile) -> int | None:
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or int(tile) < 1:
         raise ValueError(f"tile must be None or a positive int (train columns per tile), got {tile!r}")
     return int(tile)
+
+
+def check_k(k, N: int) -> int:
+    """``k`` of a top-k over N train examples as an int: TypeError unless an int, ValueError
+    outside [0, N]."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = int(k)
+    if k < 0 or k > N:
+        raise ValueError(f"k must be in [0, N] = [0, {N}], got k={k}")
+    return k
 
 
 def check_options(method: str, nan_policy: str, precision, tile=None) -> str | None:

@@ -28,7 +28,7 @@ from .api import ConstantColumnWarning, TopKResult, _warn_constants
 from .api import correlate as _correlate
 from .api import topk as _topk
 from .merge import merge_candidates
-from .options import check_options, check_tile, out_torch_dtype
+from .options import check_k, check_options, check_tile, out_torch_dtype
 from .source import Source
 from .standardise import NonFiniteInputError
 
@@ -59,6 +59,18 @@ class _Matrix(Source):
 def _blocks(start: int, stop: int, width: int) -> list[tuple[int, int]]:
     width = max(1, int(width))
     return [(b, min(stop, b + width)) for b in range(start, stop, width)]
+
+
+def _on_block(fn, b0: int, *args, **kwargs):
+    """``fn(*args, **kwargs)`` (daunce_fast.topk or correlate) on the block of train columns that
+    starts at b0: its ConstantColumnWarning silenced (rank 0 warns once for the whole matrix), a
+    ValueError re-raised with a non-finite entry's column counted in the whole matrix."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantColumnWarning)
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as exc:
+            raise _global_error(exc, b0, "train") from None
 
 
 def _global_error(exc: ValueError, b0: int, name: str) -> ValueError:
@@ -147,15 +159,12 @@ def topk(
     """
     rank, world = rank_world(group)
     check_tile(tile)
+    opts = dict(method=method, backend=backend, nan_policy=nan_policy, precision=precision, tile=tile)
     tr, te = _Matrix(train, "train"), _Matrix(test, "test")
     try:
         if tr.K != te.K:
             raise ValueError(f"train and test must have the same number of models K (rows): {tr.K} vs {te.K}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise TypeError(f"k must be an int, got {type(k).__name__}")
-        k = int(k)
-        if k < 0 or k > tr.n:
-            raise ValueError(f"k must be in [0, N] = [0, {tr.n}], got k={k}")
+        k = check_k(k, tr.n)
         out_dev = _output_kind(tr, te)
         n0, n1 = share(tr.n, rank, world)
 
@@ -170,22 +179,7 @@ def topk(
                 if b1 == b0 and const_test is not None:
                     continue
                 blk = tr.cols(b0, b1, device)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConstantColumnWarning)
-                    try:
-                        res = _topk(
-                            blk,
-                            test_blk,
-                            min(k, b1 - b0),
-                            method=method,
-                            largest=largest,
-                            backend=backend,
-                            nan_policy=nan_policy,
-                            precision=precision,
-                            tile=tile,
-                        )
-                    except ValueError as exc:
-                        raise _global_error(exc, b0, "train") from None
+                res = _on_block(_topk, b0, blk, test_blk, min(k, b1 - b0), largest=largest, **opts)
                 v = torch.as_tensor(res.values).float().cpu()
                 i = torch.as_tensor(res.indices).cpu()
                 i = torch.where(i >= 0, i + b0, i)
@@ -256,6 +250,7 @@ def correlate(
 
     rank, world = rank_world(group)
     check_tile(tile)
+    opts = dict(method=method, backend=backend, nan_policy=nan_policy, precision=precision, tile=tile)
     tr, te = _Matrix(train, "train"), _Matrix(test, "test")
     odt = out_torch_dtype(out_dtype)
     try:
@@ -276,22 +271,7 @@ def correlate(
                 key = f"{b0}:{b1}"
                 if writer is not None and writer.is_done(key):
                     continue
-                blk = tr.cols(b0, b1)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConstantColumnWarning)
-                    try:
-                        _correlate(
-                            blk,
-                            test_blk,
-                            method=method,
-                            out=target[b0 - n0 : b1 - n0],
-                            backend=backend,
-                            nan_policy=nan_policy,
-                            precision=precision,
-                            tile=tile,
-                        )
-                    except ValueError as exc:
-                        raise _global_error(exc, b0, "train") from None
+                _on_block(_correlate, b0, tr.cols(b0, b1), test_blk, out=target[b0 - n0 : b1 - n0], **opts)
                 if writer is not None:
                     writer.mark_done(key)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .engines import Engine
 from .standardise import TileStats, standardise_torch
 
 
@@ -16,26 +17,10 @@ def tile_rows(M: int) -> int:
     return int(min(8192, max(64, (8 << 20) // (8 * max(M, 1)))))
 
 
-class TorchEngine:
-    torch_based = True
-
-    def __init__(
-        self,
-        K: int,
-        M: int,
-        *,
-        method: str,
-        device,
-        precision: str | None = None,
-        compute64: bool = False,
-        tile: int | None = None,
-    ):
+class TorchEngine(Engine):
+    def _configure(self, precision: str | None, compute64: bool, tile: int | None) -> None:
         # precision and compute64 do not apply: this backend computes in float64 throughout
-        self.K, self.M = K, M
-        self.pearson = method == "pearson"
-        self.device = torch.device(device)
-        self.tile = tile or tile_rows(M)
-        self.zb = None
+        self.tile = tile or tile_rows(self.M)
 
     def standardise(self, blk: torch.Tensor, factor: float) -> TileStats:
         return standardise_torch(blk, self.pearson, factor, torch.float64)

@@ -28,32 +28,13 @@ def _gpu_default(device: torch.device) -> str:
 
 
 class TritonEngine(FilterTopkEngine):
-    def __init__(
-        self,
-        K: int,
-        M: int,
-        *,
-        method: str,
-        device,
-        precision: str | None = None,
-        compute64: bool = False,
-        tile: int | None = None,
-    ):
-        # compute64 (float64 output) does not change the product here: it stays fp32 / tf32 / bf16
-        device = torch.device(device)
-        precision = precision or _gpu_default(device)
-        if precision == "bf16" and device.type != "cuda":
+    def _precision(self, precision: str | None) -> torch.dtype:
+        precision = precision or _gpu_default(self.device)
+        if precision == "bf16" and self.device.type != "cuda":
             raise ValueError("precision='bf16' with triton needs a CUDA device (the interpreter computes bf16 wrongly)")
-        super().__init__(
-            K,
-            M,
-            method=method,
-            device=device,
-            dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
-            tile=tile,
-        )
         self.prec = _PREC[precision]
-        self.cfg = _blocks(self.device, K)
+        self.cfg = _blocks(self.device, self.K)
+        return torch.bfloat16 if precision == "bf16" else torch.float32
 
     def _launch_tile(self, z: torch.Tensor, out: torch.Tensor, clip: bool) -> None:
         import triton

@@ -10,12 +10,13 @@ one ``tempfile.TemporaryDirectory`` that is removed when ``run`` returns or rais
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from . import closing_line, in_workdir
 
 
 def _calibrate(make, task, budget_s: float, k_probe: int, k_max: int, probe_dir: str) -> int:
@@ -76,10 +77,9 @@ def run(
     Raises ValueError for an out-of-range ``num_test`` / ``k`` / ``budget_s``."""
     if not (isinstance(budget_s, (int, float)) and np.isfinite(budget_s) and budget_s > 0):
         raise ValueError(f"budget_s must be a finite number > 0, got {budget_s!r}")
-    if workdir is not None:
-        return _run(budget_s, num_models, num_test, k, out, seed, str(workdir), progress, None)
-    with tempfile.TemporaryDirectory(prefix="daunce_demo_") as tmp:
-        return _run(budget_s, num_models, num_test, k, out, seed, os.path.join(tmp, "run"), progress, tmp)
+    return in_workdir(
+        workdir, "daunce_demo_", lambda wd, tmp: _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp)
+    )
 
 
 def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dict:
@@ -150,15 +150,12 @@ def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dic
     fig_path = Path(out).resolve()
     figure(fig_path, task, test_ids, hi, li)
     print(f"figure: {fig_path}")
-    total = time.perf_counter() - t_start
-    print(
-        f"total {total:.1f} s; " + ("temporary files removed" if tmp is not None else f"workdir {Path(wd).resolve()}")
-    )
+    total, kept = closing_line(t_start, wd, tmp)
     return {
         "num_models": num_models,
         "fit_s": t_fit,
         "total_s": total,
         "label_agreement": same,
         "figure": str(fig_path),
-        "workdir": None if tmp is not None else wd,
+        "workdir": kept,
     }

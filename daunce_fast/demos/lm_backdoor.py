@@ -21,13 +21,14 @@ the corpus, the model recipe, θ0's training with its two checkpoints, and the e
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from . import closing_line, in_workdir, require_extra
 
 if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
@@ -317,30 +318,18 @@ def run_lm_demo(
     """
     import torch
 
-    from . import require_extra
-
     require_extra("lm", "transformers")
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        if workdir is not None:
-            return _run(
-                budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, str(workdir), None
-            )
-        with tempfile.TemporaryDirectory(prefix="daunce_lm_demo_") as tmp:
-            return _run(
-                budget_s,
-                progress,
-                num_train,
-                poison_frac,
-                num_models,
-                num_queries,
-                show,
-                seed,
-                os.path.join(tmp, "run"),
-                tmp,
-            )
+        return in_workdir(
+            workdir,
+            "daunce_lm_demo_",
+            lambda wd, tmp: _run(
+                budget_s, progress, num_train, poison_frac, num_models, num_queries, show, seed, wd, tmp
+            ),
+        )
     finally:
         torch.set_num_threads(old)
 
@@ -396,10 +385,7 @@ def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, sh
     for r, i in enumerate(top):
         print(f"  {r + 1:2d}. {'*' if train.poisoned[i] else ' '} #{i:<4d} {train.text(i)}")
     print(f"recall@{n_p} = {ev['agg_recall']:.2f} (random {n_p / len(train):.2f}), AUROC {ev['agg_auroc']:.3f}")
-    total = time.perf_counter() - t_start
-    print(
-        f"total {total:.1f} s; " + ("temporary files removed" if tmp is not None else f"workdir {os.path.abspath(wd)}")
-    )
+    total, kept = closing_line(t_start, wd, tmp)
     return {
         "num_models": num_models,
         "recall": ev["agg_recall"],
@@ -408,5 +394,5 @@ def _run(budget_s, progress, num_train, poison_frac, num_models, num_queries, sh
         "daunce_s": t_daunce,
         "total_s": total,
         "top": top.tolist(),
-        "workdir": None if tmp is not None else wd,
+        "workdir": kept,
     }

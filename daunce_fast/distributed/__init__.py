@@ -28,8 +28,7 @@ names are resolved on first use).
 
 from __future__ import annotations
 
-import importlib
-
+from .._lazy import lazy_names
 from .agreement import DistributedError, agree, barrier, run_on_all
 from .group import DEFAULT_TIMEOUT_S, init_from_env, is_distributed, is_initialized, rank_world, share, shutdown, split
 
@@ -60,12 +59,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        mod, attr = _LAZY[name]
-        return getattr(importlib.import_module(mod, __name__), attr)
-    raise AttributeError(f"module 'daunce_fast.distributed' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)

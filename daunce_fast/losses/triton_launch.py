@@ -25,6 +25,18 @@ def _blocks(dtype, d):
     return 64, 128, bd, 8
 
 
+def _meta(h, b, bm, bv, bd, warps) -> dict:
+    """The constexpr arguments and launch options every kernel of the head takes."""
+    return dict(
+        HAS_BIAS=b is not None,
+        IEEE=h.dtype == torch.float32,
+        BLOCK_M=bm,
+        BLOCK_V=bv,
+        BLOCK_D=bd,
+        num_warps=warps,
+    )
+
+
 def _prep(h, W, b, y):
     if h.dtype not in _DTYPES:
         raise TypeError(
@@ -65,12 +77,7 @@ def row_stats(h, W, b, y, chunk_size=None):
         d,
         h.stride(0),
         W.stride(0),
-        HAS_BIAS=b is not None,
-        IEEE=h.dtype == torch.float32,
-        BLOCK_M=bm,
-        BLOCK_V=bv,
-        BLOCK_D=bd,
-        num_warps=warps,
+        **_meta(h, b, bm, bv, bd, warps),
     )
     return lse_o, zy
 
@@ -83,45 +90,20 @@ def row_grad(h, W, b, y, lse_o, go, gy, need_dh=True, need_dw=False, need_db=Fal
     go = go.to(torch.float32).contiguous()
     gy = gy.to(torch.float32).contiguous()
     bm, bv, bd, warps = _blocks(h.dtype, d)
-    bias = b if b is not None else h
-    ieee = h.dtype == torch.float32
+    rows = (h, W, b if b is not None else h, y, lse_o, go, gy)  # what both kernels read
+    meta = _meta(h, b, bm, bv, bd, warps)
     dh = dW = db = None
     if need_dh:
         dh = torch.zeros(n, d, dtype=torch.float32, device=h.device)
         if n:
             K.row_grad_dh_kernel[(triton.cdiv(n, bm),)](
-                h,
-                W,
-                bias,
-                y,
-                lse_o,
-                go,
-                gy,
-                dh,
-                n,
-                v,
-                d,
-                h.stride(0),
-                W.stride(0),
-                dh.stride(0),
-                HAS_BIAS=b is not None,
-                IEEE=ieee,
-                BLOCK_M=bm,
-                BLOCK_V=bv,
-                BLOCK_D=bd,
-                num_warps=warps,
+                *rows, dh, n, v, d, h.stride(0), W.stride(0), dh.stride(0), **meta
             )
     if need_dw or need_db:
         dW = torch.zeros(v, d, dtype=torch.float32, device=h.device) if need_dw else None
         db = torch.zeros(v, dtype=torch.float32, device=h.device) if need_db else None
         K.row_grad_dw_kernel[(triton.cdiv(v, bv),)](
-            h,
-            W,
-            bias,
-            y,
-            lse_o,
-            go,
-            gy,
+            *rows,
             dW if dW is not None else lse_o,
             db if db is not None else lse_o,
             n,
@@ -130,13 +112,8 @@ def row_grad(h, W, b, y, lse_o, go, gy, need_dh=True, need_dw=False, need_db=Fal
             h.stride(0),
             W.stride(0),
             d,
-            HAS_BIAS=b is not None,
             NEED_DW=need_dw,
             NEED_DB=need_db,
-            IEEE=ieee,
-            BLOCK_M=bm,
-            BLOCK_V=bv,
-            BLOCK_D=bd,
-            num_warps=warps,
+            **meta,
         )
     return dh, dW, db

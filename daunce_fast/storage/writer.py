@@ -85,15 +85,18 @@ def create(
 
 
 class Writer(TensorQueries):
+    """A safetensors file being written: made by :func:`create` (which documents the arguments and
+    holds their defaults) or by ShardedWriter.create_shard."""
+
     def __init__(
         self,
         path,
         tensors: dict,
-        metadata: dict | None = None,
-        resume: bool = False,
-        durable: bool = True,
-        preallocate: bool = False,
-        journal_every: float = JOURNAL_EVERY,
+        metadata: dict | None,
+        resume: bool,
+        durable: bool,
+        preallocate: bool,
+        journal_every: float,
     ):
         self.path = os.fspath(path)
         self.journal_every = float(journal_every)
