@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .attach import lora_modules
+from .layer import MultiLoRALinear
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -30,6 +31,12 @@ def _modules(model):
     mods = lora_modules(model)
     if not mods:
         raise RuntimeError("no adapters are attached to this model")
+    other = [(n, m.kind_label()) for n, m in mods if not isinstance(m, MultiLoRALinear)]
+    if other:
+        raise NotImplementedError(
+            f"save_peft/load_peft handle LoRA on nn.Linear / Conv1D layers only; {other[:5]} have no PEFT "
+            "checkpoint format here (use adapter_state / load_adapter_state)"
+        )
     if any(m.full for _, m in mods):
         raise NotImplementedError(
             "rank='full' adapters are dense weight deltas; a PEFT LoRA checkpoint cannot hold "
