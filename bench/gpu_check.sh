@@ -27,6 +27,7 @@ run_bench correlation 150 python3 bench/ops/bench_correlation.py --gpu-only
 run_bench loss_head 120 python3 bench/ops/bench_loss_head.py --no-cpu
 run_bench multilora 150 python3 bench/ops/bench_multilora.py --skip-cpu
 run_bench lm 200 python3 bench/quality/lm_backdoor.py --gpu
+run_bench conv_copies 200 python3 bench/ops/bench_conv_copies.py --gpu
 python3 - "$O" <<'PY'
 import json, sys, pathlib
 p = pathlib.Path(sys.argv[1]) / "results.jsonl"

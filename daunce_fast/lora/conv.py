@@ -7,12 +7,18 @@ Layout (PEFT's, per copy; see ``peft.tuners.lora.layer._ConvNd``)::
     rank r:       lora_A [K, r, C_in, *kernel]               the layer's kernel, stride, padding, dilation
                   lora_B [K, C_out, r/g, 1, ...]             1x1, groups g (PEFT: r divisible by g)
 
-Two ways to run the K copies' convolutions at once (both exact; the faster is chosen per call):
+Two ways to run the full-rank copies' convolutions at once (both exact):
 
 - "grouped": the adapter-major batch ``[K*m, C, *S]`` becomes ``[m, K*C, *S]`` and the K weight
   sets one ``[K*C_out, C_in/g, *kernel]`` weight with ``groups = K*g``: one native convolution.
 - "im2col": patches ``[K, m, g, C_in/g*prod(kernel), L]`` (padding, stride and dilation applied by
   views) times the per-copy weights in one batched GEMM (einsum over K and g).
+
+"grouped" is the default: on the CPU it was faster on every measured shape (1.4-7x, digits- and
+CIFAR-like small CNNs, K=64; bench/results/conv_copies.md). "im2col" is kept, selectable with
+``backend="im2col"``, because the GPU comparison (bench_conv_copies.py --gpu: cuDNN grouped
+convolution with K*g groups vs cuBLAS batched GEMMs) is still to be run. LoRA copies always run the
+frozen base over all K*m rows plus grouped A and B convolutions.
 """
 
 from __future__ import annotations
@@ -30,10 +36,6 @@ from .layer import _default_adapter_dtype, slot_seed
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-# im2col materialises the patches (prod(kernel) times the input); it only pays off where the
-# native grouped convolution's per-group overhead dominates, i.e. small images and few channels.
-# Measured in bench/ops/bench_conv_copies.py (see bench/results/conv_copies.md).
-IM2COL_MAX_PATCH_ELEMENTS = 0
 
 
 def _padding_amounts(base: nn.modules.conv._ConvNd) -> list[tuple[int, int]]:
@@ -101,8 +103,9 @@ class MultiCopyConv(CopyLayer):
 
     ``dropout`` applies to the LoRA branch's input in training mode (as PEFT); unused by "full".
     ``adapter_dtype``: the adapters' dtype (default: the weight's, fp32 for fp16/bf16 bases).
-    ``backend``: None/'auto'/'torch'/'triton' choose per call (there is no Triton convolution; see
-    :func:`choose_path`), 'grouped' or 'im2col' force one path of the full-rank copies.
+    ``backend``: None/'auto'/'torch'/'triton' run the grouped convolution (there is no Triton
+    convolution kernel; 'triton' is accepted so one backend option can serve every layer kind),
+    'grouped' or 'im2col' force one path of the full-rank copies (see the module docstring).
     ``disabled = True`` runs the plain base on any batch (θ0's outputs).
     """
 
@@ -220,12 +223,8 @@ class MultiCopyConv(CopyLayer):
         return self.check_segments(x)
 
     def choose_path(self, x: torch.Tensor) -> str:
-        """'grouped' or 'im2col' for the full-rank copies of ``x``: the forced ``backend`` if one,
-        else 'im2col' when its patch tensor holds at most ``IM2COL_MAX_PATCH_ELEMENTS`` elements."""
-        if self.backend in ("grouped", "im2col"):
-            return self.backend
-        patch = x.numel() * math.prod(self.base.kernel_size) // max(1, math.prod(self.base.stride))
-        return "im2col" if patch <= IM2COL_MAX_PATCH_ELEMENTS else "grouped"
+        """'grouped' or 'im2col' for the full-rank copies: 'im2col' only when forced by ``backend``."""
+        return "im2col" if self.backend == "im2col" else "grouped"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled:
