@@ -106,63 +106,65 @@ class MultiCopyNorm(CopyLayer):
         for p in self.adapter_parameters():
             p.zero_()
 
-    # ------------------------------------------------------------------ normalisation without affine
-    def _normalise(self, x: torch.Tensor, K: int) -> torch.Tensor:
-        """The base's normalisation of ``x`` (``K`` adapter-major segments), with no affine."""
+    # ------------------------------------------------------------------ the computation
+    def _per_copy(self, x: torch.Tensor, K: int, w: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> torch.Tensor:
+        """The base normalisation of ``x`` (``K`` adapter-major segments) with copy k's affine
+        ``w[k]``, ``b[k]`` (``[K, *param shape]`` or None), each copy computed by the same torch
+        kernel as the base (so zero deltas give θ0's outputs bit for bit)."""
         base = self.base
-        if isinstance(base, nn.LayerNorm):
-            return F.layer_norm(x, base.normalized_shape, None, None, base.eps)
-        if _RMS and isinstance(base, _RMS):
-            return F.rms_norm(x, base.normalized_shape, None, base.eps)
-        if isinstance(base, nn.GroupNorm):
-            return F.group_norm(x, base.num_groups, None, None, base.eps)
-        rm, rv = base.running_mean, base.running_var
-        if isinstance(base, _IN):
-            use_input = base.training or rm is None
-            # Running statistics passed only when they are read: never updated in place.
-            return F.instance_norm(
-                x, None if use_input else rm, None if use_input else rv, None, None, use_input, 0.0, base.eps
-            )
-        if rm is not None and (self.batchnorm == "eval" or not base.training):
-            return F.batch_norm(x, rm, rv, None, None, False, 0.0, base.eps)
-        # Per-copy batch statistics: copy k's channel c becomes channel k*C + c of one BatchNorm
-        # over [m, K*C, ...], so no statistic spans two copies; no running statistics to update.
+        if isinstance(base, (nn.LayerNorm, *_RMS)):
+            # Per-row statistics, per-copy affine: one kernel call per copy (no torch kernel takes
+            # per-row weights, and a reformulation would not round like the base).
+            outs = []
+            for k, xk in enumerate(x.chunk(K)):
+                wk = None if w is None else w[k]
+                if isinstance(base, nn.LayerNorm):
+                    outs.append(F.layer_norm(xk, base.normalized_shape, wk, None if b is None else b[k], base.eps))
+                else:
+                    outs.append(F.rms_norm(xk, base.normalized_shape, wk, base.eps))
+            return torch.cat(outs)
+        # Channel statistics: copy k's channel c becomes channel k*C + c of one call over
+        # [m, K*C, ...], so every statistic stays within one copy and the affine is per copy.
         m, C = x.shape[0] // K, x.shape[1]
         xk = x.reshape(K, m, *x.shape[1:]).transpose(0, 1).reshape(m, K * C, *x.shape[2:])
-        y = F.batch_norm(xk, None, None, None, None, True, 0.0, base.eps)
+        wk = None if w is None else w.reshape(K * C)
+        bk = None if b is None else b.reshape(K * C)
+        if isinstance(base, nn.GroupNorm):
+            y = F.group_norm(xk, K * base.num_groups, wk, bk, base.eps)
+        else:
+            rm, rv = base.running_mean, base.running_var
+            if isinstance(base, _IN):
+                use_input = base.training or rm is None
+            else:
+                use_input = rm is None or (self.batchnorm == "batch" and base.training)
+            # Running statistics only passed when read (as K-fold copies): never updated in place.
+            rmk = None if use_input else rm.repeat(K)
+            rvk = None if use_input else rv.repeat(K)
+            if isinstance(base, _IN):
+                y = F.instance_norm(xk, rmk, rvk, wk, bk, use_input, 0.0, base.eps)
+            else:
+                y = F.batch_norm(xk, rmk, rvk, wk, bk, use_input, 0.0, base.eps)
         return y.reshape(m, K, *x.shape[1:]).transpose(0, 1).reshape(x.shape)
 
-    def _affine_shape(self, x: torch.Tensor) -> list[int]:
-        """How a ``[C]`` affine parameter broadcasts against one copy's ``[m, ...]`` rows."""
-        if isinstance(self.base, (nn.LayerNorm, *_RMS)):
-            return [1] * (x.dim() - len(self.base.normalized_shape)) + list(self.base.normalized_shape)
-        return [1, x.shape[1]] + [1] * (x.dim() - 2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        K = 1 if self.disabled else self.num_adapters
-        if not self.disabled:
-            self.check_segments(x)
         if isinstance(self.base, (*_BN, *_IN, nn.GroupNorm)) and x.dim() < 2:
             raise ValueError(
                 f"{self.name or type(self.base).__name__}: input {tuple(x.shape)} has no channel dimension"
             )
-        y = self._normalise(x, K)
         w, b = getattr(self.base, "weight", None), getattr(self.base, "bias", None)
-        if w is None and b is None:
-            return y
-        shape = self._affine_shape(x)
         if self.disabled or self.delta_weight is None:
-            if w is not None:
-                y = y * w.reshape(shape)
-            return y if b is None else y + b.reshape(shape)
+            K = 1 if self.disabled else self.num_adapters
+            if not self.disabled:
+                self.check_segments(x)
+            wk = None if w is None else w.unsqueeze(0).expand(K, *w.shape)
+            bk = None if b is None else b.unsqueeze(0).expand(K, *b.shape)
+            return self._per_copy(x, K, wk, bk)
+        K = self.num_adapters
+        self.check_segments(x)
         dt = self.delta_weight.dtype
-        yk = y.reshape(K, -1, *x.shape[1:]).to(dt)
-        w_eff = (w.to(dt) + self.delta_weight).reshape(K, *shape)
-        out = yk * w_eff
-        if b is not None:
-            assert self.delta_bias is not None
-            out = out + (b.to(dt) + self.delta_bias).reshape(K, *shape)
-        return out.to(x.dtype).reshape(x.shape)
+        wk = w.to(dt) + self.delta_weight
+        bk = None if b is None or self.delta_bias is None else b.to(dt) + self.delta_bias
+        return self._per_copy(x.to(dt), K, wk, bk).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, num_adapters={self.num_adapters}, kind={self.kind_label()!r}"
