@@ -26,8 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+def _batchnorms_and_owners(model: nn.Module, copy_layer: type) -> list[tuple[nn.Module, nn.Module | None]]:
+    """(BatchNorm, innermost copy layer around it or None) for every BatchNorm of ``model``."""
+    out = []
+
+    def visit(mod: nn.Module, owner) -> None:
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            out.append((mod, owner))
+        if isinstance(mod, copy_layer):
+            owner = mod
+        for child in mod.children():
+            visit(child, owner)
+
+    visit(model, None)
+    return out
 
 
 def per_copy_batchnorm(bn: nn.modules.batchnorm._BatchNorm, num_copies: int):
@@ -55,14 +67,24 @@ def copy_modes(model: nn.Module, num_copies: int, *, batchnorm: str, dropout: bo
     """Put ``model`` (carrying ``num_copies`` copies) in the modes of the module docstring for a
     training forward (``training=True``) or for recording; restore every module's mode and forward
     on exit."""
+    from ..lora import CopyLayer, MultiCopyNorm
+
     modes = {m: m.training for m in model.modules()}
     patched = []
+    per_copy = training and batchnorm == "batch"
     try:
         model.train(training and dropout)
-        for bn in batchnorms(model):
+        for bn, owner in _batchnorms_and_owners(model, CopyLayer):
+            if isinstance(owner, MultiCopyNorm) and owner.base is bn:
+                # the copy layer normalises per copy; its base's flag selects batch statistics
+                owner.batchnorm = batchnorm
+                bn.train(per_copy)
+                continue
             bn.eval()  # never update the running statistics, never mix copies
-            if not bn.track_running_stats or (training and batchnorm == "batch"):
-                bn.forward = per_copy_batchnorm(bn, num_copies)
+            if not bn.track_running_stats or per_copy:
+                # inside another copy layer (the torch.func fallback maps over the copies) the
+                # module sees one copy's rows at a time
+                bn.forward = per_copy_batchnorm(bn, 1 if owner is not None else num_copies)
                 patched.append(bn)
         yield model
     finally:

@@ -336,8 +336,17 @@ class Daunce:
             targets = default_targets(model, self.head.kind == "lm")
         rank = self.rank
         alpha = cfg.alpha if cfg.alpha is not None else (1.0 if rank == "full" else float(rank))
-        params = lora.attach(
-            model, num_adapters=len(ids), rank=rank, alpha=alpha, target_modules=targets, seed=cfg.seed, adapter_ids=ids
+        # attach_copies: the model itself may be the target (a bare nn.Linear); every BatchNorm
+        # goes under the copy rules (per-copy statistics or θ0's, never updated)
+        model, params = lora.attach_copies(
+            model,
+            num_adapters=len(ids),
+            rank=rank,
+            alpha=alpha,
+            target_modules=targets,
+            seed=cfg.seed,
+            adapter_ids=ids,
+            batchnorm=cfg.batchnorm,
         )
         params = [p for p in params if p.requires_grad]
         self._chunk_model = (model, params, len(ids))

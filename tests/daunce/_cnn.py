@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 
-def small_cnn(num_classes: int = 3, seed: int = 0) -> nn.Module:
+def small_cnn(num_classes: int = 3, seed: int = 0, conv_bias: bool = True) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
+        nn.Conv2d(1, 4, 3, padding=1, bias=conv_bias),
         nn.BatchNorm2d(4),
         nn.ReLU(),
         nn.Dropout(0.3),
@@ -29,10 +29,10 @@ def planted_images(n: int, num_classes: int = 3, seed: int = 0, channels: int = 
     return x, y
 
 
-def trained_cnn(n: int = 96, seed: int = 0, steps: int = 60):
+def trained_cnn(n: int = 96, seed: int = 0, steps: int = 60, conv_bias: bool = True):
     """(θ0, train set, test set): the CNN trained in train mode, so its BatchNorm running statistics
     are far from their initial (0, 1)."""
-    model = small_cnn(seed=seed)
+    model = small_cnn(seed=seed, conv_bias=conv_bias)
     x, y = planted_images(n + 24, seed=seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()

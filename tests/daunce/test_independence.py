@@ -2,6 +2,8 @@
 chunking gives the same scores, copy k's outputs never depend on copy j's inputs, θ0's buffers
 never change (docs/pipeline.md#batchnorm)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -46,7 +48,9 @@ def test_lr_zero_records_theta0_losses_exactly(tmp_path, batchnorm, dropout):
 
 @pytest.mark.parametrize("batchnorm", ["eval", "batch"])
 def test_chunkings_1_4_and_k_give_the_same_scores(tmp_path, batchnorm):
-    model, train, test = trained_cnn()
+    # With batch statistics a convolution's bias right before the BatchNorm has zero gradient up to
+    # rounding, which Adam scales up to full steps (docs/pipeline.md#batchnorm): no bias there.
+    model, train, test = trained_cnn(conv_bias=batchnorm == "eval")
     runs = {}
     for chunk in (1, 4, 8):
         d = Daunce(model, workdir=tmp_path / f"c{chunk}", adapter_chunk=chunk, batchnorm=batchnorm, **OPTS)
@@ -57,7 +61,7 @@ def test_chunkings_1_4_and_k_give_the_same_scores(tmp_path, batchnorm):
     for chunk in (4, 8):
         a, s = runs[chunk]
         np.testing.assert_allclose(a, a1, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(s, s1, rtol=1e-4, atol=1e-7 * np.abs(s1).max())
+        np.testing.assert_allclose(s, s1, rtol=1e-4, atol=1e-5 * np.abs(s1).max())  # float32 rounding
 
 
 @pytest.mark.parametrize("batchnorm,dropout", [("eval", False), ("batch", False), ("eval", True), ("batch", True)])
@@ -77,15 +81,14 @@ def test_copy_k_output_does_not_depend_on_copy_j_inputs(tmp_path, batchnorm, dro
     others = torch.cat([torch.arange(0, m), torch.arange(2 * m, K * m)])
     torch.testing.assert_close(outs[0][others], outs[1][others], rtol=0, atol=0)
     assert not torch.allclose(outs[0][m : 2 * m], outs[1][m : 2 * m])
-    # without the modes (plain train mode) the copies mix through the BatchNorm statistics: the
+    # θ0 itself in train mode on the same rows mixes them through the BatchNorm statistics: the
     # property above is not automatic
-    copy_model.train()
+    raw = copy.deepcopy(model).train()
     torch.manual_seed(0)
-    a = copy_model(x).detach()
+    a = raw(x).detach()
     torch.manual_seed(0)
-    b = copy_model(x2).detach()
+    b = raw(x2).detach()
     assert not torch.allclose(a[others], b[others])
-    copy_model.eval()
 
 
 def test_batch_mode_uses_each_copys_own_statistics(tmp_path):

@@ -30,10 +30,16 @@ def test_rows_match_the_copy_layers(rank):
         assert r["params_per_copy"] == per_copy and r["bytes_per_copy"] == 4 * per_copy  # float32
         assert r["params_total"] == 6 * per_copy and r["bytes_total"] == 6 * 4 * per_copy
         assert r["fallback"] is False
-        if rank == "full":
+        if isinstance(base, torch.nn.BatchNorm2d):  # per-copy scale and shift
+            assert r["kind"] == "affine (batchnorm=eval)" and per_copy == 2 * base.num_features
+        elif rank == "full":
             assert r["kind"] == "full" and per_copy == sum(p.numel() for p in base.parameters())
         elif isinstance(base, torch.nn.Linear):
             assert r["kind"] == "lora r=3" and per_copy == 3 * (base.in_features + base.out_features)
+        else:
+            assert r["kind"] == "lora r=3"
+    # the default perturbs the convolution, the norm's affine parameters and the head
+    assert [(r["name"], r["type"]) for r in s.rows] == [("0", "Conv2d"), ("1", "BatchNorm2d"), ("6", "Linear")]
     text = str(s)
     assert "total" in text and all(r["name"] in text for r in s.rows)
     assert f"{s.params_per_copy * 6:,}" in text
