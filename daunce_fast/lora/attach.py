@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .copies import CopyLayer, copy_class_for
-from .fallback import FallbackCopies
+from .fallback import FallbackCopies, infer_batch_dim
 from .norm import make_copies_independent
 
 _STATE = "_daunce_lora_attached"  # model attribute: the base parameters' original requires_grad flags
@@ -60,6 +60,25 @@ def _wrappable_types() -> str:
     )
 
 
+_SEQ_FIRST_TYPES = (
+    nn.Transformer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+
+def _whole_only(module: nn.Module) -> bool:
+    """Modules whose parts cannot be wrapped one by one: ``nn.MultiheadAttention`` (its forward
+    reads ``out_proj.weight`` without calling ``out_proj``) and torch's transformer modules in the
+    sequence-first layout (``batch_first=False``: inside them the batch is on dimension 1, while
+    the batched copy layers split dimension 0)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return True
+    return isinstance(module, _SEQ_FIRST_TYPES) and infer_batch_dim(module) == 1
+
+
 def _owns_parameters(module: nn.Module) -> bool:
     return next(module.parameters(recurse=False), None) is not None
 
@@ -75,7 +94,10 @@ def select_targets(
     * a matched module of a registered type (see kinds.py) is wrapped by its copy class;
     * a matched module inside an ``nn.MultiheadAttention`` (e.g. ``out_proj``, which torch's
       attention reads as ``out_proj.weight`` without calling it) makes the whole attention module
-      the target, wrapped by the fallback: wrapping ``out_proj`` alone would not perturb it;
+      the target, wrapped by the fallback: wrapping ``out_proj`` alone would not perturb it; so
+      does a matched module inside (or equal to) a sequence-first torch transformer module
+      (``nn.TransformerEncoderLayer(..., batch_first=False)`` and the like: the outermost one is
+      wrapped whole, with batch dimension 1), because the batched layers split dimension 0;
     * a matched container (no parameters of its own, e.g. ``nn.Sequential`` or a residual block)
       stands for the modules inside it, each wrapped as if it had been named; parameter-free
       modules inside it (ReLU, pooling) carry nothing and are passed over;
@@ -97,9 +119,9 @@ def select_targets(
         )
     for n in sorted(matched):
         parts = n.split(".") if n else []
-        for i in range(len(parts)):  # outermost MultiheadAttention above n takes its place
+        for i in range(len(parts)):  # the outermost whole-only module above n takes its place
             anc = ".".join(parts[:i])
-            if isinstance(modules[anc], nn.MultiheadAttention):
+            if _whole_only(modules[anc]):
                 matched.discard(n)
                 matched.add(anc)
                 break
@@ -115,7 +137,7 @@ def select_targets(
             container = (
                 factory is FallbackCopies
                 and not _owns_parameters(module)
-                and not isinstance(module, nn.MultiheadAttention)
+                and not _whole_only(module)
                 and any(True for _ in module.children())
             )
             if factory is None:
