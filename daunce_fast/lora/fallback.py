@@ -159,13 +159,12 @@ class FallbackCopies(CopyLayer):
 
         deltas = tuple(self.deltas)
         outs = None
+        vmap_error: Optional[str] = None
         if not self.use_loop:
             try:
                 outs = vmap(one_copy, in_dims=(0, 0, None), randomness="different")(deltas, stacked, None)
             except Exception as exc:  # any vmap failure: try the loop, which raises the real errors
                 vmap_error = f"{type(exc).__name__}: {exc}"
-            else:
-                vmap_error = None
         if outs is None:
             per_copy = []
             for k in range(K):
