@@ -104,7 +104,10 @@ class LogitsHead:
         tables = {"z0": z0, "t0": t0, "g0": g0}
         if self.cfg.perturbation == "hessian":  # once here, not per step: softmax of [K*b, C] is slow
             if z0.dim() != 2:
-                raise ValueError(f"perturbation 'hessian' needs outputs [rows, classes], got shape {tuple(z0.shape)}")
+                raise ValueError(
+                    f"Daunce: perturbation 'hessian' needs outputs [rows, classes], got shape {tuple(z0.shape)}; "
+                    "pass perturbation='xi' for sequence outputs"
+                )
             tables["sq0"] = torch.softmax(z0, dim=-1).sqrt()
         return tables
 
