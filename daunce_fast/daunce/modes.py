@@ -20,15 +20,16 @@ statistics.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def _batchnorms_and_owners(model: nn.Module, copy_layer: type) -> list[tuple[nn.Module, nn.Module | None]]:
+def _batchnorms_and_owners(model: nn.Module, copy_layer: type) -> list[tuple[Any, Any]]:
     """(BatchNorm, innermost copy layer around it or None) for every BatchNorm of ``model``."""
-    out = []
+    out: list[tuple[Any, Any]] = []
 
     def visit(mod: nn.Module, owner) -> None:
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):

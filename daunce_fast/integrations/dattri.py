@@ -17,6 +17,8 @@ Both of dattri's call conventions work:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -89,7 +91,7 @@ def _make_class():
     except ImportError:  # dattri is optional: the same class without its base
         base = object
 
-    class DaunceAttributor(base):  # type: ignore[valid-type,misc]
+    class DaunceAttributor(base):
         """DAUNCE behind dattri's attributor interface.
 
         task:     a ``dattri.task.AttributionTask``: its model at checkpoint 0 is θ0, and its loss
@@ -113,7 +115,7 @@ def _make_class():
                 model = task.get_model()
             self.task, self.model, self.device, self.method = task, model, device, method
             self.daunce_kwargs = daunce
-            self._daunce = None
+            self._daunce: Any = None
 
         def close(self) -> None:
             """Close the underlying :class:`Daunce` (deletes its temporary workdir when no
