@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..lora.copies import expected_rows
 from .modes import copy_modes
 
 
@@ -23,5 +24,6 @@ def record_chunk(model, examples, num_models: int, head, *, row_budget: int) -> 
         for j0 in range(0, n, block):
             idx = torch.arange(j0, min(n, j0 + block))
             inputs, y = examples.take(idx, device)
-            out[:, j0 : j0 + len(idx)] = head.record(model, inputs, y, num_models).float().cpu().numpy()
+            with expected_rows(num_models * len(idx)):  # the examples repeated for the K_c copies
+                out[:, j0 : j0 + len(idx)] = head.record(model, inputs, y, num_models).float().cpu().numpy()
     return out

@@ -139,7 +139,8 @@ def _steps(model, params, examples, plan: ChunkPlan, base, head, opt, progress) 
         inputs, y = examples.take(idx, device)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, step, plan.total_steps)
-        obj = head.objective(model, inputs, y, idx.reshape(-1), c.to(device), K, base, noise=noise)
+        with lora.expected_rows(idx.numel()):  # K*b adapter-major rows: a layer seeing other sizes is an error
+            obj = head.objective(model, inputs, y, idx.reshape(-1), c.to(device), K, base, noise=noise)
         opt.zero_grad(set_to_none=True)
         obj.sum().backward()
         if cfg.max_grad_norm is not None:

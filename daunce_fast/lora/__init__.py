@@ -36,7 +36,7 @@ from .attach import (
     select_targets,
     summary,
 )
-from .copies import CopyLayer, copy_class_for, register_copy
+from .copies import CopyLayer, copy_class_for, expected_rows, register_copy
 from .embedding import MultiCopyEmbedding
 from .fallback import FallbackCopies
 from .layer import MultiLoRALinear, slot_seed
@@ -53,6 +53,7 @@ from .per_adapter import (
 
 __all__ = [
     "CopyLayer",
+    "expected_rows",
     "register_copy",
     "copy_class_for",
     "MultiLoRALinear",

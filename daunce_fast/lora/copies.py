@@ -27,11 +27,33 @@ submodules directly and would silently compute θ0; they stand down when a submo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterable, Iterator
 from typing import Optional
 
 import torch
 from torch import nn
+
+
+# The batch size of the forward pass in progress, in adapter-major rows (K*m), when the caller
+# knows it (expected_rows). A layer whose input merely has a leading size divisible by K (e.g.
+# position embeddings taking [T], or a sequence-first layer taking [T, B, d]) would otherwise split
+# positions across copies without any error.
+_EXPECTED_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("daunce_fast_rows", default=None)
+
+
+@contextlib.contextmanager
+def expected_rows(n: int) -> Iterator[None]:
+    """Inside, every copy layer refuses (ValueError) an input whose batch dimension is not ``n``
+    rows (``n = K*m``, the adapter-major batch of the forward pass in progress). The DAUNCE
+    pipeline runs every copies' forward inside it, so a wrapped layer that does not see the batch
+    dimension is an error naming the layer, never copies mixed silently."""
+    token = _EXPECTED_ROWS.set(int(n))
+    try:
+        yield
+    finally:
+        _EXPECTED_ROWS.reset(token)
 
 
 class CopyLayer(nn.Module):
@@ -87,6 +109,15 @@ class CopyLayer(nn.Module):
             raise ValueError(
                 f"{self.name or type(self).__name__}: input {tuple(x.shape)} must hold K={K} "
                 f"adapter-major segments of equal size along dimension {dim}"
+            )
+        # (not under torch.compile: dynamo cannot trace a ContextVar; eager calls check it)
+        want = None if torch.compiler.is_compiling() else _EXPECTED_ROWS.get()
+        if want is not None and x.shape[dim] != want:
+            raise ValueError(
+                f"{self.name or type(self).__name__}: input {tuple(x.shape)} has {x.shape[dim]} rows along "
+                f"dimension {dim}, but this forward's batch is {want} adapter-major rows (K={K}): the layer "
+                f"does not take the batch dimension there (e.g. position embeddings, sequence-first "
+                f"inputs); leave it out of target_modules"
             )
         return x.shape[dim] // K
 

@@ -154,6 +154,7 @@ class MultiLoRALinear(CopyLayer):
                 f"{self.name or 'MultiLoRALinear'}: input {tuple(x.shape)} must be [K*m, ..., "
                 f"{self.in_features}] with K={K} adapter-major segments on the first dimension"
             )
+        self.check_segments(x)  # and the forward's batch size, where the caller declared it
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         W, bias = self.base_weight(), self.base.bias

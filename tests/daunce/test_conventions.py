@@ -95,3 +95,35 @@ def test_bare_linear_model_through_daunce(tmp_path):
     s = np.asarray(d.scores("train", "test"))
     assert s.shape == (29, 11) and np.isfinite(s).all()
     assert [r["name"] for r in d.summary().rows] == [""]
+
+
+class PositionModel(nn.Module):
+    """Tokens [B, T] -> logits [B, 3]; the position table takes [T] (no batch dimension), as
+    nanoGPT's wpe does. T = 8 is a multiple of K = 4: a copy layer there would split positions
+    across copies without any shape error."""
+
+    def __init__(self, vocab=11, T=8, d=6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.tok, self.pos, self.head = nn.Embedding(vocab, d), nn.Embedding(T, d), nn.Linear(d, 3)
+
+    def forward(self, idx):
+        h = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        return self.head(h.mean(1))
+
+
+def _tokens(n=24, T=8, vocab=11):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, vocab, (n, T), generator=g)
+    return torch.utils.data.TensorDataset(x, x[:, 0] % 3)
+
+
+def test_a_layer_that_does_not_see_the_batch_dimension_is_an_error_not_mixed_copies(tmp_path):
+    ds = _tokens()
+    d = Daunce(PositionModel(), workdir=tmp_path / "bad", target_modules=["tok", "pos", "head"], **OPTS)
+    with pytest.raises(ValueError, match=r"pos: input \(8, 6\)|pos: input \(8,\).*leave it out of target_modules"):
+        d.fit(ds)
+    # without the position table it runs
+    d = Daunce(PositionModel(), workdir=tmp_path / "ok", target_modules=["tok", "head"], **OPTS)
+    d.fit(ds, record={"test": ds})
+    assert np.isfinite(np.asarray(d.scores("train", "test"))).all()
