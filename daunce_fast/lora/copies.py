@@ -35,7 +35,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-
 # The batch size of the forward pass in progress, in adapter-major rows (K*m), when the caller
 # knows it (expected_rows). A layer whose input merely has a leading size divisible by K (e.g.
 # position embeddings taking [T], or a sequence-first layer taking [T, B, d]) would otherwise split
