@@ -1,0 +1,394 @@
+"""Transfer suite (issue 16), tabular part: ground truths, DAUNCE grids and the calibration candidate.
+
+The tasks and the two halves are fixed in daunce_fast/evaluation/transfer.py (checkerboard over
+data set x θ0 recipe; design = (i + j) even). Every subcommand runs in parts (--tasks / --half)
+and appends one JSON line per result to bench/out/transfer/<subcommand>.jsonl, so a later session
+resumes where this one stopped (done cells are skipped unless --redo).
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/quality/transfer_suite.py build [--half design]
+    ... transfer_suite.py grid  --half design [--lr 3e-4,1e-3,3e-3,1e-2] [--epochs 5,10,20] [--K 512]
+    ... transfer_suite.py sharp --half all         # λ_max of θ0's Hessian (daunce_fast.daunce.calibrate)
+    ... transfer_suite.py fit-rule                 # c of lr = c / λ_max from the DESIGN half's grid optima
+    ... transfer_suite.py calibrated --half heldout # DAUNCE with the fitted rule's lr
+    ... transfer_suite.py trak --half design       # TRAK-5, damping grid
+    ... transfer_suite.py table                    # markdown tables of everything recorded
+
+Ground truths: bench/out/transfer/gt_<task>_<key>.pt (key: hash of recipe, seeds, subset settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from daunce_fast.evaluation import transfer  # noqa: E402
+from daunce_fast.evaluation.groundtruth import build, load_task, model_from_state  # noqa: E402
+from daunce_fast.evaluation.metrics import lds  # noqa: E402
+
+OUT = Path(os.environ.get("DAUNCE_FAST_BENCH_OUT", ROOT / "bench" / "out")) / "transfer"
+
+# the library's current classifier defaults (daunce_fast/daunce/config.py) for the "defaults" column
+DEFAULT_LR, DEFAULT_EPOCHS = 1e-3, 10
+
+
+def _floats(s: str) -> list[float]:
+    return [float(v) for v in s.split(",") if v]
+
+
+def _select(a) -> list:
+    ts = transfer.tasks(a.half)
+    if a.tasks:
+        want = set(a.tasks.split(","))
+        ts = [t for t in ts if t.name in want]
+    return ts
+
+
+def _load_rows(kind: str) -> list[dict]:
+    p = OUT / f"{kind}.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def _append(kind: str, row: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / f"{kind}.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def _load_avg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def ground_truth(task, *, build_missing: bool = True) -> dict:
+    p = task.cache_path(OUT)
+    if p.exists():
+        return torch.load(p, weights_only=False)
+    if not build_missing:
+        raise FileNotFoundError(f"{p}: run `transfer_suite.py build --tasks {task.name}` first")
+    t0 = time.perf_counter()
+    gt = build(
+        task.recipe,
+        num_subsets=transfer.NUM_SUBSETS,
+        extra_ckpts=transfer.EXTRA_CKPTS,
+        subset_seed=transfer.SUBSET_SEED,
+    )
+    gt["info"]["build_s"] = time.perf_counter() - t0
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.save(gt, p)
+    return gt
+
+
+def cmd_build(a) -> None:
+    done = {r["task"] for r in _load_rows("build")}
+    for t in _select(a):
+        if t.name in done and t.cache_path(OUT).exists() and not a.redo:
+            continue
+        gt = ground_truth(t)
+        i = gt["info"]
+        _append(
+            "build",
+            {
+                "task": t.name,
+                "half": t.half,
+                "key": t.key(),
+                "recipe": gt["recipe"],
+                "theta0_test_acc": i["full_test_acc"][0],
+                "subset_test_acc_mean": i["subset_test_acc_mean"],
+                "build_s": round(i.get("build_s", i["full_models_s"] + i["subset_models_s"]), 1),
+                "target_std_median": float(gt["targets"].std(0).median()),
+                "load": _load_avg(),
+            },
+        )
+
+
+def _lds_of(gt, scores) -> float:
+    s = np.nan_to_num(np.asarray(scores, dtype=np.float64))
+    _, mean = lds(torch.as_tensor(s), gt["subsets"], gt["targets"])
+    return float(mean)
+
+
+def run_daunce(gt, *, K: int, lr: float, epochs: float, rho: float | None = None, seed: int = 0):
+    """(LDS, fit seconds) of one DAUNCE fit at the library's defaults except lr / epochs / rho."""
+    from daunce_fast import Daunce
+
+    task = load_task(gt)
+    train = TensorDataset(task.x_train, task.y_train)
+    test = TensorDataset(task.x_test, task.y_test)
+    model = model_from_state(gt)
+    kw = {} if rho is None else {"rho": rho}
+    with tempfile.TemporaryDirectory(prefix="daunce_transfer_") as wd:
+        t0 = time.perf_counter()
+        d = Daunce(model, num_models=K, lr=lr, epochs=epochs, seed=seed, workdir=wd, **kw)
+        d.fit(train)
+        fit_s = time.perf_counter() - t0
+        try:
+            s = d.scores(train, test)
+            val = _lds_of(gt, s)
+        except Exception as e:  # a diverged fit: report it as LDS 0 with the error
+            print(f"  scores failed: {e!r}"[:200], flush=True)
+            val = float("nan")
+    return val, fit_s
+
+
+def cmd_grid(a) -> None:
+    done = {(r["task"], r["K"], r["lr"], r["epochs"], r.get("rho")) for r in _load_rows("grid")}
+    rhos = [None] if not a.rho else [None if v == "default" else float(v) for v in a.rho.split(",")]
+    for t in _select(a):
+        gt = ground_truth(t, build_missing=False)
+        for ep in _floats(a.epochs):
+            for lr in _floats(a.lr):
+                for rho in rhos:
+                    if (t.name, a.K, lr, ep, rho) in done and not a.redo:
+                        continue
+                    val, fit_s = run_daunce(gt, K=a.K, lr=lr, epochs=ep, rho=rho)
+                    _append(
+                        "grid",
+                        {
+                            "task": t.name,
+                            "half": t.half,
+                            "K": a.K,
+                            "lr": lr,
+                            "epochs": ep,
+                            "rho": rho,
+                            "lds": val,
+                            "fit_s": round(fit_s, 1),
+                            "load": _load_avg(),
+                        },
+                    )
+
+
+def cmd_sharp(a) -> None:
+    from daunce_fast.daunce.calibrate import sharpness
+
+    done = {r["task"] for r in _load_rows("sharp")}
+    for t in _select(a):
+        if t.name in done and not a.redo:
+            continue
+        gt = ground_truth(t, build_missing=False)
+        task = load_task(gt)
+        model = model_from_state(gt)
+        t0 = time.perf_counter()
+        res = sharpness(model, task.x_train, task.y_train, subsample=a.subsample, iters=a.iters, seed=0)
+        _append(
+            "sharp",
+            {
+                "task": t.name,
+                "half": t.half,
+                "lambda_max": res.value,
+                "iters": res.iters,
+                "rel_change": res.rel_change,
+                "subsample": res.subsample,
+                "wall_s": round(time.perf_counter() - t0, 3),
+                "load": _load_avg(),
+            },
+        )
+
+
+def _best_cells(rows: list[dict], K: int) -> dict[str, dict]:
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["K"] != K or r.get("rho") is not None or not math.isfinite(r["lds"]):
+            continue
+        if r["task"] not in best or r["lds"] > best[r["task"]]["lds"]:
+            best[r["task"]] = r
+    return best
+
+
+def fit_rule(K: int = 512) -> dict:
+    """lr = c / λ_max, c = geometric mean over the DESIGN half of (grid-best lr) x λ_max; epochs =
+    the most frequent grid-best epochs on the design half (ties: the smaller). Design rows only."""
+    grid = [r for r in _load_rows("grid") if r["half"] == "design"]
+    sharp = {r["task"]: r["lambda_max"] for r in _load_rows("sharp")}
+    best = _best_cells(grid, K)
+    used = [(t, b) for t, b in sorted(best.items()) if t in sharp]
+    if not used:
+        raise SystemExit("no design-half grid rows with a sharpness: run grid and sharp on --half design")
+    logs = [math.log(b["lr"] * sharp[t]) for t, b in used]
+    c = math.exp(sum(logs) / len(logs))
+    counts: dict[float, int] = {}
+    for _, b in used:
+        counts[b["epochs"]] = counts.get(b["epochs"], 0) + 1
+    epochs = min(counts, key=lambda e: (-counts[e], e))
+    return {
+        "c": c,
+        "log_c_sd": float(np.std(logs)),
+        "epochs": epochs,
+        "tasks": [t for t, _ in used],
+        "K": K,
+    }
+
+
+def cmd_fit_rule(a) -> None:
+    rule = fit_rule(a.K)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "rule.json").write_text(json.dumps(rule, indent=1))
+    print(json.dumps(rule))
+
+
+def cmd_calibrated(a) -> None:
+    from daunce_fast.daunce.calibrate import lr_from_sharpness
+
+    rule = json.loads((OUT / "rule.json").read_text())
+    sharp = {r["task"]: r for r in _load_rows("sharp")}
+    done = {(r["task"], r["K"], r["c"]) for r in _load_rows("calibrated")}
+    for t in _select(a):
+        if (t.name, a.K, rule["c"]) in done and not a.redo:
+            continue
+        if t.name not in sharp:
+            raise SystemExit(f"no sharpness for {t.name}: run `sharp --tasks {t.name}` first")
+        gt = ground_truth(t, build_missing=False)
+        lr = lr_from_sharpness(sharp[t.name]["lambda_max"], c=rule["c"])
+        val, fit_s = run_daunce(gt, K=a.K, lr=lr, epochs=rule["epochs"])
+        _append(
+            "calibrated",
+            {
+                "task": t.name,
+                "half": t.half,
+                "K": a.K,
+                "c": rule["c"],
+                "lr": lr,
+                "epochs": rule["epochs"],
+                "lds": val,
+                "fit_s": round(fit_s, 1),
+                "sharp_s": sharp[t.name]["wall_s"],
+                "load": _load_avg(),
+            },
+        )
+
+
+def cmd_trak(a) -> None:
+    from daunce_fast.evaluation.baselines import trak
+
+    done = {(r["task"], r["reg"]) for r in _load_rows("trak")}
+    for t in _select(a):
+        gt = ground_truth(t, build_missing=False)
+        for reg in _floats(a.reg):
+            if (t.name, reg) in done and not a.redo:
+                continue
+            s, wall = trak(gt, num_ckpts=5, regularization=reg)
+            _append(
+                "trak",
+                {
+                    "task": t.name,
+                    "half": t.half,
+                    "reg": reg,
+                    "lds": _lds_of(gt, s),
+                    "wall_s": round(wall, 1),
+                    "load": _load_avg(),
+                },
+            )
+
+
+def _fmt(v, nd=3):
+    return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def cmd_table(a) -> None:
+    builds = {r["task"]: r for r in _load_rows("build")}
+    print("| task | half | optimizer | lr | epochs | wd | θ0 test acc | GT build s | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for t in transfer.tasks():
+        b = builds.get(t.name)
+        r = t.recipe
+        print(
+            f"| {t.name} | {t.half} | {r.optimizer} | {r.lr:g} | {r.epochs} | {r.weight_decay:g} | "
+            f"{_fmt(b and b['theta0_test_acc'])} | {_fmt(b and b['build_s'], 1)} | {_fmt(b and b['load'], 2)} |"
+        )
+    grid = _load_rows("grid")
+    sharp = {r["task"]: r for r in _load_rows("sharp")}
+    trak_best: dict[str, dict] = {}
+    for r in _load_rows("trak"):
+        if r["task"] not in trak_best or r["lds"] > trak_best[r["task"]]["lds"]:
+            trak_best[r["task"]] = r
+    cal = {r["task"]: r for r in _load_rows("calibrated") if r["K"] == a.K}
+    for h in ("design", "heldout"):
+        rows = [r for r in grid if r["half"] == h and r["K"] == a.K and r.get("rho") is None]
+        if not rows:
+            continue
+        lrs = sorted({r["lr"] for r in rows})
+        eps = sorted({r["epochs"] for r in rows})
+        print(f"\n{h} half, K = {a.K}: LDS per copies' (epochs, lr)\n")
+        print("| task | epochs | " + " | ".join(f"lr {v:g}" for v in lrs) + " |")
+        print("|---|---|" + "---|" * len(lrs))
+        cell = {(r["task"], r["epochs"], r["lr"]): r["lds"] for r in rows}
+        for t in transfer.tasks(h):
+            for e in eps:
+                vals = [cell.get((t.name, e, v)) for v in lrs]
+                if all(v is None for v in vals):
+                    continue
+                print(f"| {t.name} | {e:g} | " + " | ".join(_fmt(v) for v in vals) + " |")
+        best = _best_cells(rows, a.K)
+        print(f"\n{h} half summary\n")
+        print(
+            "| task | λ_max | grid best (lr, epochs) | grid best LDS | defaults LDS | defaults / best "
+            "| calibrated lr | calibrated LDS | calibrated / best | ≥ 0.97? | TRAK-5 (reg) |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for t in transfer.tasks(h):
+            b = best.get(t.name)
+            if b is None:
+                continue
+            dflt = cell.get((t.name, DEFAULT_EPOCHS, DEFAULT_LR))
+            c = cal.get(t.name)
+            tb = trak_best.get(t.name)
+            ratio_c = c["lds"] / b["lds"] if c else None
+            treg = f" ({tb['reg']:g})" if tb else ""
+            print(
+                f"| {t.name} | {_fmt(sharp.get(t.name, {}).get('lambda_max'), 2)} | "
+                f"{b['lr']:g}, {b['epochs']:g} | {b['lds']:.3f} | {_fmt(dflt)} | "
+                f"{_fmt(dflt / b['lds'] if dflt is not None else None)} | "
+                f"{_fmt(c['lr'], 5) if c else ''} | {_fmt(c and c['lds'])} | {_fmt(ratio_c)} | "
+                f"{'' if ratio_c is None else ('met' if ratio_c >= 0.97 else 'not met')} | "
+                f"{_fmt(tb and tb['lds'])}{treg} |"
+            )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "cmd", choices=["build", "grid", "sharp", "fit-rule", "calibrated", "trak", "table"], help="what to run"
+    )
+    ap.add_argument("--half", default="all", choices=["all", "design", "heldout"])
+    ap.add_argument("--tasks", help="comma list of task names (e.g. digits-adam1e-2)")
+    ap.add_argument("--K", type=int, default=512)
+    ap.add_argument("--lr", default="3e-4,1e-3,3e-3,1e-2", help="grid: copies' learning rates")
+    ap.add_argument("--epochs", default="5,10,20", help="grid: copies' epochs")
+    ap.add_argument(
+        "--rho", default="", help="grid: comma list of rho ('default' = the library's); empty: default only"
+    )
+    ap.add_argument("--reg", default="0,1e-2,1e-1,1,10", help="trak: regularization grid")
+    ap.add_argument("--subsample", type=int, default=512, help="sharp: training examples in the Hessian")
+    ap.add_argument("--iters", type=int, default=30, help="sharp: power iterations at most")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--redo", action="store_true", help="run cells already recorded again")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    {
+        "build": cmd_build,
+        "grid": cmd_grid,
+        "sharp": cmd_sharp,
+        "fit-rule": cmd_fit_rule,
+        "calibrated": cmd_calibrated,
+        "trak": cmd_trak,
+        "table": cmd_table,
+    }[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
