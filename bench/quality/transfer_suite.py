@@ -174,7 +174,7 @@ def cmd_grid(a) -> None:
 
 
 def cmd_sharp(a) -> None:
-    from daunce_fast.daunce.calibrate import sharpness
+    from daunce_fast.daunce.calibrate import adam_preconditioner, sharpness
 
     done = {r["task"] for r in _load_rows("sharp")}
     for t in _select(a):
@@ -183,8 +183,12 @@ def cmd_sharp(a) -> None:
         gt = ground_truth(t, build_missing=False)
         task = load_task(gt)
         model = model_from_state(gt)
-        t0 = time.perf_counter()
         res = sharpness(model, task.x_train, task.y_train, subsample=a.subsample, iters=a.iters, seed=0)
+        # Adam-preconditioned sharpness (the copies train with Adam, batch 128)
+        t1 = time.perf_counter()
+        pre = adam_preconditioner(model, task.x_train, task.y_train, subsample=a.subsample, seed=0)
+        res_a = sharpness(model, task.x_train, task.y_train, subsample=a.subsample, iters=a.iters, seed=0, precond=pre)
+        adam_s = time.perf_counter() - t1
         _append(
             "sharp",
             {
@@ -194,7 +198,10 @@ def cmd_sharp(a) -> None:
                 "iters": res.iters,
                 "rel_change": res.rel_change,
                 "subsample": res.subsample,
-                "wall_s": round(time.perf_counter() - t0, 3),
+                "wall_s": round(res.wall_s, 3),
+                "lambda_adam": res_a.value,
+                "iters_adam": res_a.iters,
+                "wall_adam_s": round(adam_s, 3),
                 "load": _load_avg(),
             },
         )
@@ -211,25 +218,32 @@ def _best_cells(rows: list[dict], K: int) -> dict[str, dict]:
 
 
 def fit_rule(K: int = 512) -> dict:
-    """lr = c / λ_max, c = geometric mean over the DESIGN half of (grid-best lr) x λ_max; epochs =
-    the most frequent grid-best epochs on the design half (ties: the smaller). Design rows only."""
+    """lr = c / λ, from the DESIGN half only: for each measure λ (the Hessian's λ_max, or Adam's
+    preconditioned one), c = geometric mean over the design tasks of (grid-best lr) x λ; the measure
+    kept is the one whose log(lr* λ) varies least across the design tasks. epochs = the most frequent
+    grid-best epochs on the design half (ties: the smaller)."""
     grid = [r for r in _load_rows("grid") if r["half"] == "design"]
-    sharp = {r["task"]: r["lambda_max"] for r in _load_rows("sharp")}
+    sharp = {r["task"]: r for r in _load_rows("sharp")}
     best = _best_cells(grid, K)
     used = [(t, b) for t, b in sorted(best.items()) if t in sharp]
     if not used:
         raise SystemExit("no design-half grid rows with a sharpness: run grid and sharp on --half design")
-    logs = [math.log(b["lr"] * sharp[t]) for t, b in used]
-    c = math.exp(sum(logs) / len(logs))
+    fits = {}
+    for measure in ("lambda_max", "lambda_adam"):
+        logs = [math.log(b["lr"] * sharp[t][measure]) for t, b in used if sharp[t].get(measure, 0) > 0]
+        fits[measure] = {"c": math.exp(sum(logs) / len(logs)), "log_c_sd": float(np.std(logs)), "n": len(logs)}
+    measure = min(fits, key=lambda m: fits[m]["log_c_sd"])
     counts: dict[float, int] = {}
     for _, b in used:
         counts[b["epochs"]] = counts.get(b["epochs"], 0) + 1
     epochs = min(counts, key=lambda e: (-counts[e], e))
     return {
-        "c": c,
-        "log_c_sd": float(np.std(logs)),
+        "measure": measure,
+        "c": fits[measure]["c"],
+        "fits": fits,
         "epochs": epochs,
         "tasks": [t for t, _ in used],
+        "grid_best": {t: [b["lr"], b["epochs"], b["lds"]] for t, b in used},
         "K": K,
     }
 
@@ -253,7 +267,7 @@ def cmd_calibrated(a) -> None:
         if t.name not in sharp:
             raise SystemExit(f"no sharpness for {t.name}: run `sharp --tasks {t.name}` first")
         gt = ground_truth(t, build_missing=False)
-        lr = lr_from_sharpness(sharp[t.name]["lambda_max"], c=rule["c"])
+        lr = lr_from_sharpness(sharp[t.name][rule["measure"]], c=rule["c"])
         val, fit_s = run_daunce(gt, K=a.K, lr=lr, epochs=rule["epochs"])
         _append(
             "calibrated",
@@ -266,7 +280,8 @@ def cmd_calibrated(a) -> None:
                 "epochs": rule["epochs"],
                 "lds": val,
                 "fit_s": round(fit_s, 1),
-                "sharp_s": sharp[t.name]["wall_s"],
+                "measure": rule["measure"],
+                "sharp_s": sharp[t.name]["wall_s"] + sharp[t.name]["wall_adam_s"],
                 "load": _load_avg(),
             },
         )

@@ -48,6 +48,7 @@ def sharpness(
     tol: float = 1e-3,
     seed: int = 0,
     chunk: int = 4096,
+    precond: list[torch.Tensor] | None = None,
 ) -> Sharpness:
     """λ_max of the Hessian of ``loss_fn(model(x_S), y_S)`` (mean over a seeded subsample S of
     ``subsample`` examples; default loss: cross-entropy) w.r.t. the model's trainable parameters.
@@ -55,6 +56,10 @@ def sharpness(
     Power iteration from a seeded random start; stops when the Rayleigh quotient changes by less
     than ``tol`` (relative) or after ``iters`` Hessian-vector products. Deterministic for a seed.
     The model is put in eval mode for the measurement and restored; its parameters are unchanged.
+
+    ``precond``: per-parameter diagonal D (shapes of the trainable parameters, e.g. Adam's
+    1 / (sqrt(v) + eps) from ``adam_preconditioner``): then λ_max of D^½ H D^½ (the preconditioned
+    sharpness that governs Adam's stability: about 38 / lr at its edge of stability, β1 = 0.9).
     """
     loss_fn = loss_fn or F.cross_entropy
     t0 = time.perf_counter()
@@ -79,9 +84,13 @@ def sharpness(
         norm = torch.sqrt(sum((u * u).sum() for u in v))
         v = [u / norm for u in v]
         lam, prev, rel, used = 0.0, None, float("inf"), 0
+        root = None if precond is None else [d.detach().sqrt() for d in precond]
         for it in range(1, iters + 1):
             used = it
-            hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+            w = v if root is None else [r * u for r, u in zip(root, v)]
+            hv = torch.autograd.grad(grads, params, grad_outputs=w, retain_graph=True)
+            if root is not None:
+                hv = [r * h for r, h in zip(root, hv)]
             lam = float(sum((a * b).sum() for a, b in zip(v, hv)))
             norm = torch.sqrt(sum((h * h).sum() for h in hv))
             if not torch.isfinite(norm) or norm == 0:
@@ -95,6 +104,39 @@ def sharpness(
     finally:
         model.train(was_training)
     return Sharpness(value=lam, iters=used, rel_change=rel, subsample=len(ys), wall_s=time.perf_counter() - t0)
+
+
+def adam_preconditioner(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 128,
+    subsample: int = 512,
+    eps: float = 1e-8,
+    seed: int = 0,
+) -> list[torch.Tensor]:
+    """Adam's diagonal preconditioner at θ0, 1 / (sqrt(v) + eps), with v the mean over minibatches
+    (of ``batch_size``, from a seeded subsample) of the squared minibatch gradient: what Adam's second
+    moment converges to if the copies started training at θ0."""
+    loss_fn = loss_fn or F.cross_entropy
+    idx = _subsample(len(y), subsample, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    v = [torch.zeros_like(p) for p in params]
+    was_training = model.training
+    model.eval()
+    try:
+        nb = 0
+        for s in range(0, len(idx), batch_size):
+            b = idx[s : s + batch_size]
+            gs = torch.autograd.grad(loss_fn(model(x[b]), y[b]), params)
+            for acc, g in zip(v, gs):
+                acc += g.detach() ** 2
+            nb += 1
+    finally:
+        model.train(was_training)
+    return [1.0 / ((a / nb).sqrt() + eps) for a in v]
 
 
 def lr_from_sharpness(lambda_max: float, *, c: float, lr_min: float = 1e-5, lr_max: float = 1e-1) -> float:

@@ -57,3 +57,18 @@ def test_lr_rule():
     assert lr_from_sharpness(1e-9, c=0.02) == 0.1  # clipped
     assert lr_from_sharpness(-1.0, c=0.02) == 0.1
     assert lr_from_sharpness(1e6, c=0.02) == 1e-5
+
+
+def test_preconditioned_quadratic():
+    """With a diagonal D, the top eigenvalue of D^½ H D^½."""
+    from daunce_fast.daunce.calibrate import adam_preconditioner
+
+    model, x, y, loss = _quadratic()
+    d = torch.linspace(0.5, 2.0, x.shape[1])[None, :]  # shape of the weight [1, d]
+    res = sharpness(model, x, y, loss_fn=loss, subsample=len(y), iters=300, tol=1e-9, precond=[d])
+    h = x.T @ x / len(y)
+    r = d[0].sqrt()
+    want = torch.linalg.eigvalsh(r[:, None] * h * r[None, :]).max().item()
+    assert abs(res.value - want) / want < 0.01, (res.value, want)
+    p = adam_preconditioner(model, x, y, loss_fn=loss, batch_size=50, subsample=len(y))
+    assert p[0].shape == model.weight.shape and bool((p[0] > 0).all())
