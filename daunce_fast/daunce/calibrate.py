@@ -79,28 +79,41 @@ def sharpness(
             / n
         )
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        g = torch.Generator().manual_seed(seed + 1)
-        v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
-        norm = torch.sqrt(sum((u * u).sum() for u in v))
-        v = [u / norm for u in v]
-        lam, prev, rel, used = 0.0, None, float("inf"), 0
         root = None if precond is None else [d.detach().sqrt() for d in precond]
-        for it in range(1, iters + 1):
-            used = it
+
+        def matvec(v):
             w = v if root is None else [r * u for r, u in zip(root, v)]
             hv = torch.autograd.grad(grads, params, grad_outputs=w, retain_graph=True)
-            if root is not None:
-                hv = [r * h for r, h in zip(root, hv)]
-            lam = float(sum((a * b).sum() for a, b in zip(v, hv)))
-            norm = torch.sqrt(sum((h * h).sum() for h in hv))
-            if not torch.isfinite(norm) or norm == 0:
-                break
-            v = [h / norm for h in hv]
-            if prev is not None:
-                rel = abs(lam - prev) / max(abs(lam), 1e-30)
-                if rel < tol:
+            return hv if root is None else [r * h for r, h in zip(root, hv)]
+
+        def power(shift: float, budget: int):
+            """Power iteration on M - shift I; returns (Rayleigh quotient of M, its rel change, steps)."""
+            g = torch.Generator().manual_seed(seed + 1)
+            v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+            norm = torch.sqrt(sum((u * u).sum() for u in v))
+            v = [u / norm for u in v]
+            lam, prev, rel, used = 0.0, None, float("inf"), 0
+            for it in range(1, budget + 1):
+                used = it
+                hv = [h - shift * u for h, u in zip(matvec(v), v)]
+                lam = float(sum((a * b).sum() for a, b in zip(v, hv))) + shift
+                norm = torch.sqrt(sum((h * h).sum() for h in hv))
+                if not torch.isfinite(norm) or norm == 0:
                     break
-            prev = lam
+                v = [h / norm for h in hv]
+                if prev is not None:
+                    rel = abs(lam - prev) / max(abs(lam), 1e-30)
+                    if rel < tol:
+                        break
+                prev = lam
+            return lam, rel, used
+
+        lam, rel, used = power(0.0, iters)
+        if lam < 0:
+            # the dominant eigenvalue is negative (θ0 far from a minimum, e.g. under-fit): iterate on
+            # M - lam I, whose dominant eigenvalue is λ_max - lam >= 0, to get the top (algebraic) one
+            lam, rel, more = power(lam, iters)
+            used += more
     finally:
         model.train(was_training)
     return Sharpness(value=lam, iters=used, rel_change=rel, subsample=len(ys), wall_s=time.perf_counter() - t0)

@@ -72,3 +72,27 @@ def test_preconditioned_quadratic():
     assert abs(res.value - want) / want < 0.01, (res.value, want)
     p = adam_preconditioner(model, x, y, loss_fn=loss, batch_size=50, subsample=len(y))
     assert p[0].shape == model.weight.shape and bool((p[0] > 0).all())
+
+
+def test_indefinite_hessian_gives_the_top_algebraic_eigenvalue():
+    """A dominant negative eigenvalue (-5) must not be returned: λ_max is the largest one (2)."""
+
+    class Quad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x
+
+    a = torch.diag(torch.tensor([-5.0, 2.0, 0.5]))
+    model = Quad()
+    res = sharpness(
+        model,
+        torch.zeros(4, 1),
+        torch.zeros(4),
+        loss_fn=lambda out, t: 0.5 * model.w @ a @ model.w,
+        iters=500,
+        tol=1e-10,
+    )
+    assert abs(res.value - 2.0) < 0.02, res
