@@ -147,16 +147,16 @@ def run_daunce(gt, *, K: int, lr: float, epochs: float, rho: float | None = None
 
 
 def cmd_grid(a) -> None:
-    done = {(r["task"], r["K"], r["lr"], r["epochs"], r.get("rho")) for r in _load_rows("grid")}
+    done = {(r["task"], r["K"], r["lr"], r["epochs"], r.get("rho"), r.get("seed", 0)) for r in _load_rows("grid")}
     rhos = [None] if not a.rho else [None if v == "default" else float(v) for v in a.rho.split(",")]
     for t in _select(a):
         gt = ground_truth(t, build_missing=False)
         for ep in _floats(a.epochs):
             for lr in _floats(a.lr):
                 for rho in rhos:
-                    if (t.name, a.K, lr, ep, rho) in done and not a.redo:
+                    if (t.name, a.K, lr, ep, rho, a.seed) in done and not a.redo:
                         continue
-                    val, fit_s = run_daunce(gt, K=a.K, lr=lr, epochs=ep, rho=rho)
+                    val, fit_s = run_daunce(gt, K=a.K, lr=lr, epochs=ep, rho=rho, seed=a.seed)
                     _append(
                         "grid",
                         {
@@ -166,6 +166,7 @@ def cmd_grid(a) -> None:
                             "lr": lr,
                             "epochs": ep,
                             "rho": rho,
+                            "seed": a.seed,
                             "lds": val,
                             "fit_s": round(fit_s, 1),
                             "load": _load_avg(),
@@ -210,7 +211,7 @@ def cmd_sharp(a) -> None:
 def _best_cells(rows: list[dict], K: int) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for r in rows:
-        if r["K"] != K or r.get("rho") is not None or not math.isfinite(r["lds"]):
+        if r["K"] != K or r.get("rho") is not None or r.get("seed", 0) != 0 or not math.isfinite(r["lds"]):
             continue
         if r["task"] not in best or r["lds"] > best[r["task"]]["lds"]:
             best[r["task"]] = r
@@ -237,7 +238,10 @@ def fit_rule(K: int = 512) -> dict:
     for _, b in used:
         counts[b["epochs"]] = counts.get(b["epochs"], 0) + 1
     epochs = min(counts, key=lambda e: (-counts[e], e))
+    lrs = sorted(b["lr"] for _, b in used)
     return {
+        # the baseline rule with no measurement: the design half's median grid-best lr, same epochs
+        "constant": {"lr": lrs[(len(lrs) - 1) // 2], "epochs": epochs},
         "measure": measure,
         "c": fits[measure]["c"],
         "fits": fits,
@@ -332,8 +336,10 @@ def cmd_table(a) -> None:
         if r["task"] not in trak_best or r["lds"] > trak_best[r["task"]]["lds"]:
             trak_best[r["task"]] = r
     cal = {r["task"]: r for r in _load_rows("calibrated") if r["K"] == a.K}
+    rule_p = OUT / "rule.json"
+    const = json.loads(rule_p.read_text()).get("constant") if rule_p.exists() else None
     for h in ("design", "heldout"):
-        rows = [r for r in grid if r["half"] == h and r["K"] == a.K and r.get("rho") is None]
+        rows = [r for r in grid if r["half"] == h and r["K"] == a.K and r.get("rho") is None and r.get("seed", 0) == 0]
         if not rows:
             continue
         lrs = sorted({r["lr"] for r in rows})
@@ -352,9 +358,10 @@ def cmd_table(a) -> None:
         print(f"\n{h} half summary\n")
         print(
             "| task | λ_max | grid best (lr, epochs) | grid best LDS | defaults LDS | defaults / best "
-            "| calibrated lr | calibrated LDS | calibrated / best | ≥ 0.97? | TRAK-5 (reg) |"
+            "| calibrated lr | calibrated LDS | calibrated / best | ≥ 0.97? | constant-rule LDS | constant / best "
+            "| TRAK-5 (reg) |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for t in transfer.tasks(h):
             b = best.get(t.name)
             if b is None:
@@ -364,12 +371,14 @@ def cmd_table(a) -> None:
             tb = trak_best.get(t.name)
             ratio_c = c["lds"] / b["lds"] if c else None
             treg = f" ({tb['reg']:g})" if tb else ""
+            cst = cell.get((t.name, const["epochs"], const["lr"])) if const else None
             print(
                 f"| {t.name} | {_fmt(sharp.get(t.name, {}).get('lambda_max'), 2)} | "
                 f"{b['lr']:g}, {b['epochs']:g} | {b['lds']:.3f} | {_fmt(dflt)} | "
                 f"{_fmt(dflt / b['lds'] if dflt is not None else None)} | "
                 f"{_fmt(c['lr'], 5) if c else ''} | {_fmt(c and c['lds'])} | {_fmt(ratio_c)} | "
                 f"{'' if ratio_c is None else ('met' if ratio_c >= 0.97 else 'not met')} | "
+                f"{_fmt(cst)} | {_fmt(cst / b['lds'] if cst is not None else None)} | "
                 f"{_fmt(tb and tb['lds'])}{treg} |"
             )
 
@@ -390,6 +399,7 @@ def main(argv=None):
     ap.add_argument("--reg", default="0,1e-2,1e-1,1,10", help="trak: regularization grid")
     ap.add_argument("--subsample", type=int, default=512, help="sharp: training examples in the Hessian")
     ap.add_argument("--iters", type=int, default=30, help="sharp: power iterations at most")
+    ap.add_argument("--seed", type=int, default=0, help="grid: DAUNCE seed (replicates measure the LDS noise)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--redo", action="store_true", help="run cells already recorded again")
     a = ap.parse_args(argv)
