@@ -19,7 +19,7 @@ OPTS = dict(num_models=6, epochs=1, batch_size=16, seed=2)
 @pytest.mark.parametrize("rank", ["full", 3])
 def test_rows_match_the_copy_layers(rank):
     model, _, _ = trained_cnn()
-    d = Daunce(model, rank=rank, **OPTS)
+    d = Daunce(model, rank=rank, target_modules=["0", "1", "6"], **OPTS)
     s = d.summary()
     layers = {m.name: m for m in d._chunk_model[0].modules() if isinstance(m, CopyLayer)}
     assert [r["name"] for r in s.rows] == list(layers) and layers
@@ -38,12 +38,23 @@ def test_rows_match_the_copy_layers(rank):
             assert r["kind"] == "lora r=3" and per_copy == 3 * (base.in_features + base.out_features)
         else:
             assert r["kind"] == "lora r=3"
-    # the default perturbs the convolution, the norm's affine parameters and the head
+    # the named convolution, the norm's affine parameters and the head
     assert [(r["name"], r["type"]) for r in s.rows] == [("0", "Conv2d"), ("1", "BatchNorm2d"), ("6", "Linear")]
     text = str(s)
     assert "total" in text and all(r["name"] in text for r in s.rows)
     assert f"{s.params_per_copy * 6:,}" in text
     assert s.to_dict()["params_total"] == 6 * s.params_per_copy == sum(r["params_total"] for r in s.rows)
+
+
+def test_default_targets_of_a_cnn_are_its_linear_head_and_every_batchnorm_stays_per_copy():
+    """The measured default (docs/pipeline.md#targets): the linear layers; the BatchNorm is
+    still wrapped (statistics only) so the copies never share batch statistics."""
+    model, _, _ = trained_cnn()
+    rows = Daunce(model, **OPTS).summary().rows
+    assert [(r["name"], r["type"], r["kind"]) for r in rows] == [
+        ("1", "BatchNorm2d", "stats (batchnorm=eval)"),
+        ("6", "Linear", "full"),
+    ]
 
 
 def test_fit_logs_and_stores_the_summary_before_training(tmp_path, monkeypatch, caplog):

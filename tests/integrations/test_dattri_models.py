@@ -65,6 +65,9 @@ def test_classifier_through_attributor_helpful_examples_share_the_label(tmp_path
     opts = dict(num_models=8, epochs=2, batch_size=16, seed=0, workdir=tmp_path)
     if name == "resnet9":
         opts.update(rank=2, num_models=6, epochs=1)  # LoRA on its 4.9M parameters keeps the test fast
+        # named: the default perturbs the linear head only (docs/pipeline.md#targets)
+        layers = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)
+        opts["target_modules"] = [n for n, m in model.named_modules() if isinstance(m, layers)]
     att = DaunceAttributor(model=model, **opts)
     s = att.attribute(train_loader, test_loader)
     assert s.shape == (n, 12) and torch.isfinite(s).all() and s.abs().max() > 0
@@ -72,7 +75,7 @@ def test_classifier_through_attributor_helpful_examples_share_the_label(tmp_path
     assert agree > 0.5, f"{name}: {agree:.2f} of the top helpful examples share the test label (chance 1/3)"
     summary = att._daunce.summary()
     kinds = {r["type"] for r in summary.rows}
-    if name == "resnet9":  # the convolutions and the BatchNorms are perturbed, not only the head
+    if name == "resnet9":  # the named convolutions and BatchNorms are perturbed, not only the head
         assert {"Conv2d", "BatchNorm2d", "Linear"} <= kinds
 
 
@@ -88,11 +91,10 @@ def test_nanogpt_forward_idx_targets(tmp_path):
     # (logits [B, T, V], loss) gives the logits by the tuple rule; the loss is token-averaged CE
     data = torch.utils.data.TensorDataset(idx, targets, targets)
     # transformer.wpe is called on positions shared by the whole batch (not adapter-major), so it
-    # cannot carry copies: the targets leave it out (the default would include it and raise)
+    # cannot carry copies: naming it is an error naming it (lora.expected_rows), never mixed copies
     names = ["wte", "c_attn", "c_proj", "c_fc", "lm_head"]
-    # (here an error because K = 4 does not divide T = 10; see docs/pipeline.md#dattri)
     with pytest.raises(ValueError, match="transformer.wpe"):
-        Daunce(model, num_models=4, epochs=1, perturbation="xi").fit(data)
+        Daunce(model, num_models=5, epochs=1, perturbation="xi", target_modules=[*names, "wpe"]).fit(data)
     d = Daunce(
         model, workdir=tmp_path, num_models=4, epochs=1, batch_size=8, perturbation="xi", seed=0, target_modules=names
     )
