@@ -92,6 +92,14 @@ def test_losses_equal_the_single_process_run(runs, tmp_path):
     np.testing.assert_array_equal(
         np.asarray(Daunce(model, workdir=wd, **OPTS).losses("train")[...]), _ranks(runs, "rank")[0]["train"]
     )
+    # and records and scores new data after the world size changed (2 ranks -> 1 process), loading
+    # the adapters as the ranks saved them (issue 13: this used to fail deep in loading)
+    solo = Daunce(model, workdir=wd, **OPTS)
+    solo.record(test, "solo")
+    np.testing.assert_allclose(np.asarray(solo.losses("solo")[...]), b, rtol=1e-5, atol=1e-6)
+    v, i = solo.scores("train", "solo", topk=3)
+    ref = df.topk(a, b, 3, method="covariance")
+    np.testing.assert_array_equal(i, ref.indices)
 
 
 def test_daunce_scores_equal_single_process_scores(runs):
