@@ -381,6 +381,35 @@ def cmd_table(a) -> None:
                 f"{_fmt(cst)} | {_fmt(cst / b['lds'] if cst is not None else None)} | "
                 f"{_fmt(tb and tb['lds'])}{treg} |"
             )
+    _extra_tables(grid, a.K)
+
+
+def _extra_tables(grid: list[dict], K: int) -> None:
+    """Seed replicates (LDS noise) and rho cells, where recorded."""
+    cells: dict[tuple, dict] = {}
+    for r in grid:
+        if r["K"] == K:
+            cells.setdefault((r["task"], r["lr"], r["epochs"], r.get("rho")), {})[r.get("seed", 0)] = r["lds"]
+    reps = {k: v for k, v in cells.items() if len(v) > 1 and k[3] is None}
+    if reps:
+        print(f"\nseed replicates, K = {K} (DAUNCE seed 0 is the grid's)\n")
+        print("| task | lr | epochs | LDS per seed | range |")
+        print("|---|---|---|---|---|")
+        for (t, lr, ep, _), v in sorted(reps.items()):
+            vals = [v[s] for s in sorted(v)]
+            print(
+                f"| {t} | {lr:g} | {ep:g} | "
+                + ", ".join(f"{x:.3f}" for x in vals)
+                + f" | {max(vals) - min(vals):.3f} |"
+            )
+    rho = {k: v for k, v in cells.items() if k[3] is not None}
+    if rho:
+        print(f"\nrho (the `hessian` perturbation's strength; library default 0.03), K = {K}\n")
+        print("| task | lr | epochs | rho | LDS | LDS at the default rho |")
+        print("|---|---|---|---|---|---|")
+        for (t, lr, ep, r), v in sorted(rho.items()):
+            base = cells.get((t, lr, ep, None), {}).get(0)
+            print(f"| {t} | {lr:g} | {ep:g} | {r:g} | {v[0]:.3f} | {_fmt(base)} |")
 
 
 def main(argv=None):
