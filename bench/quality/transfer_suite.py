@@ -384,6 +384,39 @@ def cmd_table(a) -> None:
     _extra_tables(grid, a.K)
 
 
+def _seed_mean_summary(cells: dict[tuple, dict]) -> None:
+    """Per task whose whole lr x epochs grid has >= 3 seeds: the best cell by the seed mean, and the
+    defaults' and the constant rule's seed means against it."""
+    rule_p = OUT / "rule.json"
+    const = json.loads(rule_p.read_text()).get("constant") if rule_p.exists() else None
+    by_task: dict[str, dict] = {}
+    for (t, lr, ep, rho), v in cells.items():
+        if rho is None:
+            by_task.setdefault(t, {})[(lr, ep)] = v
+    rows = []
+    for t in [x.name for x in transfer.tasks()]:
+        g = by_task.get(t)
+        if not g or min(len(v) for v in g.values()) < 3:
+            continue
+        mean = {k: float(np.mean([v[s] for s in sorted(v)[:3]])) for k, v in g.items()}
+        (blr, bep), best = max(mean.items(), key=lambda kv: kv[1])
+        dflt = mean.get((DEFAULT_LR, DEFAULT_EPOCHS))
+        cst = mean.get((const["lr"], const["epochs"])) if const else None
+        rows.append((t, transfer.get(t).half, blr, bep, best, dflt, cst))
+    if not rows:
+        return
+    print("\nmean of 3 DAUNCE seeds per cell (seeds 0, 1, 2), tasks whose whole grid has them\n")
+    print(
+        "| task | half | best cell (lr, epochs) | best mean LDS | defaults mean | defaults / best | constant-rule mean | constant / best |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for t, h, blr, bep, best, dflt, cst in rows:
+        print(
+            f"| {t} | {h} | {blr:g}, {bep:g} | {best:.3f} | {_fmt(dflt)} | {_fmt(dflt / best if dflt else None)} | "
+            f"{_fmt(cst)} | {_fmt(cst / best if cst else None)} |"
+        )
+
+
 def _extra_tables(grid: list[dict], K: int) -> None:
     """Seed replicates (LDS noise) and rho cells, where recorded."""
     cells: dict[tuple, dict] = {}
@@ -402,6 +435,7 @@ def _extra_tables(grid: list[dict], K: int) -> None:
                 + ", ".join(f"{x:.3f}" for x in vals)
                 + f" | {max(vals) - min(vals):.3f} |"
             )
+    _seed_mean_summary(cells)
     rho = {k: v for k, v in cells.items() if k[3] is not None}
     if rho:
         print(f"\nrho (the `hessian` perturbation's strength; library default 0.03), K = {K}\n")
