@@ -423,9 +423,13 @@ def _extra_tables(grid: list[dict], K: int) -> None:
     for r in grid:
         if r["K"] == K:
             cells.setdefault((r["task"], r["lr"], r["epochs"], r.get("rho")), {})[r.get("seed", 0)] = r["lds"]
-    reps = {k: v for k, v in cells.items() if len(v) > 1 and k[3] is None}
+    rule_p = OUT / "rule.json"
+    const = json.loads(rule_p.read_text()).get("constant") if rule_p.exists() else None
+    shown = {(DEFAULT_LR, DEFAULT_EPOCHS)} | ({(const["lr"], const["epochs"])} if const else set())
+    # replicates of the defaults' and the constant rule's cells (the whole grid's: the seed-mean table)
+    reps = {k: v for k, v in cells.items() if len(v) > 1 and k[3] is None and (k[1], k[2]) in shown}
     if reps:
-        print(f"\nseed replicates, K = {K} (DAUNCE seed 0 is the grid's)\n")
+        print(f"\nseed replicates of the defaults' and the constant rule's cells, K = {K} (seed 0 is the grid's)\n")
         print("| task | lr | epochs | LDS per seed | range |")
         print("|---|---|---|---|---|")
         for (t, lr, ep, _), v in sorted(reps.items()):
