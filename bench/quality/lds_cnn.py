@@ -38,8 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 HERE = Path(__file__).resolve().parent
 for p in (HERE.parent, HERE.parents[1]):  # bench/ (the harness), the repo root
@@ -49,7 +48,7 @@ for p in (HERE.parent, HERE.parents[1]):  # bench/ (the harness), the repo root
 from harness import OUT, print_table, record  # noqa: E402
 
 from daunce_fast.evaluation import groundtruth_cnn as gc  # noqa: E402
-from daunce_fast.evaluation.baselines import per_example_grads  # noqa: E402
+from daunce_fast.evaluation.baselines import grad_dot, trak  # noqa: E402  (they take the CNN ground truth too)
 from daunce_fast.evaluation.metrics import lds  # noqa: E402
 
 RECIPE = gc.CNNRecipe()
@@ -98,61 +97,6 @@ def lds_halves(gt: dict, scores) -> dict:
 
 def _loadavg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-# ----------------------------------------------------------------------------------------------
-# Baselines on the CNN (the wrappers of daunce_fast.evaluation.baselines read the MLP ground truth;
-# these are the same computations with the CNN task and model)
-# ----------------------------------------------------------------------------------------------
-def _as_batch(x, y):
-    return (x.unsqueeze(0), y.unsqueeze(0)) if x.dim() == 3 else (x, y)
-
-
-def trak_cnn(gt, *, num_ckpts, regularization, proj_dim=512, proj_seed=0):
-    """dattri TRAKAttributor, as baselines.trak (log-odds margin, computed stably), on the CNN in
-    eval mode (BatchNorm with each checkpoint's running statistics). Returns (scores [N, M], s)."""
-    from dattri.algorithm.trak import TRAKAttributor
-    from dattri.task import AttributionTask
-
-    task = gc.load_task(gt)
-    model = gc.model_from_state(gt)
-    ckpts = [gt["theta0"], *gt["extra_ckpts"]][:num_ckpts]
-    # full state dicts: dattri loads each with model.load_state_dict, BatchNorm running statistics included
-
-    def margin(params, data):
-        x, y = _as_batch(*data)
-        z = torch.func.functional_call(model, params, x)
-        zy = z.gather(1, y[:, None]).squeeze(1)
-        others = z.masked_fill(torch.arange(z.shape[1]) == y[:, None], float("-inf"))
-        return (zy - torch.logsumexp(others, dim=1)).sum()
-
-    def p_correct(params, data):
-        x, y = _as_batch(*data)
-        return torch.exp(-F.cross_entropy(torch.func.functional_call(model, params, x), y))
-
-    tr = DataLoader(TensorDataset(task.x_train, task.y_train), batch_size=len(task.y_train))
-    te = DataLoader(TensorDataset(task.x_test, task.y_test), batch_size=len(task.y_test))
-    t0 = time.perf_counter()
-    att = TRAKAttributor(
-        task=AttributionTask(loss_func=margin, model=model, checkpoints=ckpts),
-        correct_probability_func=p_correct,
-        device="cpu",
-        regularization=regularization,
-        projector_kwargs={"proj_dim": proj_dim, "proj_seed": proj_seed, "device": "cpu"},
-    )
-    with torch.no_grad():
-        att.cache(tr)
-        scores = att.attribute(te)
-    return scores.detach().cpu(), time.perf_counter() - t0
-
-
-def grad_dot_cnn(gt):
-    """g_trainᵀg_test of the CE loss at θ0 (eval mode). Returns (scores [N, M], s)."""
-    task = gc.load_task(gt)
-    model = gc.model_from_state(gt)
-    t0 = time.perf_counter()
-    s = per_example_grads(model, task.x_train, task.y_train) @ per_example_grads(model, task.x_test, task.y_test).T
-    return s, time.perf_counter() - t0
 
 
 def plain_train_seconds(gt) -> float:
@@ -254,13 +198,13 @@ def main(argv=None):
 
     if a.step == "baselines":
         _quiet_tqdm()
-        s, t = grad_dot_cnn(gt)
+        s, t = grad_dot(gt)
         add("graddot", "", s, t)
         extra = plain_train_seconds(gt)
         print(f"plain training of one full-data checkpoint: {extra:.1f}s", flush=True)
         for nc in (1, 5):
             for reg in [float(v) for v in a.trak_reg.split(",")]:
-                s, t = trak_cnn(gt, num_ckpts=nc, regularization=reg, proj_dim=a.trak_proj_dim)
+                s, t = trak(gt, num_ckpts=nc, regularization=reg, proj_dim=a.trak_proj_dim)
                 add(f"trak{nc}", f"reg={reg:g} proj={a.trak_proj_dim}", s, t, extra_s=(nc - 1) * extra)
     elif a.step == "daunce":
         extra = dict(_kv(v) for v in a.daunce_opt)

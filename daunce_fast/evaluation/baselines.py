@@ -14,8 +14,9 @@ helpful, i.e. training on i lowers the loss of test example j) and its wall time
   a whole damping grid costs one factorisation; checked against ``if_dattri`` in the tests.
 - ``grad_dot``: g_trainᵀg_test (CE gradients at θ0), positive = helpful.
 
-Every function takes a ground-truth dict of ``daunce_fast.evaluation.groundtruth.build`` (θ0, extra
-checkpoints, recipe; bench/quality/lds_data.py caches them). dattri is imported inside ``trak`` and
+Every function takes a ground-truth dict of ``daunce_fast.evaluation.groundtruth.build`` or
+``groundtruth_cnn.build`` (θ0, extra checkpoints, recipe; bench/quality/lds_data.py and
+lds_cnn.py cache them); full state dicts carry BatchNorm's running statistics to dattri. dattri is imported inside ``trak`` and
 ``if_dattri`` only: this module imports without it.
 """
 
@@ -28,7 +29,26 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from .groundtruth import load_task, model_from_state
+from . import groundtruth
+
+
+def _builder(gt: dict):
+    """The module that built ``gt``: groundtruth (MLPs) or groundtruth_cnn (``recipe["arch"] == "cnn"``)."""
+    if gt["recipe"].get("arch") == "cnn":
+        from . import groundtruth_cnn
+
+        return groundtruth_cnn
+    return groundtruth
+
+
+def load_task(gt: dict):
+    """The task (data, split) of a ground truth of either builder."""
+    return _builder(gt).load_task(gt)
+
+
+def model_from_state(gt: dict, state: dict | None = None):
+    """θ0 (or ``state``) as a model of the ground truth's architecture (an MLP or the CNN, eval mode)."""
+    return _builder(gt).model_from_state(gt, state)
 
 
 def _loaders(task):
@@ -39,8 +59,9 @@ def _loaders(task):
 
 
 def _as_batch(x, y):
-    """dattri hands single examples without a batch axis (TRAK) or with one (IF): accept both."""
-    return (x.unsqueeze(0), y.unsqueeze(0)) if x.dim() == 1 else (x, y)
+    """dattri hands single examples without a batch axis (TRAK) or with one (IF): accept both
+    (a single example has a 0-d label, whatever the shape of its input)."""
+    return (x.unsqueeze(0), y.unsqueeze(0)) if y.dim() == 0 else (x, y)
 
 
 def trak(

@@ -24,15 +24,15 @@ frozen base over all K*m rows plus grouped A and B convolutions.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .copies import CopyLayer, register_copy
-from .layer import _default_adapter_dtype, slot_seed
+from .copies import register_copy
+from .layer import DeltaOrLoRA, _default_adapter_dtype
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -83,7 +83,7 @@ def im2col(x: torch.Tensor, base: nn.modules.conv._ConvNd, kernel_size: Sequence
     return x, tuple(x.shape[2 + n :])
 
 
-class MultiCopyConv(CopyLayer):
+class MultiCopyConv(DeltaOrLoRA):
     """``num_adapters`` perturbed copies of one frozen ``nn.Conv1d/2d/3d`` (any stride, padding incl.
     'same', dilation, groups, bias, padding_mode).
 
@@ -171,45 +171,6 @@ class MultiCopyConv(CopyLayer):
             self.lora_A = nn.Parameter(torch.empty(K, rank, self.in_channels, *kernel, device=w.device, dtype=dt))
             self.lora_B = nn.Parameter(torch.zeros(K, self.out_channels, rank // g, *ones, device=w.device, dtype=dt))
         self.reset_adapters(adapter_ids if adapter_ids is not None else range(K), seed)
-
-    # ------------------------------------------------------------------ CopyLayer interface
-    def adapter_parameters(self) -> list[nn.Parameter]:
-        if self.full:
-            return [p for p in (self.delta_weight, self.delta_bias) if p is not None]
-        return [self.lora_A, self.lora_B]
-
-    def state_items(self) -> list[tuple[str, nn.Parameter]]:
-        if self.full:
-            items = [("delta_weight", self.delta_weight)]
-            if self.delta_bias is not None:
-                items.append(("delta_bias", self.delta_bias))
-            return items
-        return [("lora_A", self.lora_A), ("lora_B", self.lora_B)]
-
-    def kind_label(self) -> str:
-        return "full" if self.full else f"lora r={self.rank}"
-
-    @torch.no_grad()
-    def reset_adapters(self, adapter_ids: Iterable[int], seed: Optional[int] = None) -> None:
-        """Re-initialise every slot: slot ``i`` becomes copy ``adapter_ids[i]`` (B / deltas zeroed;
-        A kaiming-uniform from ``slot_seed(seed, adapter_ids[i], self.name)``, or from torch's global
-        generator when ``seed`` is None, as PEFT does)."""
-        ids = list(adapter_ids)
-        if len(ids) != self.num_adapters:
-            raise ValueError(f"{self.name or 'MultiCopyConv'}: {len(ids)} adapter ids for {self.num_adapters} slots")
-        if self.full:
-            self.delta_weight.zero_()
-            if self.delta_bias is not None:
-                self.delta_bias.zero_()
-            return
-        self.lora_B.zero_()
-        for i, aid in enumerate(ids):
-            # Drawn on the CPU in fp32 with PEFT's fan-in (C_in * prod(kernel)), so the same
-            # (seed, id, layer) gives the same A on any device, in any slot or chunk.
-            buf = torch.empty(self.lora_A.shape[1:])
-            gen = torch.Generator().manual_seed(slot_seed(seed, aid, self.name)) if seed is not None else None
-            nn.init.kaiming_uniform_(buf, a=math.sqrt(5), generator=gen)
-            self.lora_A[i].copy_(buf)
 
     # ------------------------------------------------------------------ forward
     def check_input(self, x: torch.Tensor) -> int:

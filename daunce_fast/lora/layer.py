@@ -37,7 +37,56 @@ def _default_adapter_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if weight_dtype in (torch.float16, torch.bfloat16) else weight_dtype
 
 
-class MultiLoRALinear(CopyLayer):
+class DeltaOrLoRA(CopyLayer):
+    """What the copy layers of weight matrices and kernels share (MultiLoRALinear, MultiCopyConv):
+    either full-rank deltas ``delta_weight [K, *W.shape]`` / ``delta_bias [K, d_out]`` (rank
+    "full", zero-init) or LoRA factors ``lora_A [K, r, ...]`` (kaiming-uniform, a=sqrt(5), per slot
+    from ``slot_seed(seed, adapter_id, name)``) and ``lora_B [K, d_out, r, ...]`` (zero-init).
+    Subclasses set ``self.full``, ``self.rank`` and these parameters."""
+
+    full: bool
+    rank: Union[int, str]
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.state_items()]
+
+    def state_items(self) -> list[tuple[str, nn.Parameter]]:
+        if self.full:
+            items = [("delta_weight", self.delta_weight)]
+            if self.delta_bias is not None:
+                items.append(("delta_bias", self.delta_bias))
+            return items
+        return [("lora_A", self.lora_A), ("lora_B", self.lora_B)]
+
+    def kind_label(self) -> str:
+        return "full" if self.full else f"lora r={self.rank}"
+
+    @torch.no_grad()
+    def reset_adapters(self, adapter_ids: Iterable[int], seed: Optional[int] = None) -> None:
+        """Re-initialise every slot: slot ``i`` becomes copy ``adapter_ids[i]`` (B / deltas zeroed;
+        A kaiming-uniform from ``slot_seed(seed, adapter_ids[i], self.name)``, or from torch's global
+        generator when ``seed`` is None, as PEFT does)."""
+        ids = list(adapter_ids)
+        if len(ids) != self.num_adapters:
+            raise ValueError(
+                f"{self.name or type(self).__name__}: {len(ids)} adapter ids for {self.num_adapters} slots"
+            )
+        if self.full:
+            self.delta_weight.zero_()
+            if self.delta_bias is not None:
+                self.delta_bias.zero_()
+            return
+        self.lora_B.zero_()
+        for i, aid in enumerate(ids):
+            # Drawn on the CPU in fp32 with PEFT's fan-in (the product of A's trailing dimensions),
+            # so the same (seed, id, layer) gives the same A on any device, in any slot or chunk.
+            buf = torch.empty(self.lora_A.shape[1:])
+            gen = torch.Generator().manual_seed(slot_seed(seed, aid, self.name)) if seed is not None else None
+            nn.init.kaiming_uniform_(buf, a=math.sqrt(5), generator=gen)
+            self.lora_A[i].copy_(buf)
+
+
+class MultiLoRALinear(DeltaOrLoRA):
     """``num_adapters`` adapters on one frozen ``nn.Linear`` (or transformers ``Conv1D``).
 
     Input ``[K*m, d_in]`` or ``[K*m, T, d_in]``, adapter-major: the first ``m`` leading rows are
@@ -104,42 +153,6 @@ class MultiLoRALinear(CopyLayer):
             self.lora_A = nn.Parameter(torch.empty(K, rank, d_in, device=w.device, dtype=dt))
             self.lora_B = nn.Parameter(torch.zeros(K, d_out, rank, device=w.device, dtype=dt))
         self.reset_adapters(adapter_ids if adapter_ids is not None else range(K), seed)
-
-    def adapter_parameters(self) -> list:
-        return [p for _, p in self.state_items()]
-
-    def state_items(self) -> list[tuple[str, nn.Parameter]]:
-        if self.full:
-            return [
-                (n, p)
-                for n, p in (("delta_weight", self.delta_weight), ("delta_bias", self.delta_bias))
-                if p is not None
-            ]
-        return [("lora_A", self.lora_A), ("lora_B", self.lora_B)]
-
-    def kind_label(self) -> str:
-        return "full" if self.full else f"lora r={self.rank}"
-
-    @torch.no_grad()
-    def reset_adapters(self, adapter_ids: Iterable[int], seed: Optional[int] = None) -> None:
-        """Re-initialise every slot: slot ``i`` becomes adapter ``adapter_ids[i]`` (B / deltas zeroed;
-        A kaiming-uniform from ``slot_seed(seed, adapter_ids[i], self.name)``, or from torch's global
-        generator when ``seed`` is None, as PEFT does)."""
-        ids = list(adapter_ids)
-        if len(ids) != self.num_adapters:
-            raise ValueError(f"{len(ids)} adapter ids for {self.num_adapters} slots")
-        if self.full:
-            self.delta_weight.zero_()
-            if self.delta_bias is not None:
-                self.delta_bias.zero_()
-            return
-        self.lora_B.zero_()
-        for i, aid in enumerate(ids):
-            # Drawn on the CPU in fp32, so the same (seed, id, layer) gives the same A on any device.
-            buf = torch.empty(self.rank, self.in_features)
-            gen = torch.Generator().manual_seed(slot_seed(seed, aid, self.name)) if seed is not None else None
-            nn.init.kaiming_uniform_(buf, a=math.sqrt(5), generator=gen)
-            self.lora_A[i].copy_(buf)
 
     def base_weight(self) -> torch.Tensor:
         """The frozen weight as ``[d_out, d_in]`` (a transposed view for Conv1D)."""
