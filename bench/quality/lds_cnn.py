@@ -122,9 +122,17 @@ def plain_train_seconds(gt) -> float:
 # DAUNCE through the public API
 # ----------------------------------------------------------------------------------------------
 def target_sets(model) -> dict:
-    """Named target_modules choices: None (the library's default), the head only, convolutions + head."""
+    """Named target_modules choices: None (the library's default: the head since 86af5e1, before it
+    convolutions + BatchNorm affine + head), the head only, convolutions + head, and "all"
+    (convolutions + BatchNorm affine + head, the earlier default)."""
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    return {"default": None, "head": [HEAD], "convs_head": [*convs, HEAD]}
+    norms = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    return {
+        "default": None,
+        "head": [HEAD],
+        "convs_head": [*convs, HEAD],
+        "all": sorted([*convs, *norms, HEAD], key=int),
+    }
 
 
 def run_daunce(gt, *, K: int, targets, seed: int = 0, extra: dict | None = None, limit: int | None = None) -> dict:
@@ -173,7 +181,7 @@ def main(argv=None):
     ap.add_argument("--trak-reg", default="0.01,0.1,1,10,100", help="TRAK damping grid (chosen on the tune half)")
     ap.add_argument("--trak-proj-dim", type=int, default=512)
     ap.add_argument("--K", default="256,512")
-    ap.add_argument("--targets", default="default,head", help="comma list of default, head, convs_head")
+    ap.add_argument("--targets", default="default,head", help="comma list of default, head, convs_head, all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--daunce-opt", action="append", default=[], metavar="KEY=VALUE", help="other Daunce keywords")
     a = ap.parse_args(argv)
