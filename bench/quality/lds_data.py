@@ -2,16 +2,8 @@
 
     PYTHONPATH=$PWD python bench/quality/lds_data.py --dataset digits [--subsets 100] [--threads 1]
 
-Writes bench/out/lds_<dataset>.pt (torch.save of a dict):
-    recipe        dict: data set, split, MLP shape, optimiser settings, seeds (everything to rebuild it)
-    theta0        state_dict of the model trained on the full training set (seed recipe["seed"])
-    extra_ckpts   list of state_dicts: more full-data models (seeds 1, 2, ...), for TRAK ensembles
-    subsets       [S, N_train] bool, subsets[s, i] = training example i in subset s (exactly N//2 each)
-    targets       [S, N_test] float64, NEGATIVE cross-entropy of retrained model s on test example j
-                  (higher = better, dattri's convention), averaged over runs_per_subset seeds;
-                  computed stably (stable_ce) so that confident examples do not round to 0
-    model_seeds   [S, runs_per_subset] int64, init + minibatch seed of every retrained model
-    info          timings, accuracies
+Writes bench/out/lds_<dataset>.pt: torch.save of the dict of
+daunce_fast.evaluation.groundtruth.build (its docstring gives every field).
 
 All retrained models of one call are trained together in one batched pass (stacked weights
 [S, out, in], torch.bmm, per-model minibatches and per-model Adam/SGD state), which is the same

@@ -19,6 +19,31 @@ def _losses(rng, K, N, M):
     return (rng.standard_normal((K, N)) + 2).astype(np.float32), rng.standard_normal((K, M)).astype(np.float32)
 
 
+def _interrupted_after(real, n: int, calls: dict):
+    """``real`` (api._train_tiles) that raises KeyboardInterrupt before its (n+1)-th tile, like a
+    killed job; ``calls["n"]`` counts the tiles handed out (reset it to interrupt again)."""
+
+    def tiles(*args, **kw):
+        for item in real(*args, **kw):
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            calls["n"] += 1
+            yield item
+
+    return tiles
+
+
+def _counting(real, seen: list):
+    """``real`` (api._train_tiles) that records the first column of every tile it computes."""
+
+    def tiles(*args, **kw):
+        for item in real(*args, **kw):
+            seen.append(item[0])
+            yield item
+
+    return tiles
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_correlate_to_file(tmp_path, rng, backend):
     a, b = _losses(rng, 9, 301, 17)
@@ -45,15 +70,7 @@ def test_resume_after_interruption(tmp_path, rng, monkeypatch):
 
     calls = {"n": 0}
     real = api._train_tiles
-
-    def interrupted(*args, **kw):  # dies after 4 tiles, like a killed job
-        for item in real(*args, **kw):
-            if calls["n"] == 4:
-                raise KeyboardInterrupt
-            calls["n"] += 1
-            yield item
-
-    monkeypatch.setattr(api, "_train_tiles", interrupted)
+    monkeypatch.setattr(api, "_train_tiles", _interrupted_after(real, 4, calls))  # dies after 4 tiles
     with pytest.raises(KeyboardInterrupt):
         daunce_fast.correlate(a, b, out=path, tile=32)  # ~256 MiB batching: nothing durable yet
     monkeypatch.setattr(api, "_MARK_EVERY", 1)  # make each tile durable, then interrupt again
@@ -63,13 +80,7 @@ def test_resume_after_interruption(tmp_path, rng, monkeypatch):
     assert not path.exists() and (tmp_path / "scores.safetensors.partial").exists()
     monkeypatch.setattr(api, "_train_tiles", real)
     seen = []
-
-    def counting(*args, **kw):
-        for item in real(*args, **kw):
-            seen.append(item[0])
-            yield item
-
-    monkeypatch.setattr(api, "_train_tiles", counting)
+    monkeypatch.setattr(api, "_train_tiles", _counting(real, seen))
     s = daunce_fast.correlate(a, b, out=path, tile=32)
     assert seen[0] == 4 * 32 and len(seen) == 16 - 4  # the 4 durable tiles were skipped
     assert_close_to_reference(s, correlate_reference(a, b).numpy(), "float32", rtol=0, atol=1e-6)
@@ -162,26 +173,11 @@ def test_small_output_journals_by_time_not_only_by_bytes(tmp_path, rng, monkeypa
 
     monkeypatch.setattr(Writer, "journal_due", lambda self: True)  # as if every tile took journal_every seconds
     real = api._train_tiles
-    calls = {"n": 0}
-
-    def interrupted(*args, **kw):
-        for item in real(*args, **kw):
-            if calls["n"] == 5:
-                raise KeyboardInterrupt
-            calls["n"] += 1
-            yield item
-
-    monkeypatch.setattr(api, "_train_tiles", interrupted)
+    monkeypatch.setattr(api, "_train_tiles", _interrupted_after(real, 5, {"n": 0}))
     with pytest.raises(KeyboardInterrupt):
         daunce_fast.correlate(a, b, out=path, tile=32)
     seen = []
-
-    def counting(*args, **kw):
-        for item in real(*args, **kw):
-            seen.append(item[0])
-            yield item
-
-    monkeypatch.setattr(api, "_train_tiles", counting)
+    monkeypatch.setattr(api, "_train_tiles", _counting(real, seen))
     s = daunce_fast.correlate(a, b, out=path, tile=32)
     assert seen[0] == 5 * 32 and len(seen) == 16 - 5
     assert_close_to_reference(s, correlate_reference(a, b).numpy(), "float32", rtol=0, atol=1e-6)
