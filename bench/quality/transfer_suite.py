@@ -455,7 +455,7 @@ def main(argv=None):
     ap.add_argument(
         "cmd", choices=["build", "grid", "sharp", "fit-rule", "calibrated", "trak", "table"], help="what to run"
     )
-    ap.add_argument("--half", default="all", choices=["all", "design", "heldout"])
+    ap.add_argument("--half", default="all", choices=["all", "design", "heldout", "fresh", "every"])
     ap.add_argument("--tasks", help="comma list of task names (e.g. digits-adam1e-2)")
     ap.add_argument("--K", type=int, default=512)
     ap.add_argument("--lr", default="3e-4,1e-3,3e-3,1e-2", help="grid: copies' learning rates")

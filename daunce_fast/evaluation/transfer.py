@@ -23,6 +23,21 @@ three recipes in each half, and every recipe is in both halves (on different dat
               wine-{adam3e-3, sgdm5e-2, long}
 
 Calibration rules are fitted on the design half only and reported on the held-out half.
+
+FRESH tasks (``half == "fresh"``): a third set written down (commit before any of its ground truths
+was built) after the step rule of the calibration was found by looking at both halves above, so that
+the rule is judged on θ0s it has never seen. They differ from the first 18 in the ways the rule
+could be wrong: other data sizes (so other numbers of optimiser steps per epoch), other widths and
+depths, other optimisers, batch sizes and split seeds:
+
+    digits-small       digits, 40% train split (719 examples), MLP 64-64, Adam 1e-3, 50 ep, batch 32
+    digits-wide-sgd    digits, MLP 128 (one hidden layer), SGD+momentum 1e-2, 100 ep, batch 32, wd 5e-4
+    digits-deep        digits, MLP 32-32-32, Adam 3e-3, 30 ep, batch 128
+    breast_cancer-wide breast_cancer, MLP 64-64, Adam 1e-2, 100 ep, batch 16, no wd
+    breast_cancer-sgd  breast_cancer, MLP 16, SGD+momentum 1e-1, 30 ep, batch 64
+    wine-deep          wine, MLP 16-16-16, Adam 3e-3, 100 ep, batch 8
+    wine-sgd-brief     wine, MLP 32-32, SGD+momentum 1e-2, 10 ep, batch 16 (under-fit)
+    digits-long-small  digits, 40% train split, MLP 64-64, Adam 3e-4, 300 ep, batch 64, no wd
 """
 
 from __future__ import annotations
@@ -87,15 +102,89 @@ class TransferTask:
         return Path(root) / f"gt_{self.name}_{self.key()}.pt"
 
 
+# name -> Recipe fields (split_seed differs from the first 18 tasks' 0 so the splits are new too)
+FRESH = {
+    "digits-small": dict(
+        dataset="digits",
+        hidden=64,
+        depth=2,
+        epochs=50,
+        lr=1e-3,
+        batch_size=32,
+        weight_decay=1e-4,
+        test_size=0.6,
+        split_seed=1,
+    ),
+    "digits-wide-sgd": dict(
+        dataset="digits",
+        hidden=128,
+        depth=1,
+        epochs=100,
+        lr=1e-2,
+        batch_size=32,
+        weight_decay=5e-4,
+        optimizer="sgd",
+        split_seed=2,
+    ),
+    "digits-deep": dict(
+        dataset="digits", hidden=32, depth=3, epochs=30, lr=3e-3, batch_size=128, weight_decay=1e-4, split_seed=3
+    ),
+    "breast_cancer-wide": dict(
+        dataset="breast_cancer", hidden=64, depth=2, epochs=100, lr=1e-2, batch_size=16, weight_decay=0.0, split_seed=1
+    ),
+    "breast_cancer-sgd": dict(
+        dataset="breast_cancer",
+        hidden=16,
+        depth=1,
+        epochs=30,
+        lr=1e-1,
+        batch_size=64,
+        weight_decay=1e-4,
+        optimizer="sgd",
+        split_seed=2,
+    ),
+    "wine-deep": dict(
+        dataset="wine", hidden=16, depth=3, epochs=100, lr=3e-3, batch_size=8, weight_decay=1e-4, split_seed=1
+    ),
+    "wine-sgd-brief": dict(
+        dataset="wine",
+        hidden=32,
+        depth=2,
+        epochs=10,
+        lr=1e-2,
+        batch_size=16,
+        weight_decay=1e-4,
+        optimizer="sgd",
+        split_seed=2,
+    ),
+    "digits-long-small": dict(
+        dataset="digits",
+        hidden=64,
+        depth=2,
+        epochs=300,
+        lr=3e-4,
+        batch_size=64,
+        weight_decay=0.0,
+        test_size=0.6,
+        split_seed=1,
+    ),
+}
+
+
 def half(dataset_index: int, recipe_index: int) -> str:
     """The halves rule: checkerboard over (data set, recipe)."""
     return "design" if (dataset_index + recipe_index) % 2 == 0 else "heldout"
 
 
 def tasks(which: str = "all") -> list[TransferTask]:
-    """The suite's tasks in grid order; ``which``: "all", "design" or "heldout"."""
-    if which not in ("all", "design", "heldout"):
-        raise ValueError(f"which must be 'all', 'design' or 'heldout', got {which!r}")
+    """The suite's tasks in grid order; ``which``: "all" (the 18 of the two halves), "design",
+    "heldout", "fresh" (the FRESH tasks) or "every" (all 26)."""
+    if which not in ("all", "design", "heldout", "fresh", "every"):
+        raise ValueError(f"which must be 'all', 'design', 'heldout', 'fresh' or 'every', got {which!r}")
+    if which == "fresh":
+        return [TransferTask(r["dataset"], name.split("-", 1)[1], Recipe(**r), "fresh") for name, r in FRESH.items()]
+    if which == "every":
+        return tasks("all") + tasks("fresh")
     out = []
     for i, ds in enumerate(DATASETS):
         for j, (rname, (opt, lr, epochs, wd)) in enumerate(RECIPES.items()):
@@ -108,10 +197,10 @@ def tasks(which: str = "all") -> list[TransferTask]:
 
 def get(name: str) -> TransferTask:
     """A task by its name, e.g. "digits-adam1e-2"."""
-    for t in tasks():
+    for t in tasks("every"):
         if t.name == name:
             return t
-    raise KeyError(f"no transfer task {name!r}; have {', '.join(t.name for t in tasks())}")
+    raise KeyError(f"no transfer task {name!r}; have {', '.join(t.name for t in tasks('every'))}")
 
 
 def with_recipe(task: TransferTask, **changes) -> TransferTask:
