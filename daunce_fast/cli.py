@@ -147,6 +147,13 @@ def input_path(s: str) -> str:
     return s
 
 
+def inspect_path(s: str) -> str:
+    """An input file (see input_path), or a directory (a Daunce workdir)."""
+    if s and os.path.isdir(s):
+        return s
+    return input_path(s)
+
+
 def output_path(s: str) -> str:
     """A file to write: non-empty, not an existing directory, in a directory that exists."""
     if not s or not s.strip():
@@ -362,6 +369,16 @@ def _score(args, a, b) -> int:
 
 # ------------------------------------------------------------------------------- inspect
 def cmd_inspect(args) -> int:
+    if os.path.isdir(args.file):
+        from .daunce.workdir import STATE_FILE
+        from .daunce.workdir import describe as describe_workdir
+
+        if not os.path.exists(os.path.join(args.file, STATE_FILE)):
+            raise ValueError(f"{args.file} is a directory without {STATE_FILE}: not a Daunce workdir")
+        from pathlib import Path
+
+        print(describe_workdir(Path(args.file)))
+        return 0
     from .storage.inspect import describe
 
     print(describe(args.file))
@@ -497,11 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pn = add(
         "inspect",
-        "shapes, dtypes, metadata and completeness of a store",
+        "shapes, dtypes, metadata and completeness of a store; a Daunce workdir's run",
         "Describe a safetensors file, a sharded index or an interrupted writer's .partial file "
-        "without loading its data. Names and metadata are printed escaped and truncated.",
+        "without loading its data; or a Daunce workdir: K, options, the calibrated lr and epochs with "
+        "what they came from and the first chunk's warnings, what is perturbed, the loss stores. Names "
+        "and metadata are printed escaped and truncated.",
     )
-    pn.add_argument("file", type=input_path, help="the file to describe")
+    pn.add_argument("file", type=inspect_path, help="the file (or Daunce workdir) to describe")
     pn.set_defaults(func=cmd_inspect)
     return p
 

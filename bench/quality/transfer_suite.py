@@ -7,9 +7,10 @@ resumes where this one stopped (done cells are skipped unless --redo).
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/quality/transfer_suite.py build [--half design]
     ... transfer_suite.py grid  --half design [--lr 3e-4,1e-3,3e-3,1e-2] [--epochs 5,10,20] [--K 512]
-    ... transfer_suite.py sharp --half all         # λ_max of θ0's Hessian (daunce_fast.daunce.calibrate)
+    ... transfer_suite.py sharp --half all         # λ_max of θ0's Hessian (daunce_fast.daunce.sharpness)
     ... transfer_suite.py fit-rule                 # c of lr = c / λ_max from the DESIGN half's grid optima
     ... transfer_suite.py calibrated --half heldout # DAUNCE with the fitted rule's lr
+    ... transfer_suite.py auto --half all [--auto-epochs 10] # the library's calibrated defaults (lr="auto")
     ... transfer_suite.py trak --half design       # TRAK-5, damping grid
     ... transfer_suite.py table                    # markdown tables of everything recorded
 
@@ -123,8 +124,10 @@ def _lds_of(gt, scores) -> float:
     return float(mean)
 
 
-def run_daunce(gt, *, K: int, lr: float, epochs: float, rho: float | None = None, seed: int = 0):
-    """(LDS, fit seconds) of one DAUNCE fit at the library's defaults except lr / epochs / rho."""
+def run_daunce(gt, *, K: int, lr, epochs, rho: float | None = None, seed: int = 0, info: dict | None = None):
+    """(LDS, fit seconds) of one DAUNCE fit at the library's defaults except lr / epochs / rho
+    ("auto" or None: the library's calibration). ``info``, when given, receives the calibration's
+    values and the first chunk's diagnostics (calibration.json)."""
     from daunce_fast import Daunce
 
     task = load_task(gt)
@@ -132,11 +135,18 @@ def run_daunce(gt, *, K: int, lr: float, epochs: float, rho: float | None = None
     test = TensorDataset(task.x_test, task.y_test)
     model = model_from_state(gt)
     kw = {} if rho is None else {"rho": rho}
+    if lr is not None:
+        kw["lr"] = lr
+    if epochs is not None:
+        kw["epochs"] = epochs
     with tempfile.TemporaryDirectory(prefix="daunce_transfer_") as wd:
         t0 = time.perf_counter()
-        d = Daunce(model, num_models=K, lr=lr, epochs=epochs, seed=seed, workdir=wd, **kw)
+        d = Daunce(model, num_models=K, seed=seed, workdir=wd, **kw)
         d.fit(train)
         fit_s = time.perf_counter() - t0
+        if info is not None:
+            p = Path(wd) / "calibration.json"
+            info.update(json.loads(p.read_text()) if p.exists() else {})
         try:
             s = d.scores(train, test)
             val = _lds_of(gt, s)
@@ -175,7 +185,7 @@ def cmd_grid(a) -> None:
 
 
 def cmd_sharp(a) -> None:
-    from daunce_fast.daunce.calibrate import adam_preconditioner, sharpness
+    from daunce_fast.daunce.sharpness import adam_preconditioner, sharpness
 
     done = {r["task"] for r in _load_rows("sharp")}
     for t in _select(a):
@@ -260,7 +270,7 @@ def cmd_fit_rule(a) -> None:
 
 
 def cmd_calibrated(a) -> None:
-    from daunce_fast.daunce.calibrate import lr_from_sharpness
+    from daunce_fast.daunce.sharpness import lr_from_sharpness
 
     rule = json.loads((OUT / "rule.json").read_text())
     sharp = {r["task"]: r for r in _load_rows("sharp")}
@@ -286,6 +296,38 @@ def cmd_calibrated(a) -> None:
                 "fit_s": round(fit_s, 1),
                 "measure": rule["measure"],
                 "sharp_s": sharp[t.name]["wall_s"] + sharp[t.name]["wall_adam_s"],
+                "load": _load_avg(),
+            },
+        )
+
+
+def cmd_auto(a) -> None:
+    """DAUNCE with the library's calibrated defaults (lr="auto"; epochs "auto" or --epochs)."""
+    epochs = None if a.auto_epochs == "auto" else float(a.auto_epochs)
+    done = {(r["task"], r["K"], r["epochs_arg"], r["seed"]) for r in _load_rows("auto")}
+    for t in _select(a):
+        if (t.name, a.K, a.auto_epochs, a.seed) in done and not a.redo:
+            continue
+        gt = ground_truth(t, build_missing=False)
+        info: dict = {}
+        val, fit_s = run_daunce(gt, K=a.K, lr=None, epochs=epochs, seed=a.seed, info=info)
+        diag = info.get("diagnostics", {})
+        _append(
+            "auto",
+            {
+                "task": t.name,
+                "half": t.half,
+                "K": a.K,
+                "epochs_arg": a.auto_epochs,
+                "seed": a.seed,
+                "lr": info.get("lr"),
+                "epochs": info.get("epochs"),
+                "steps": info.get("steps"),
+                "theta0_loss": info.get("theta0_loss"),
+                "spread": diag.get("spread"),
+                "warnings": diag.get("warnings"),
+                "lds": val,
+                "fit_s": round(fit_s, 1),
                 "load": _load_avg(),
             },
         )
@@ -453,13 +495,16 @@ def _extra_tables(grid: list[dict], K: int) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "cmd", choices=["build", "grid", "sharp", "fit-rule", "calibrated", "trak", "table"], help="what to run"
+        "cmd",
+        choices=["build", "grid", "sharp", "fit-rule", "calibrated", "auto", "trak", "table"],
+        help="what to run",
     )
     ap.add_argument("--half", default="all", choices=["all", "design", "heldout", "fresh", "every"])
     ap.add_argument("--tasks", help="comma list of task names (e.g. digits-adam1e-2)")
     ap.add_argument("--K", type=int, default=512)
     ap.add_argument("--lr", default="3e-4,1e-3,3e-3,1e-2", help="grid: copies' learning rates")
     ap.add_argument("--epochs", default="5,10,20", help="grid: copies' epochs")
+    ap.add_argument("--auto-epochs", default="auto", help="auto: the copies' epochs ('auto': the library's)")
     ap.add_argument(
         "--rho", default="", help="grid: comma list of rho ('default' = the library's); empty: default only"
     )
@@ -477,6 +522,7 @@ def main(argv=None):
         "sharp": cmd_sharp,
         "fit-rule": cmd_fit_rule,
         "calibrated": cmd_calibrated,
+        "auto": cmd_auto,
         "trak": cmd_trak,
         "table": cmd_table,
     }[a.cmd](a)

@@ -1,7 +1,8 @@
 """Hyper-parameters of a DAUNCE run, their defaults and their validation.
 
 Defaults are the ones measured best on the bundled LDS evaluation (bench/quality/lds.py, figures in
-bench/RESULTS.md), not copied from the paper.
+bench/RESULTS.md), not copied from the paper; lr and epochs of classifiers are calibrated per run
+("auto", daunce/calibration.py), chosen on the transfer suite (bench/results/transfer.md).
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ class DaunceConfig:
     alpha: float | None = None  # LoRA alpha (default: rank, i.e. scaling 1)
     target_modules: list[str] | str | None = None  # None: every nn.Linear
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float | str = "auto"  # "auto": calibrated by fit from the number of steps and θ0's training loss
+    # (daunce/calibration.py, docs/pipeline.md#calibration); Adam/AdamW only
     weight_decay: float = 0.0
-    epochs: float | None = 10  # passes over each model's subset (ignored when steps is set)
+    epochs: float | str | None = "auto"  # passes over each model's subset (ignored when steps is set);
+    # "auto": calibration.AUTO_EPOCHS
     steps: int | None = None  # optimiser steps per model
     batch_size: int = 128  # examples per model per step
     schedule: str = "cosine"  # "cosine" or "constant"
@@ -98,8 +101,18 @@ class DaunceConfig:
             bad(f"head must be 'auto', 'logits' or 'lm', got {self.head!r}")
         if self.rank not in (None, "full") and (not isinstance(self.rank, int) or self.rank < 1):
             bad(f"rank must be a positive int or 'full', got {self.rank!r}")
-        if self.steps is None and (self.epochs is None or self.epochs <= 0):
-            bad("give steps or a positive number of epochs")
+        if self.lr != "auto" and (
+            isinstance(self.lr, (bool, str))
+            or not isinstance(self.lr, (int, float))
+            or not 0 <= float(self.lr) < float("inf")
+        ):
+            bad(f"lr must be a number >= 0 or 'auto', got {self.lr!r}")
+        if self.lr == "auto" and self.optimizer not in ("adam", "adamw"):
+            bad(f"lr='auto' is calibrated for Adam/AdamW; give lr for optimizer {self.optimizer!r}")
+        if self.steps is None and self.epochs != "auto":
+            e = self.epochs
+            if e is None or isinstance(e, (bool, str)) or not isinstance(e, (int, float)) or not e > 0:
+                bad(f"give steps, a positive number of epochs or epochs='auto', got epochs={e!r}")
         if self.steps is not None and self.steps < 1:
             bad(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:

@@ -5,6 +5,12 @@ continues from the last completed chunk and gives the same result):
 
     workdir/summary.json                   what the run perturbs (Daunce.summary().to_dict()),
                                            written at the start of fit; informative only
+    workdir/calibration.json               the lr and epochs the copies trained with, what they were
+                                           calibrated from, and the first chunk's diagnostics
+                                           (calibration.py); written when the first chunk trains.
+                                           Informative: the values are a pure function of the
+                                           fingerprinted config, θ0 and training set, so a resumed
+                                           run computes the same ones
     workdir/state.json                     content fingerprints of what the contents were computed
                                            from: θ0's parameters and buffers, the training set in
                                            full, the training config, K, the chunking, the format
@@ -35,21 +41,24 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import calibration
 from .config import LM_DEFAULTS, SCORE_METHOD, DaunceConfig
 from .data import as_examples
 from .errors import WorkdirError
-from .heads import LMHead, LogitsHead, is_causal_lm
+from .heads import LMHead, LogitsHead, base_pass, is_causal_lm
 from .recorder import record_chunk
 from .summary import PerturbationSummary
 from .targets import default_targets
 from .trainer import ChunkPlan, train_chunk
 from .workdir import (
+    CALIBRATION_FILE,
     STATE_FILE,
     STATE_VERSION,
     SUMMARY_FILE,
@@ -135,6 +144,11 @@ class Daunce:
                 )
             if self.config.perturbation == "hessian":
                 raise ValueError("Daunce: perturbation 'hessian' is not available with the fused language-model head")
+            if self.config.lr == "auto":
+                raise ValueError(
+                    "Daunce: lr='auto' is calibrated for classifiers (the logits head); language models keep "
+                    f"LM_DEFAULTS' lr {LM_DEFAULTS['lr']} unless lr is given"
+                )
             self.head = LMHead(self.config)
         else:
             if self.config.perturbation == "hessian" and loss_fn is not None:
@@ -149,6 +163,7 @@ class Daunce:
         self._state: dict | None = None  # the workdir's state, checked against this object's
         self._theta0_fp: str | None = None
         self._chunk_model = None
+        self._calibration: calibration.Calibration | None = None
         self._closed = False
         self._cleanup = None
         if workdir is not None:
@@ -525,12 +540,81 @@ class Daunce:
         if self._rank_world()[0] == 0:
             write_json(self.workdir / SUMMARY_FILE, s.to_dict())
 
+    @property
+    def calibration(self) -> calibration.Calibration | None:
+        """The lr and epochs the copies train with and what they were calibrated from (see
+        daunce/calibration.py): set by ``fit`` when a chunk trains, else read back from the workdir's
+        calibration.json of an earlier fit of this run; None before any chunk trained."""
+        if self._calibration is None:
+            try:
+                fitted = self._fitted()  # reads state.json of an earlier fit of this run
+            except WorkdirError:
+                fitted = None  # the workdir holds another run: nothing of this one's to report
+            data = self._read_calibration() if fitted is not None else None
+            if data is not None:
+                fields = {k: data[k] for k in calibration.Calibration.__dataclass_fields__}
+                self._calibration = calibration.Calibration(**fields)
+        return self._calibration
+
+    def _read_calibration(self) -> dict | None:
+        path = self.workdir / CALIBRATION_FILE
+        if self._state is None or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("run") != self._run_id():
+            return None  # another run's (a stale file is never reported as this run's)
+        return data
+
+    def _calibrate(self, ex, base) -> DaunceConfig:
+        """The config the copies train with: ``self.config`` with "auto" lr/epochs replaced by the
+        calibrated values (logged once; rank 0 writes calibration.json)."""
+        if self._calibration is None or self._calibration.num_train != len(ex):
+            t0 = base["t0"] if base is not None and "t0" in base else None
+            if t0 is None and self.head.kind == "logits" and calibration.wants_calibration(self.config):
+                # "blackbox" has no base tables: one pass of θ0 for its training targets
+                z0 = base_pass(self.model, ex, self.config.row_budget, self.head.forward)
+                t0 = self.head.train_target(z0, ex.labels)
+            loss = None if t0 is None else float(t0.double().mean())
+            self._calibration = calibration.calibrate(self.config, len(ex), loss)
+            logger.info("%s", self._calibration)
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                tqdm.write(str(self._calibration))
+            self._write_calibration()
+        return calibration.resolved(self.config, self._calibration)
+
+    def _write_calibration(self, diagnostics: dict | None = None) -> None:
+        if self._rank_world()[0] != 0:
+            return
+        old = self._read_calibration() or {}
+        data = {**self._calibration.to_dict(), "run": self._run_id()}
+        if diagnostics is not None or "diagnostics" in old:
+            data["diagnostics"] = diagnostics if diagnostics is not None else old["diagnostics"]
+        write_json(self.workdir / CALIBRATION_FILE, data)
+
+    def _diagnose(self, rows: np.ndarray) -> None:
+        """Check the first trained chunk's training-set targets (calibration.diagnose): warn when the
+        copies barely moved or diverged; the result goes to calibration.json."""
+        cal = self._calibration
+        loss_target = self.head.kind == "logits" and self.config.target == "loss" and self.config.objective != "margin"
+        d = calibration.diagnose(rows, cal.theta0_loss if cal else None, loss_target=loss_target)
+        for w in d["warnings"]:
+            logger.warning("Daunce: %s (first chunk, lr %g)", w, cal.lr if cal else float("nan"))
+            warnings.warn(f"Daunce: {w}", RuntimeWarning, stacklevel=4)
+        if cal is not None:
+            self._write_calibration(d)
+
     def _fit(self, ex, sets) -> Daunce:
         pending = {n: v for n, v in sets.items() if not self._store_complete(n, v[1])}
         if not pending:
             return self
         self._report_summary()
         base = None  # θ0's outputs over the training set: computed when a chunk needs training
+        diagnosed = False
         writers = {n: self._open_store(n, len(e), f) for n, (e, f) in pending.items()}
         chunks, off = self.my_chunks(), self._row_offset()
         try:
@@ -543,12 +627,12 @@ class Daunce:
                         if self._adapter_path(c).exists():
                             self._load_adapters(c, model)
                         else:
-                            plan = ChunkPlan(self.config, ids, len(ex))
+                            if base is None:
+                                base = self.head.base_tables(self.model, ex, self.config.row_budget)
+                            plan = ChunkPlan(self._calibrate(ex, base), ids, len(ex))
                             with _progress(
                                 self.progress, total=plan.total_steps, desc=f"chunk {c}", unit="step", leave=False
                             ) as steps:
-                                if base is None:
-                                    base = self.head.base_tables(self.model, ex, self.config.row_budget)
                                 train_chunk(model, params, ex, plan, base, self.head, progress=steps)
                             self._save_adapters(c, model)
                         for n in todo:
@@ -557,6 +641,9 @@ class Daunce:
                             )
                             writers[n]["targets"][ids[0] - off : ids[-1] + 1 - off] = rows
                             writers[n].mark_done(key)
+                            if n == "train" and not diagnosed and self._calibration is not None:
+                                diagnosed = True
+                                self._diagnose(rows)
                     bar.update(1)
             for w in writers.values():
                 w.close()

@@ -23,6 +23,7 @@ from .errors import WorkdirError
 
 STATE_VERSION = 2
 STATE_FILE = "state.json"
+CALIBRATION_FILE = "calibration.json"  # lr/epochs chosen and why (daunce.calibration); informative
 SUMMARY_FILE = "summary.json"  # what the run perturbs (daunce.summary); informative, not part of the fingerprint
 STATE_MAX_BYTES = 1 << 20  # a state.json is a few kB; anything larger is not one
 FRESH = "overwrite=True (deletes its state.json, adapters/ and losses/) or use a new workdir"
@@ -119,9 +120,10 @@ def mismatch_error(workdir: Path, diff: list[str]) -> WorkdirError:
 
 
 def wipe(workdir: Path) -> None:
-    """Delete what a run put in ``workdir`` (state.json, summary.json, adapters/, losses/), nothing else."""
-    (workdir / STATE_FILE).unlink(missing_ok=True)
-    (workdir / SUMMARY_FILE).unlink(missing_ok=True)
+    """Delete what a run put in ``workdir`` (state.json, summary.json, calibration.json, adapters/,
+    losses/), nothing else."""
+    for name in (STATE_FILE, SUMMARY_FILE, CALIBRATION_FILE):
+        (workdir / name).unlink(missing_ok=True)
     for sub in ("adapters", "losses"):
         p = workdir / sub
         if p.is_symlink():
@@ -158,3 +160,64 @@ def check_name(name) -> str:
             "'.' (e.g. 'test' or 'val_2')"
         )
     return name
+
+
+def describe(workdir: Path) -> str:
+    """What ``daunce-fast inspect WORKDIR`` prints: the run's K, chunking and training options
+    (state.json), the calibration (lr, epochs, what they came from, the first chunk's diagnostics and
+    warnings: calibration.json), what is perturbed (summary.json totals) and the loss stores. Every
+    name and value from the files is escaped (storage.inspect.escape)."""
+    from ..storage.inspect import escape
+
+    state = read_state(workdir / STATE_FILE)
+    cfg = state["config"]
+    out = [f"Daunce workdir {escape(str(workdir))}"]
+    out.append(f"  models: K = {state['num_models']}, chunks of {state['chunk_size']}")
+    keys = ("optimizer", "lr", "epochs", "steps", "batch_size", "ratio", "objective", "perturbation", "rho")
+    out.append("  options: " + ", ".join(f"{k} {escape(str(cfg.get(k)), 40)}" for k in keys))
+    cal = _json_or_none(workdir / CALIBRATION_FILE)
+    if cal is None:
+        out.append("  calibration: none recorded (no chunk trained yet)")
+    else:
+        lr, ep = cal.get("lr"), cal.get("epochs")
+        out.append(
+            f"  calibration: lr {escape(str(lr), 40)} ({escape(str(cal.get('lr_source')), 20)}), "
+            f"epochs {escape(str(ep), 40)} ({escape(str(cal.get('epochs_source')), 20)}), "
+            f"{escape(str(cal.get('steps')), 20)} steps per copy, θ0's mean training loss "
+            f"{escape(str(cal.get('theta0_loss')), 40)}"
+        )
+        if cal.get("rule"):
+            out.append(f"    rule: {escape(str(cal['rule']), 200)}")
+        d = cal.get("diagnostics")
+        if isinstance(d, dict):
+            out.append(
+                f"    first chunk: spread across copies {escape(str(d.get('spread')), 40)}, copies' mean "
+                f"training target {escape(str(d.get('copies_loss')), 40)}, non-finite {escape(str(d.get('nonfinite')), 20)}"
+            )
+            for w in d.get("warnings") or []:
+                out.append(f"    WARNING: {escape(str(w), 300)}")
+    summ = _json_or_none(workdir / SUMMARY_FILE)
+    if summ is not None:
+        n = len(summ.get("rows") or [])
+        out.append(
+            f"  perturbed: {n} module(s), {escape(str(summ.get('params_per_copy')), 20)} parameters per copy"
+            + (
+                f", fallback: {escape(', '.join(map(str, summ['fallback_modules'])), 200)}"
+                if summ.get("fallback_modules")
+                else ""
+            )
+        )
+    losses = workdir / "losses"
+    names = sorted(p.name for p in losses.iterdir()) if losses.is_dir() and not losses.is_symlink() else []
+    out.append("  loss stores: " + (", ".join(escape(n, 80) for n in names) if names else "none"))
+    return "\n".join(out)
+
+
+def _json_or_none(path: Path):
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(STATE_MAX_BYTES + 1)
+        obj = json.loads(raw.decode("utf-8")) if len(raw) <= STATE_MAX_BYTES else None
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None

@@ -121,11 +121,11 @@ def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dic
     print(d.summary())  # what each of the K copies perturbs, before training starts
     d.fit(train, record={"test": test})
     t_fit = time.perf_counter() - t0
-    cfg = d.config
+    cfg, cal = d.config, d.calibration
     print(
         f"DAUNCE: K={num_models} models (objective={cfg.objective}, perturbation={cfg.perturbation}, "
-        f"ratio={cfg.ratio}, rho={cfg.rho}, "
-        f"{cfg.epochs} epochs, rank={d.rank}) trained and recorded in {t_fit:.1f} s, in chunks of {d.chunk_size()}"
+        f"ratio={cfg.ratio}, rho={cfg.rho}, lr={cal.lr:g} ({cal.lr_source}), {cal.epochs:g} epochs "
+        f"({cal.epochs_source}), rank={d.rank}) trained and recorded in {t_fit:.1f} s, in chunks of {d.chunk_size()}"
     )
 
     rng = np.random.default_rng(seed)

@@ -1,8 +1,8 @@
-"""daunce_fast.daunce.calibrate: the sharpness measurement behind the lr calibration candidate."""
+"""daunce_fast.daunce.sharpness: the sharpness measurement behind the lr calibration candidate."""
 
 import torch
 
-from daunce_fast.daunce.calibrate import lr_from_sharpness, sharpness
+from daunce_fast.daunce.sharpness import lr_from_sharpness, sharpness
 
 
 def _quadratic(n=200, d=12, seed=0):
@@ -61,7 +61,7 @@ def test_lr_rule():
 
 def test_preconditioned_quadratic():
     """With a diagonal D, the top eigenvalue of D^½ H D^½."""
-    from daunce_fast.daunce.calibrate import adam_preconditioner
+    from daunce_fast.daunce.sharpness import adam_preconditioner
 
     model, x, y, loss = _quadratic()
     d = torch.linspace(0.5, 2.0, x.shape[1])[None, :]  # shape of the weight [1, d]

@@ -1,6 +1,7 @@
-"""Calibration candidate for the perturbed copies' learning rate (issue 16), needing no ground truth.
+"""The sharpness measurement behind a calibration candidate for the perturbed copies' learning rate (issue 16), needing no ground truth.
 
-Not wired into the pipeline: a pure measurement plus a rule, studied by bench/quality/transfer_suite.py.
+Not used by the pipeline (the shipped calibration is daunce.calibration, the step rule): kept because
+bench/quality/transfer_suite.py measures it beside the rule (it lost there, bench/results/transfer.md).
 
 ``sharpness``: the largest eigenvalue λ_max of the Hessian of the mean training loss at θ0, by power
 iteration with Hessian-vector products (double backward) on a seeded subsample of the training set.
