@@ -94,6 +94,11 @@ class LogitsHead:
         self.forward = call_model if forward_fn is None else _checked_forward(forward_fn)
         self.loss_fn = cross_entropy_per_example if loss_fn is None else _checked_loss(loss_fn)
         self.train_target = neg_margin_per_example if cfg.objective == "margin" else self.loss_fn
+        # Shared prefix (docs/pipeline.md#shared-prefix): only for the default forward (a custom
+        # forward_fn may call the model in any way); cfg.extra["share_prefix"]: True (default), False
+        # (off), "always" (keep the training cache even when it does not measure faster).
+        self.share_prefix = forward_fn is None and cfg.extra.get("share_prefix", True) is not False
+        self._prefix_store: dict = {}  # the training set's cached shared values, reused across chunks
 
     @torch.no_grad()
     def base_tables(self, model, examples, row_budget: int) -> dict | None:
@@ -111,8 +116,38 @@ class LogitsHead:
             tables["sq0"] = torch.softmax(z0, dim=-1).sqrt()
         return tables
 
-    def objective(self, model, inputs, y, flat_idx, c, K: int, base, noise=None) -> torch.Tensor:
-        z = self.forward(model, inputs)
+    def training_prefix(self, model, examples, K: int):
+        """The shared prefix's cache over the training set ``examples`` for ``model`` in its current
+        (training) modes (lora.shared_prefix.training_prefix), or None: pass it to :meth:`objective`.
+        Budget: ``cfg.extra["share_prefix_cache_bytes"]`` (default 1 GiB)."""
+        if not self.share_prefix:
+            return None
+        from ..lora import shared_prefix
+
+        device = next(model.parameters()).device
+        budget = int(self.cfg.extra.get("share_prefix_cache_bytes", shared_prefix.DEFAULT_CACHE_BYTES))
+        return shared_prefix.training_prefix(
+            model,
+            len(examples),
+            lambda idx: examples.take(idx, device)[0],
+            budget_bytes=budget,
+            store=self._prefix_store,
+            store_key=(id(examples), len(examples), str(device)),
+            require_faster=self.cfg.extra.get("share_prefix", True) != "always",
+        )
+
+    def objective(self, model, inputs, y, flat_idx, c, K: int, base, noise=None, prefix=None) -> torch.Tensor:
+        """The K per-model objectives of one step; ``prefix`` (from :meth:`training_prefix`) gathers
+        the shared prefix's values of the rows ``flat_idx`` instead of recomputing them."""
+        if prefix is None:
+            z = self.forward(model, inputs)
+        else:
+            z = prefix.forward(
+                inputs,
+                flat_idx,
+                reference=lambda: self.forward(model, inputs),
+                pick=lambda out: model_outputs(out, num_rows(inputs)),
+            )
         if base is None:
             z0 = t0 = g0 = None
         else:
@@ -135,8 +170,20 @@ class LogitsHead:
 
     @torch.no_grad()
     def record(self, model, inputs, y, K: int) -> torch.Tensor:
-        """Targets [K, n] of the same n examples under the K adapters (lower = better)."""
-        z = self.forward(model, repeat_for_models(inputs, K))
+        """Targets [K, n] of the same n examples under the K adapters (lower = better). With the
+        shared prefix, what precedes the first copy layer runs once on the n rows."""
+        if self.share_prefix:
+            from ..lora import shared_prefix
+
+            z = shared_prefix.repeated_forward(
+                model,
+                inputs,
+                K,
+                reference=lambda: self.forward(model, repeat_for_models(inputs, K)),
+                pick=lambda out: model_outputs(out, K * num_rows(inputs)),
+            )
+        else:
+            z = self.forward(model, repeat_for_models(inputs, K))
         yk = repeat_for_models((y,), K)[0]
         t = self.loss_fn(z, yk) if self.cfg.target == "loss" else -margin_per_example(z, yk)
         return t.view(K, -1)

@@ -127,10 +127,14 @@ def train_chunk(model, params, examples, plan: ChunkPlan, base, head, *, progres
     if plan.noise is not None:
         plan.prepare_noise(base["z0"].shape[-1])
     with copy_modes(model, K, batchnorm=cfg.batchnorm, dropout=cfg.dropout, training=True):
-        _steps(model, params, examples, plan, base, head, opt, progress)
+        # the shared prefix's values over the training set (docs/pipeline.md#shared-prefix), built
+        # in the training modes; None when the head has none or the model does not split
+        make_prefix = getattr(head, "training_prefix", None)
+        prefix = make_prefix(model, examples, K) if make_prefix is not None else None
+        _steps(model, params, examples, plan, base, head, opt, progress, prefix)
 
 
-def _steps(model, params, examples, plan: ChunkPlan, base, head, opt, progress) -> None:
+def _steps(model, params, examples, plan: ChunkPlan, base, head, opt, progress, prefix=None) -> None:
     from .. import lora
 
     cfg, K, device = plan.cfg, len(plan.ids), params[0].device
@@ -140,7 +144,8 @@ def _steps(model, params, examples, plan: ChunkPlan, base, head, opt, progress) 
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg, step, plan.total_steps)
         with lora.expected_rows(idx.numel()):  # K*b adapter-major rows: a layer seeing other sizes is an error
-            obj = head.objective(model, inputs, y, idx.reshape(-1), c.to(device), K, base, noise=noise)
+            extra = {} if prefix is None else {"prefix": prefix}
+            obj = head.objective(model, inputs, y, idx.reshape(-1), c.to(device), K, base, noise=noise, **extra)
         opt.zero_grad(set_to_none=True)
         obj.sum().backward()
         if cfg.max_grad_norm is not None:
