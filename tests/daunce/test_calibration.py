@@ -251,7 +251,7 @@ def test_inspect_prints_the_calibration_and_warnings(task, tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "daunce_fast", "inspect", str(tmp_path)], capture_output=True, text=True, check=True
     ).stdout
-    assert "calibration: lr 1e-12 (given), epochs 20.0 (auto)" in out
+    assert f"calibration: lr 1e-12 (given), epochs {float(calibration.AUTO_EPOCHS)} (auto)" in out
     assert "WARNING: still" in out and "train.safetensors" in out
     bad = subprocess.run(
         [sys.executable, "-m", "daunce_fast", "inspect", str(tmp_path / "losses")], capture_output=True, text=True
