@@ -360,11 +360,67 @@ def _fmt(v, nd=3):
     return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _mean(v: list[float]) -> float:
+    return float(np.mean(v))
+
+
+def _auto_table(K: int) -> None:
+    """The library's calibrated defaults (lr="auto", 10 epochs) per task against the grid's best cell
+    (LDS averaged over the DAUNCE seeds each cell has), the previous defaults (lr 1e-3, 10 epochs) and
+    TRAK-5 with its best damping; then the counts per half."""
+    from daunce_fast.daunce.calibration import AUTO_EPOCHS
+
+    cells: dict[tuple, list[float]] = {}
+    for r in _load_rows("grid"):
+        if r["K"] == K and r.get("rho") is None:
+            cells.setdefault((r["task"], r["lr"], r["epochs"]), []).append(r["lds"])
+    auto: dict[str, list[dict]] = {}
+    for r in _load_rows("auto"):
+        if r["K"] == K and r["epochs"] == AUTO_EPOCHS and r["epochs_arg"] in ("auto", str(AUTO_EPOCHS)):
+            auto.setdefault(r["task"], {})[r["seed"]] = r
+    trak_best: dict[str, float] = {}
+    for r in _load_rows("trak"):
+        trak_best[r["task"]] = max(trak_best.get(r["task"], -1.0), r["lds"])
+    print(f"\nCalibrated defaults (lr='auto', {AUTO_EPOCHS} epochs) vs the grid's best, K = {K}\n")
+    print(
+        "| task | half | θ0 train loss | auto lr | steps | auto LDS (seeds) | grid best (lr, epochs) | best LDS "
+        "| auto / best | ≥ 0.97 | old defaults LDS | old / best | TRAK-5 | auto ≥ TRAK-5 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    counts: dict[str, list[int]] = {}
+    for t in transfer.tasks("every"):
+        runs = list(auto.get(t.name, {}).values())
+        mine = {k: _mean(v) for k, v in cells.items() if k[0] == t.name}
+        if not runs or not mine:
+            continue
+        best = max(mine, key=mine.get)
+        a_lds = _mean([r["lds"] for r in runs])
+        old = mine.get((t.name, DEFAULT_LR, float(DEFAULT_EPOCHS)))
+        tb = trak_best.get(t.name)
+        ok = a_lds >= 0.97 * mine[best]
+        c = counts.setdefault(t.half, [0, 0, 0, 0, 0])
+        c[0] += 1
+        c[1] += ok
+        c[2] += old is not None and old >= 0.97 * mine[best]
+        c[3] += tb is not None and a_lds >= tb
+        c[4] += tb is not None
+        print(
+            f"| {t.name} | {t.half} | {runs[0]['theta0_loss']:.2g} | {runs[0]['lr']:.3g} | {runs[0]['steps']} | "
+            f"{a_lds:.3f} ({len(runs)}) | {best[1]:g}, {best[2]:g} | {mine[best]:.3f} ({len(cells[best])}) | "
+            f"{a_lds / mine[best]:.3f} | {'met' if ok else 'not met'} | {_fmt(old)} | "
+            f"{_fmt(old / mine[best] if old is not None else None)} | {_fmt(tb)} | {'yes' if tb is not None and a_lds >= tb else 'no'} |"
+        )
+    print("\n| half | tasks | auto ≥ 0.97 x best | old defaults ≥ 0.97 x best | auto ≥ TRAK-5 |")
+    print("|---|---|---|---|---|")
+    for h, (n, ok, old_ok, tr, trn) in counts.items():
+        print(f"| {h} | {n} | {ok} | {old_ok} | {tr} of {trn} |")
+
+
 def cmd_table(a) -> None:
     builds = {r["task"]: r for r in _load_rows("build")}
     print("| task | half | optimizer | lr | epochs | wd | θ0 test acc | GT build s | load |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for t in transfer.tasks():
+    for t in transfer.tasks("every"):
         b = builds.get(t.name)
         r = t.recipe
         print(
@@ -380,7 +436,7 @@ def cmd_table(a) -> None:
     cal = {r["task"]: r for r in _load_rows("calibrated") if r["K"] == a.K}
     rule_p = OUT / "rule.json"
     const = json.loads(rule_p.read_text()).get("constant") if rule_p.exists() else None
-    for h in ("design", "heldout"):
+    for h in ("design", "heldout", "fresh"):
         rows = [r for r in grid if r["half"] == h and r["K"] == a.K and r.get("rho") is None and r.get("seed", 0) == 0]
         if not rows:
             continue
@@ -482,6 +538,7 @@ def _extra_tables(grid: list[dict], K: int) -> None:
                 + f" | {max(vals) - min(vals):.3f} |"
             )
     _seed_mean_summary(cells)
+    _auto_table(K)
     rho = {k: v for k, v in cells.items() if k[3] is not None}
     if rho:
         print(f"\nrho (the `hessian` perturbation's strength; library default 0.03), K = {K}\n")
