@@ -3,7 +3,7 @@ bench/quality/lds_cnn.py (daunce_fast.evaluation.groundtruth_cnn.cnn, digits as 
 an MLP (daunce_fast.demos.tasks.mlp, digits), both with head-only targets.
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python bench/ops/bench_shared_prefix.py [--K 256,512] [--epochs 1]
-        [--repeats 3] [--models cnn,mlp] [--n-train 480] [--out bench/results/shared_prefix.md]
+        [--repeats 3] [--models cnn,mlp] [--n-train 360] [--out bench/results/shared_prefix.md]
 
 Each cell runs fit(train, record={"test": test}) in a fresh workdir; "off" sets
 daunce_fast.lora.shared_prefix.ENABLED = False (the module switch; DAUNCE_FAST_SHARE_PREFIX=0 in the
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", default="cnn,mlp")
-    ap.add_argument("--n-train", type=int, default=480, help="training examples (of 1437; all 360 test examples)")
+    ap.add_argument("--n-train", type=int, default=360, help="training examples (of 1437; all 360 test examples)")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

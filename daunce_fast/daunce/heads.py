@@ -128,6 +128,7 @@ class LogitsHead:
         budget = int(self.cfg.extra.get("share_prefix_cache_bytes", shared_prefix.DEFAULT_CACHE_BYTES))
         return shared_prefix.training_prefix(
             model,
+            K,
             len(examples),
             lambda idx: examples.take(idx, device)[0],
             budget_bytes=budget,
@@ -145,8 +146,8 @@ class LogitsHead:
             z = prefix.forward(
                 inputs,
                 flat_idx,
-                reference=lambda: self.forward(model, inputs),
-                pick=lambda out: model_outputs(out, num_rows(inputs)),
+                reference=lambda inp: self.forward(model, inp),
+                pick=model_outputs,
             )
         if base is None:
             z0 = t0 = g0 = None
@@ -179,8 +180,8 @@ class LogitsHead:
                 model,
                 inputs,
                 K,
-                reference=lambda: self.forward(model, repeat_for_models(inputs, K)),
-                pick=lambda out: model_outputs(out, K * num_rows(inputs)),
+                reference=lambda inp: self.forward(model, repeat_for_models(inp, K)),
+                pick=model_outputs,
             )
         else:
             z = self.forward(model, repeat_for_models(inputs, K))

@@ -49,7 +49,7 @@ from typing import Any, Optional
 import torch
 from torch import fx, nn
 
-from .copies import CopyLayer
+from .copies import CopyLayer, expected_rows
 from .norm import MultiCopyNorm
 
 logger = logging.getLogger(__name__)
@@ -347,7 +347,7 @@ class Split:
     labels                  {node name: "shared" | "per-copy"} of the traced graph
     """
 
-    def __init__(self, model: nn.Module, inputs, K_hint: int | None = None):
+    def __init__(self, model: nn.Module, inputs):
         if isinstance(model, CopyLayer):
             raise Refused("the model itself is a copy layer")
         if not any(isinstance(m, CopyLayer) for m in model.modules()):
@@ -673,34 +673,52 @@ def _device_of(inputs) -> torch.device:
     return next(v for v in values if isinstance(v, torch.Tensor)).device
 
 
+def _rows(inputs, idx: torch.Tensor):
+    """The rows ``idx`` of every input tensor (tuple or dict inputs)."""
+
+    def take(t):
+        return t[idx.to(t.device)] if isinstance(t, torch.Tensor) and t.dim() > 0 else t
+
+    return {k: take(v) for k, v in inputs.items()} if isinstance(inputs, dict) else tuple(take(v) for v in inputs)
+
+
+CHECK_EXAMPLES = 4  # examples (per copy) on which the safety net compares split and unsplit forwards
+
+
 def repeated_forward(
-    model: nn.Module, inputs, K: int, *, reference: Callable[[], torch.Tensor], pick: Callable[[Any], torch.Tensor]
+    model: nn.Module,
+    inputs,
+    K: int,
+    *,
+    reference: Callable[[Any], torch.Tensor],
+    pick: Callable[[Any, int], torch.Tensor],
 ) -> torch.Tensor:
-    """The outputs ``pick(model(*repeat_for_models(inputs, K)))`` [K*B, ...] (recording), with the
-    shared prefix computed once on the B rows when the model splits; ``reference()`` (the unsplit
-    forward, returning the picked tensor) otherwise. The first use of a split is checked against
-    ``reference()`` on the same batch (:func:`outputs_match`); a mismatch disables it (warning)."""
+    """The outputs ``pick(model(*repeat_for_models(inputs, K)), K*B)`` [K*B, ...] (recording), with
+    the shared prefix computed once on the B rows when the model splits; ``reference(inputs)`` (the
+    unsplit forward of the repeated ``inputs``, returning the picked tensor) otherwise. Before its
+    first use a split is checked against ``reference`` on the block's first ``CHECK_EXAMPLES``
+    examples (:func:`outputs_match`, same random state); a mismatch disables it (warning)."""
     split = get_split(model, inputs)
     if split is None:
-        return reference()
-    if split.checked_record:
-        return pick(split.forward_repeated(inputs, K))
-    rng = _RNG(_device_of(inputs))
-    ref = reference()
-    after = _RNG(_device_of(inputs))
-    rng.restore()
-    try:
-        got = pick(split.forward_repeated(inputs, K))
-    except Exception as e:  # a split that fails runs unsplit
-        got, why = None, f"{type(e).__name__}: {e}"
-    else:
-        why = "its outputs differ from the unsplit forward's"
-    after.restore()
-    if got is None or not outputs_match(got, ref):
-        _disable(model, split, why)
-        return ref
-    split.checked_record = True
-    return ref
+        return reference(inputs)
+    B = _input_count(inputs)
+    if not split.checked_record:
+        m = min(B, CHECK_EXAMPLES)
+        sub = _rows(inputs, torch.arange(m))
+        rng = _RNG(_device_of(inputs))
+        with expected_rows(K * m):  # the check's own batch
+            ref = reference(sub)
+            rng.restore()
+            try:
+                got, why = pick(split.forward_repeated(sub, K), K * m), "its outputs differ from the unsplit forward's"
+            except Exception as e:  # a split that fails runs unsplit
+                got, why = None, f"{type(e).__name__}: {e}"
+        rng.restore()
+        if got is None or not outputs_match(got, ref):
+            _disable(model, split, why)
+            return reference(inputs)
+        split.checked_record = True
+    return pick(split.forward_repeated(inputs, K), K * B)
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -711,19 +729,31 @@ _BLOCK_BYTES = 16 << 20  # shared values per block while the cache is filled
 class TrainingPrefix:
     """The shared boundary values of every training example, cached once, gathered per step.
 
-    ``forward(inputs, flat_idx, reference=, pick=)`` returns the outputs of the K*b rows whose
-    example indices are ``flat_idx`` [K*b] (``inputs`` are those rows' inputs): the "rows"
-    boundaries gathered from the cache [N, ...], the inputs as they are, the suffix on top. The
-    first call checks the result against ``reference()`` (same random state) and times both
-    forwards (no grad, after one warm-up each); the cache stays in use only when it matches and is
-    faster, else every later call returns ``reference()``.
+    ``forward(inputs, flat_idx, reference=, pick=)`` returns the outputs of the K*b adapter-major
+    rows whose example indices are ``flat_idx`` [K*b] (``inputs``: those rows' inputs): the "rows"
+    boundaries gathered from the cache [N, ...], the inputs as they are, the suffix on top.
+
+    First call: the safety net compares the split with ``reference`` on the first
+    ``CHECK_EXAMPLES`` rows of every copy (no grad, same random state; a mismatch turns the cache
+    off with a warning), then the step runs unsplit, timed. Second call: the step runs split,
+    timed; the cache stays in use only when that forward was faster (or ``require_faster`` is
+    False), else every later call returns ``reference(inputs)``. Both timed forwards are real
+    steps, so the measurement costs nothing but the check.
     """
 
-    def __init__(self, model: nn.Module, split: Split, cache: list, consts: dict, require_faster: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        split: Split,
+        cache: list,
+        consts: dict,
+        num_copies: int,
+        require_faster: bool = True,
+    ):
         self.model, self.split, self.cache, self.consts = model, split, cache, consts
-        self.require_faster = require_faster
-        self.state: Optional[bool] = None  # None: not yet checked; True: in use; False: off
-        self.times: tuple[float, float] | None = None
+        self.K, self.require_faster = int(num_copies), require_faster
+        self.state = "check"  # "check" -> "trial" -> "on" | "off"
+        self.times: dict[str, float] = {}
 
     def _split_forward(self, inputs, flat_idx: torch.Tensor):
         args, r = [], 0
@@ -738,54 +768,64 @@ class TrainingPrefix:
                 args.append(self.consts[key])
         return self.split.suffix(*args)
 
-    def forward(self, inputs, flat_idx: torch.Tensor, *, reference, pick) -> torch.Tensor:
-        if self.state is False:
-            return reference()
-        if self.state:
-            return pick(self._split_forward(inputs, flat_idx))
+    def _check(self, inputs, flat_idx, reference, pick) -> Optional[str]:
+        """None when the split matches ``reference`` on the first rows of every copy, else why not."""
+        b = flat_idx.numel() // self.K
+        m = min(b, CHECK_EXAMPLES)
+        sel = (torch.arange(self.K)[:, None] * b + torch.arange(m)).reshape(-1)
+        sub, sub_idx = _rows(inputs, sel), flat_idx.reshape(-1)[sel]
         rng = _RNG(_device_of(inputs))
-        times: dict[str, float] = {}
-        outs: dict[str, Any] = {}
-        runs = {"ref": reference, "split": lambda: pick(self._split_forward(inputs, flat_idx))}
-        why = "its outputs differ from the unsplit forward's"
-        with torch.no_grad():
-            try:
-                for _ in range(2):  # a warm-up, then the timed run (the same random state each time)
-                    for which, run in runs.items():
-                        rng.restore()
-                        _sync(inputs)
-                        t0 = time.perf_counter()
-                        outs[which] = run()
-                        _sync(inputs)
-                        times[which] = time.perf_counter() - t0
-            except Exception as e:  # a split that fails runs unsplit
-                outs["split"], why = None, f"{type(e).__name__}: {e}"
-        ref, got = outs.get("ref"), outs.get("split")
-        if ref is None:  # the unsplit forward itself failed: let it raise as it would without the split
+        with torch.no_grad(), expected_rows(self.K * m):
+            ref = reference(sub)
             rng.restore()
-            return reference()
-        rng.restore()
-        if got is None or not outputs_match(got, ref):
-            self.state = False
-            logger.warning(
-                "shared prefix (training cache) of %s disabled: %s; running the unsplit forward",
-                type(self.model).__name__,
-                why,
-            )
-            return reference()
-        self.times = (times["ref"], times["split"])
-        self.state = self.times[1] < self.times[0] or not self.require_faster
-        if not self.state:
+            try:
+                got = pick(self._split_forward(sub, sub_idx), self.K * m)
+            except Exception as e:  # a split that fails runs unsplit
+                rng.restore()
+                return f"{type(e).__name__}: {e}"
+        rng.restore()  # the step itself draws what the unsplit step would
+        return None if outputs_match(got, ref) else "its outputs differ from the unsplit forward's"
+
+    def _timed(self, key: str, inputs, run):
+        _sync(inputs)
+        t0 = time.perf_counter()
+        out = run()
+        _sync(inputs)
+        self.times[key] = time.perf_counter() - t0
+        return out
+
+    def forward(self, inputs, flat_idx: torch.Tensor, *, reference, pick) -> torch.Tensor:
+        rows = flat_idx.numel()
+        if self.state == "on":
+            return pick(self._split_forward(inputs, flat_idx), rows)
+        if self.state == "off":
+            return reference(inputs)
+        if self.state == "check":
+            why = self._check(inputs, flat_idx, reference, pick)
+            if why is not None:
+                self.state = "off"
+                logger.warning(
+                    "shared prefix (training cache) of %s disabled: %s; running the unsplit forward",
+                    type(self.model).__name__,
+                    why,
+                )
+                return reference(inputs)
+            self.state = "trial"
+            return self._timed("unsplit", inputs, lambda: reference(inputs))
+        out = self._timed("split", inputs, lambda: pick(self._split_forward(inputs, flat_idx), rows))
+        faster = self.times["split"] < self.times["unsplit"]
+        self.state = "on" if faster or not self.require_faster else "off"
+        if not faster:
             _log_once(
                 logging.INFO,
                 ("slower", type(self.model).__name__),
-                "shared prefix (training cache) of %s off: not faster (%.4f s vs %.4f s unsplit per step)",
+                "shared prefix (training cache) of %s %s: not faster (%.4f s vs %.4f s unsplit per forward)",
                 type(self.model).__name__,
-                self.times[1],
-                self.times[0],
+                "kept (require_faster=False)" if self.state == "on" else "off",
+                self.times["split"],
+                self.times["unsplit"],
             )
-            return reference()
-        return pick(self._split_forward(inputs, flat_idx))
+        return out
 
 
 def _sync(inputs) -> None:
@@ -796,6 +836,7 @@ def _sync(inputs) -> None:
 
 def training_prefix(
     model: nn.Module,
+    num_copies: int,
     num_examples: int,
     take: Callable[[torch.Tensor], Any],
     *,
@@ -804,7 +845,7 @@ def training_prefix(
     store_key: Any = None,
     require_faster: bool = True,
 ) -> Optional[TrainingPrefix]:
-    """A :class:`TrainingPrefix` for ``model`` in its current (training) modes over a training set
+    """A :class:`TrainingPrefix` for ``model`` (``num_copies`` copies) in its current (training) modes over a training set
     of ``num_examples`` examples, ``take(idx)`` giving the inputs of the examples ``idx`` on the
     model's device; None (reason logged at INFO once) when the model does not split, a "rows"
     boundary has more than one row per example, or the cache would exceed ``budget_bytes``.
@@ -839,7 +880,7 @@ def training_prefix(
         return None
     key = (store_key, split.signature, mode_signature(model))
     if store is not None and store.get("key") == key:
-        return TrainingPrefix(model, split, store["cache"], store["consts"], require_faster)
+        return TrainingPrefix(model, split, store["cache"], store["consts"], num_copies, require_faster)
     rows_keys = [key_ for kind, key_ in split.boundaries if kind == "rows"]
     cache, consts = [], {}
     block = max(1, min(n, _BLOCK_BYTES // max(1, per_example)))
@@ -860,7 +901,7 @@ def training_prefix(
     if store is not None:
         store.clear()
         store.update(key=key, cache=cache, consts=consts)
-    return TrainingPrefix(model, split, cache, consts, require_faster)
+    return TrainingPrefix(model, split, cache, consts, num_copies, require_faster)
 
 
 __all__ = [

@@ -131,7 +131,7 @@ def test_safety_net_falls_back_and_warns(caplog):
     ref = unsplit(m, (x,))
     with caplog.at_level(logging.WARNING, logger="daunce_fast.lora.shared_prefix"):
         with lora.expected_rows(K * 5):
-            got = sp.repeated_forward(m, (x,), K, reference=lambda: unsplit(m, (x,)), pick=lambda o: o)
+            got = sp.repeated_forward(m, (x,), K, reference=lambda inp: unsplit(m, inp), pick=lambda o, rows: o)
     assert "disabled" in caplog.text
     torch.testing.assert_close(got, ref)
     assert sp.get_split(m, (x,)) is None  # never used again
@@ -164,9 +164,22 @@ def test_training_cache_rows_all_written():
     x = torch.randn(37, 4)
     sp._BLOCK_BYTES, old = 64, sp._BLOCK_BYTES  # several blocks
     try:
-        tp = sp.training_prefix(m, 37, lambda idx: (x[idx],))
+        tp = sp.training_prefix(m, K, 37, lambda idx: (x[idx],))
     finally:
         sp._BLOCK_BYTES = old
     (cache,) = tp.cache
     assert not cache.isnan().any()  # NaN-poisoned on allocation: every row was written
     torch.testing.assert_close(cache, torch.relu(m[0](x)))
+
+
+def test_training_safety_net_falls_back_and_warns(caplog):
+    m = attach(ARangeRows(), ["b"])
+    x = torch.randn(10, 4)
+    tp = sp.training_prefix(m, K, 10, lambda idx: (x[idx],), require_faster=False)
+    idx = torch.randint(0, 10, (K * 4,))
+    with torch.no_grad(), lora.expected_rows(K * 4):
+        ref = m(x[idx])
+        with caplog.at_level(logging.WARNING, logger="daunce_fast.lora.shared_prefix"):
+            got = tp.forward((x[idx],), idx, reference=lambda inp: m(*inp), pick=lambda o, rows: o)
+    assert "disabled" in caplog.text and tp.state == "off"
+    torch.testing.assert_close(got, ref)
