@@ -39,6 +39,7 @@ run_bench multilora 60 python3 bench/ops/bench_multilora.py --skip-cpu
 run_bench loss_head 45 python3 bench/ops/bench_loss_head.py --no-cpu
 run_bench conv_copies 60 python3 bench/ops/bench_conv_copies.py --gpu
 run_bench lm 60 python3 bench/quality/lm_backdoor.py --gpu
+run_bench roofline 60 python3 bench/ops/bench_fit_roofline.py --gpu
 python3 - "$O" <<'PY'
 import json, sys, pathlib
 p = pathlib.Path(sys.argv[1]) / "results.jsonl"
