@@ -99,6 +99,7 @@ class LogitsHead:
         # (off), "always" (keep the training cache even when it does not measure faster).
         self.share_prefix = forward_fn is None and cfg.extra.get("share_prefix", True) is not False
         self._prefix_store: dict = {}  # the training set's cached shared values, reused across chunks
+        self._prefix_examples, self._prefix_generation = None, 0
 
     @torch.no_grad()
     def base_tables(self, model, examples, row_budget: int) -> dict | None:
@@ -126,6 +127,12 @@ class LogitsHead:
 
         device = next(model.parameters()).device
         budget = int(self.cfg.extra.get("share_prefix_cache_bytes", shared_prefix.DEFAULT_CACHE_BYTES))
+        # the store is keyed on a generation that changes whenever another examples object comes (an
+        # identity test against the one held here, never id(), which a freed object's successor can
+        # reuse): a stale cache would train the copies on another training set's values
+        if self._prefix_examples is not examples:
+            self._prefix_examples = examples
+            self._prefix_generation += 1
         return shared_prefix.training_prefix(
             model,
             K,
@@ -133,7 +140,7 @@ class LogitsHead:
             lambda idx: examples.take(idx, device)[0],
             budget_bytes=budget,
             store=self._prefix_store,
-            store_key=(id(examples), len(examples), str(device)),
+            store_key=(self._prefix_generation, len(examples), str(device)),
             require_faster=self.cfg.extra.get("share_prefix", True) != "always",
         )
 

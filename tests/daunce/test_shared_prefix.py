@@ -197,3 +197,26 @@ def test_cache_budget_off_recording_still_shares(tmp_path, monkeypatch):
     d.fit(train, record={"test": test})
     torch.testing.assert_close(torch.from_numpy(d.losses("test").copy()), ref[1], rtol=RTOL, atol=ATOL)
     assert count.record > 0 and count.train == 0
+
+
+def test_training_cache_never_serves_another_training_set(tmp_path, monkeypatch):
+    """One Daunce object fitted on a training set, then (overwrite=True) on another of the same size
+    and shape: its copies train on the new set's shared values (the cache is rebuilt), exactly as a
+    fresh object's."""
+    train1, test = data(60, 8, seed=0)
+    train2, _ = data(60, 8, seed=1)
+    model = mlp()
+    o = dict(num_models=4, epochs=2, batch_size=16, lr=1e-2, seed=3, target_modules=["4"])
+    # every object the same id, as a freed Examples' successor may get: the cache must not be keyed on it
+    from daunce_fast.daunce import heads
+
+    monkeypatch.setattr(heads, "id", lambda obj: 7, raising=False)
+    count = Counter(monkeypatch)
+    d = Daunce(model, workdir=tmp_path / "reused", overwrite=True, extra={"share_prefix": "always"}, **o)
+    d.fit(train1)
+    d.fit(train2)
+    fresh = Daunce(model, workdir=tmp_path / "fresh", extra={"share_prefix": "always"}, **o)
+    fresh.fit(train2)
+    torch.testing.assert_close(torch.from_numpy(d.losses().copy()), torch.from_numpy(fresh.losses().copy()))
+    # ... and not only thanks to the safety net (which would catch a stale cache at the first step)
+    assert count.train > 0 and not count.warnings
