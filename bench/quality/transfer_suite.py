@@ -37,7 +37,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from daunce_fast.evaluation import transfer  # noqa: E402
-from daunce_fast.evaluation.groundtruth import build, load_task, model_from_state  # noqa: E402
+from daunce_fast.evaluation.baselines import load_task, model_from_state  # noqa: E402  (MLP or CNN ground truths)
+from daunce_fast.evaluation.groundtruth import build  # noqa: E402
 from daunce_fast.evaluation.metrics import lds  # noqa: E402
 
 OUT = Path(os.environ.get("DAUNCE_FAST_BENCH_OUT", ROOT / "bench" / "out")) / "transfer"
@@ -83,12 +84,23 @@ def ground_truth(task, *, build_missing: bool = True) -> dict:
     if not build_missing:
         raise FileNotFoundError(f"{p}: run `transfer_suite.py build --tasks {task.name}` first")
     t0 = time.perf_counter()
-    gt = build(
-        task.recipe,
-        num_subsets=transfer.NUM_SUBSETS,
-        extra_ckpts=transfer.EXTRA_CKPTS,
-        subset_seed=transfer.SUBSET_SEED,
-    )
+    if task.dataset == "cnn":
+        from daunce_fast.evaluation import groundtruth_cnn
+
+        gt = groundtruth_cnn.build(
+            task.recipe,
+            num_subsets=transfer.NUM_SUBSETS,
+            extra_ckpts=transfer.EXTRA_CKPTS,
+            subset_seed=transfer.SUBSET_SEED,
+            log=lambda m: print(m, flush=True),
+        )
+    else:
+        gt = build(
+            task.recipe,
+            num_subsets=transfer.NUM_SUBSETS,
+            extra_ckpts=transfer.EXTRA_CKPTS,
+            subset_seed=transfer.SUBSET_SEED,
+        )
     gt["info"]["build_s"] = time.perf_counter() - t0
     OUT.mkdir(parents=True, exist_ok=True)
     torch.save(gt, p)

@@ -38,6 +38,14 @@ depths, other optimisers, batch sizes and split seeds:
     wine-deep          wine, MLP 16-16-16, Adam 3e-3, 100 ep, batch 8
     wine-sgd-brief     wine, MLP 32-32, SGD+momentum 1e-2, 10 ep, batch 16 (under-fit)
     digits-long-small  digits, 40% train split, MLP 64-64, Adam 3e-4, 300 ep, batch 64, no wd
+
+and three CNN θ0s on the 1x8x8 digits images (groundtruth_cnn: conv 16 - BN - conv 32 - BN - Linear
+head, 20 epochs, batch 64; written down with the FRESH tabular tasks; the library's default targets
+for them are the head only):
+
+    cnn-adam2e-3       Adam 2e-3, wd 1e-4 (bench/quality/lds_cnn.py's recipe)
+    cnn-adam1e-2       Adam 1e-2, wd 1e-4
+    cnn-sgdm5e-2       SGD+momentum 5e-2, wd 1e-4
 """
 
 from __future__ import annotations
@@ -78,8 +86,8 @@ EXTRA_CKPTS = 4  # θ0 + 4 more full-data models: TRAK-5
 class TransferTask:
     dataset: str
     recipe_name: str
-    recipe: Recipe
-    half: str  # "design" or "heldout"
+    recipe: Recipe  # or groundtruth_cnn.CNNRecipe (dataset "cnn")
+    half: str  # "design", "heldout" or "fresh"
 
     @property
     def name(self) -> str:
@@ -171,6 +179,14 @@ FRESH = {
 }
 
 
+# name -> CNNRecipe fields (the rest at groundtruth_cnn.CNNRecipe's defaults)
+CNN_FRESH = {
+    "cnn-adam2e-3": dict(),
+    "cnn-adam1e-2": dict(lr=1e-2),
+    "cnn-sgdm5e-2": dict(lr=5e-2, optimizer="sgd"),
+}
+
+
 def half(dataset_index: int, recipe_index: int) -> str:
     """The halves rule: checkerboard over (data set, recipe)."""
     return "design" if (dataset_index + recipe_index) % 2 == 0 else "heldout"
@@ -182,7 +198,10 @@ def tasks(which: str = "all") -> list[TransferTask]:
     if which not in ("all", "design", "heldout", "fresh", "every"):
         raise ValueError(f"which must be 'all', 'design', 'heldout', 'fresh' or 'every', got {which!r}")
     if which == "fresh":
-        return [TransferTask(r["dataset"], name.split("-", 1)[1], Recipe(**r), "fresh") for name, r in FRESH.items()]
+        from .groundtruth_cnn import CNNRecipe
+
+        tab = [TransferTask(r["dataset"], name.split("-", 1)[1], Recipe(**r), "fresh") for name, r in FRESH.items()]
+        return tab + [TransferTask("cnn", n.split("-", 1)[1], CNNRecipe(**r), "fresh") for n, r in CNN_FRESH.items()]
     if which == "every":
         return tasks("all") + tasks("fresh")
     out = []
