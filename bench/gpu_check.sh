@@ -40,6 +40,7 @@ run_bench loss_head 45 python3 bench/ops/bench_loss_head.py --no-cpu
 run_bench conv_copies 60 python3 bench/ops/bench_conv_copies.py --gpu
 run_bench lm 60 python3 bench/quality/lm_backdoor.py --gpu
 run_bench roofline 60 python3 bench/ops/bench_fit_roofline.py --gpu
+run_bench shared_prefix 40 python3 bench/ops/bench_shared_prefix.py --device cuda --K 512,2048 --n-train 1437 --repeats 2
 python3 - "$O" <<'PY'
 import json, sys, pathlib
 p = pathlib.Path(sys.argv[1]) / "results.jsonl"

@@ -101,13 +101,18 @@ def main() -> None:
     ap.add_argument("--models", default="cnn,mlp")
     ap.add_argument("--n-train", type=int, default=360, help="training examples (of 1437; all 360 test examples)")
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU section of bench/gpu_check.sh)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     load0 = os.getloadavg()
     print(f"load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}", flush=True)
     rows = []
+    if args.device != "cpu" and not torch.cuda.is_available():
+        print(f"--device {args.device}: no CUDA device visible; nothing to run")
+        return
     for name in args.models.split(","):
         model, train, test, targets = task(name, args.n_train)
+        model = model.to(args.device)  # the pipeline moves each batch to θ0's device
         one(model, train, test, targets, 8, 0.1, True)  # warm-up (imports, first kernels)
         for K in [int(k) for k in args.K.split(",")]:
             res = {False: [], True: []}
@@ -136,6 +141,17 @@ def main() -> None:
         )
     table = "\n".join(lines)
     print(table)
+    if args.device != "cpu":  # rows for gpu_check.sh's table
+        import json
+
+        out_dir = Path(os.environ.get("DAUNCE_FAST_BENCH_OUT", ROOT / "bench" / "out"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "results.jsonl", "a") as f:
+            for name, K, off, on, _, _ in rows:
+                case = f"{name} K={K} fit+record on/off"
+                f.write(
+                    json.dumps({"bench": "shared_prefix", "case": case, "gpu": True, "ratio": off[0] / on[0]}) + "\n"
+                )
     if args.out:
         cmd = "OMP_NUM_THREADS=1 PYTHONPATH=$PWD python bench/ops/bench_shared_prefix.py " + " ".join(sys.argv[1:])
         text = f"""# Shared prefix: fit + recording with and without the split (issue 17, item 3)
