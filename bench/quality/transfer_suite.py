@@ -52,7 +52,7 @@ def _floats(s: str) -> list[float]:
 
 
 def _select(a) -> list:
-    ts = transfer.tasks(a.half)
+    ts = transfer.tasks("every" if a.tasks else a.half)  # named tasks: from any half
     if a.tasks:
         want = set(a.tasks.split(","))
         ts = [t for t in ts if t.name in want]
