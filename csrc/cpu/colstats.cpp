@@ -16,7 +16,9 @@ int64_t colstats_impl(const df::View2D<T>& x, double* mean, double* m2) {
   const int64_t K = x.rows, N = x.cols;
   const int64_t nblocks = (N + kBlock - 1) / kBlock;
   int64_t first_bad = std::numeric_limits<int64_t>::max();
-#pragma omp parallel for schedule(static) reduction(min : first_bad)
+  // Dynamic, a few blocks at a time: on a shared machine a thread that loses its core must not
+  // hold the whole region (and the caller) until it runs again; the others take its blocks.
+#pragma omp parallel for schedule(dynamic, 4) reduction(min : first_bad)
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t j0 = b * kBlock, j1 = std::min(N, j0 + kBlock), nb = j1 - j0;
     double s[kBlock];

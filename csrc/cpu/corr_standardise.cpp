@@ -83,7 +83,8 @@ int64_t corr_standardise(const View2D<Tin>& x, const double* mean, const double*
   const bool avx2 = false;
 #endif
   int64_t n_const = 0;
-#pragma omp parallel for schedule(static) reduction(+ : n_const)
+  // Dynamic (as colstats): a descheduled thread's static share would stall the region.
+#pragma omp parallel for schedule(dynamic, 4) reduction(+ : n_const)
   for (int64_t b = 0; b < nblocks; ++b) {
     const int64_t j0 = b * kBlock, j1 = std::min(N, j0 + kBlock);
     if (contig && avx2)

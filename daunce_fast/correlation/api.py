@@ -17,6 +17,7 @@ reported by a ConstantColumnWarning and, for topk, in ``result.constant_train`` 
 from __future__ import annotations
 
 import os
+import time
 import warnings
 
 import numpy as np
@@ -32,23 +33,63 @@ from .standardise import nonfinite_error, overflow_error
 
 _MARK_EVERY = 1 << 30  # out=PATH: make written tiles durable (fsync + journal) every this many bytes
 _WRITE_BYTES = 64 << 20  # out=PATH: rows computed into a reusable host buffer, then pwrite()n, per step
+_WRITE_BUFFERS = 2  # out=PATH: host buffers in rotation (the product fills one while the others are written)
+# out=PATH: bytes per pwrite call, each followed (durable writers, Linux) by sync_file_range(WRITE):
+# the disk starts on every piece as soon as it is in the page cache instead of when the next fsync
+# comes, so the disk works while the product runs and the fsyncs find little left to do.
+_WRITE_CALL_BYTES = 4 << 20  # measured 1.4-1.6x faster than 16 and 64 MiB here (bench/results/cpu_misses.md)
+_EARLY_WRITEBACK = True  # False: no sync_file_range (the fsyncs write everything); for the benchmark
+_MARK_IN_WRITER = True  # False: the calling thread drains and marks (waits for the fsync); for the benchmark
+
+# out=PATH: where the last call's time went (seconds; read by bench/ops/bench_cpu_misses.py).
+# compute: the product in the calling thread; wait_buffer: the calling thread waiting for a free
+# buffer (the writer is behind); clip, pwrite, sync_range, mark: the writer thread's own work
+# (mark = fsync + journal append); close: the final drain, header rewrite, fsync and rename.
+last_write_stats: dict = {}
+
+
+def _sync_file_range():
+    """libc sync_file_range (Linux), or None: starts writeback of a byte range without waiting."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 class _FileRows:
     """Writes row blocks of the file's [N, M] tensor with pwrite() through the map's file and
-    offset (np.memmap.filename / .offset), from two rotating host buffers and one writer thread,
-    so the product of the next rows overlaps the write of the previous ones. No page faults inside
-    the product either (stores into a fresh shared file map fault once per page)."""
+    offset (np.memmap.filename / .offset), from rotating host buffers and one writer thread, so
+    the product of the next rows overlaps the write of the previous ones. No page faults inside
+    the product either (stores into a fresh shared file map fault once per page). Durability
+    (fsync + journal, ``mark``) also runs in the writer thread, after the writes queued before it
+    (one worker: first in, first out), so the product never waits for the disk's flush."""
 
-    def __init__(self, mm, rows: int, M: int, dtype: torch.dtype, clip: bool):
+    def __init__(self, mm, rows: int, M: int, dtype: torch.dtype, clip: bool, writer=None):
         from concurrent.futures import ThreadPoolExecutor
 
         self.fd = os.open(mm.filename, os.O_WRONLY)
-        self.bufs = [torch.empty((rows, M), dtype=dtype) for _ in range(2)]
-        self.futs = [None, None]
+        self.bufs = [torch.empty((rows, M), dtype=dtype) for _ in range(max(2, _WRITE_BUFFERS))]
+        self.futs: list = [None] * len(self.bufs)
+        self.marks: list = []
         self.turn = 0
         self.clip = clip  # pearson: clip to [-1, 1] here, in the writer thread, off the product's path
         self.base, self.row_bytes = int(mm.offset), M * self.bufs[0].element_size()
+        self.writer = writer
+        durable = writer is not None and getattr(writer, "durable", False)
+        self.sfr = _sync_file_range() if durable and _EARLY_WRITEBACK else None
+        self.stats = {"compute": 0.0, "wait_buffer": 0.0, "clip": 0.0, "pwrite": 0.0, "sync_range": 0.0, "mark": 0.0}
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daunce_fast-write")
 
     @property
@@ -60,15 +101,33 @@ class _FileRows:
         fut = self.futs[self.turn]
         if fut is not None:
             self.futs[self.turn] = None
+            t0 = time.perf_counter()
             fut.result()
+            self.stats["wait_buffer"] += time.perf_counter() - t0
+        self._check_marks()
         return self.bufs[self.turn][:n]
 
     def submit(self, row0: int, block: torch.Tensor) -> None:
         """Write ``block`` (the buffer just returned by buffer()) at row ``row0``, in the background."""
         self.futs[self.turn] = self.pool.submit(self._write, row0, block)
-        self.turn ^= 1
+        self.turn = (self.turn + 1) % len(self.bufs)
+
+    def mark(self, keys: list) -> None:
+        """Journal ``keys`` (writer.mark_done: fsync, then the journal) once every block submitted
+        before this call is in the file: queued behind those writes in the writer thread."""
+        self.marks.append(self.pool.submit(self._mark, list(keys)))
+
+    def _mark(self, keys: list) -> None:
+        t0 = time.perf_counter()
+        self.writer.mark_done(*keys)
+        self.stats["mark"] += time.perf_counter() - t0
+
+    def _check_marks(self) -> None:
+        while self.marks and self.marks[0].done():
+            self.marks.pop(0).result()  # raises the writer thread's error here
 
     def _write(self, row0: int, block: torch.Tensor) -> None:
+        t0 = time.perf_counter()
         if self.clip:
             if block.dtype == torch.bfloat16:
                 block.clamp_(-1.0, 1.0)
@@ -77,18 +136,29 @@ class _FileRows:
                 np.clip(a, -1.0, 1.0, out=a)  # single-threaded, releases the GIL; keeps NaN
         if block.dtype == torch.bfloat16:
             block = block.view(torch.int16)
+        t1 = time.perf_counter()
+        self.stats["clip"] += t1 - t0
         view = memoryview(block.numpy()).cast("B")
         pos = self.base + row0 * self.row_bytes
+        sync_s = 0.0
         while len(view):
-            n = os.pwrite(self.fd, view, pos)
+            n = os.pwrite(self.fd, view[:_WRITE_CALL_BYTES], pos)
+            if self.sfr is not None:
+                t2 = time.perf_counter()
+                self.sfr(self.fd, pos, n, _SYNC_FILE_RANGE_WRITE)  # best effort: an error only loses the head start
+                sync_s += time.perf_counter() - t2
             view, pos = view[n:], pos + n
+        self.stats["sync_range"] += sync_s
+        self.stats["pwrite"] += time.perf_counter() - t1 - sync_s
 
     def drain(self) -> None:
-        """Wait until every submitted block is in the file (before marking tiles done)."""
+        """Wait until every submitted block and mark is done (raises the writer thread's error)."""
         for i, fut in enumerate(self.futs):
             if fut is not None:
                 self.futs[i] = None
                 fut.result()
+        while self.marks:
+            self.marks.pop(0).result()
 
     def close(self) -> None:
         try:
@@ -98,6 +168,16 @@ class _FileRows:
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
+
+
+def _stop_writes(rows) -> None:
+    """Wait for the writer thread (queued writes and marks) on the way out of an error; its own
+    error, if any, is dropped: the one already propagating is the one to report."""
+    if rows is not None:
+        try:
+            rows.close()
+        except Exception:
+            pass
 
 
 class ConstantColumnWarning(UserWarning):
@@ -312,13 +392,16 @@ def _correlate(
         target = writer.torch("scores")
         if N and M:
             step = max(1, _WRITE_BYTES // (M * target.element_size()))
-            rows = _FileRows(writer["scores"], min(step, engine.tile, N), M, odt, clip=method == "pearson")
+            rows = _FileRows(
+                writer["scores"], min(step, engine.tile, N), M, odt, clip=method == "pearson", writer=writer
+            )
     elif target is None:
         target = torch.empty((N, M), dtype=odt, device=device)
 
     if engine.torch_based is False and target.device.type != "cpu":
         raise ValueError("the cpu backend cannot write into a CUDA output")
     pending, pending_bytes = [], 0
+    t_start = time.perf_counter()
     try:
         if M:
             skip = (lambda j0, j1: writer.is_done(f"{j0}:{j1}")) if writer is not None else None
@@ -329,30 +412,45 @@ def _correlate(
                     for r0 in range(0, j1 - j0, rows.rows):
                         r1 = min(j1 - j0, r0 + rows.rows)
                         buf = rows.buffer(r1 - r0)
+                        t0 = time.perf_counter()
                         engine.full_tile(st.z[:, r0:r1], buf, clip=False)
+                        rows.stats["compute"] += time.perf_counter() - t0
                         rows.submit(j0 + r0, buf)
                     # durable every _MARK_EVERY bytes or every few seconds (writer.journal_due), whichever
-                    # comes first: one fsync + journal entry per batch, so a killed run loses seconds, not all
+                    # comes first: one fsync + journal entry per batch, so a killed run loses seconds, not all.
+                    # The mark runs in the writer thread behind this batch's writes (the product goes on).
                     pending.append(f"{j0}:{j1}")
                     pending_bytes += (j1 - j0) * M * target.element_size()
                     if pending_bytes >= _MARK_EVERY or writer.journal_due():
-                        rows.drain()
-                        writer.mark_done(*pending)
+                        if _MARK_IN_WRITER:
+                            rows.mark(pending)
+                        else:
+                            rows.drain()
+                            writer.mark_done(*pending)
+                        # the clock restarts at the request, not when the writer thread gets to it:
+                        # one batch per journal_every, not one per tile while the fsync runs
+                        writer._last_mark = time.monotonic()
                         pending, pending_bytes = [], 0
         else:
             engine.constant_train = np.zeros(0, np.int64)
         if writer is not None:
+            t0 = time.perf_counter()
             if rows is not None:
                 rows.close()
             if pending:
                 writer.mark_done(*pending)
             writer.close()
+            if rows is not None:
+                last_write_stats.clear()
+                last_write_stats.update(rows.stats, close=time.perf_counter() - t0, total=time.perf_counter() - t_start)
     except ValueError:
         if writer is not None:
+            _stop_writes(rows)
             writer.abort(keep=False)  # bad input: nothing to resume
         raise
     except BaseException:
         if writer is not None:
+            _stop_writes(rows)  # the writer thread may be inside mark_done: let it finish first
             writer.abort(keep=True)  # interrupted: PATH.partial + journal stay for a resume
         raise
     finally:

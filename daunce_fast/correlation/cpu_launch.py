@@ -47,6 +47,18 @@ def chunk_cols(K: int, tile: int) -> int:
 _FUSED_BYTES = 1 << 20
 
 
+def cpu_threads() -> int:
+    """Threads of the fused top-k region: torch's thread count, capped by the CPUs this process
+    may run on (os.sched_getaffinity: taskset / cgroup cpusets). More threads than usable CPUs
+    only adds threads that wait for a core, and in one OpenMP region the others wait for them."""
+    T = torch.get_num_threads()
+    try:
+        T = min(T, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        pass
+    return max(1, T)
+
+
 @functools.cache
 def blas_sgemm() -> int:
     """Address of the Fortran-ABI ``sgemm_`` of torch's own BLAS (MKL exports it, 32-bit ints), or 0.
@@ -150,7 +162,7 @@ class CpuEngine(Engine):
         B = max(2 * k, k + 16)
         self.sgemm = blas_sgemm()
         if self.sgemm:  # one selection state per thread, merged at the end
-            T = torch.get_num_threads()
+            T = cpu_threads()
             self.fused_rows = int(min(4096, max(64, _FUSED_BYTES // (4 * self.M))))
             self.thr = np.full((T, self.M), -np.inf, np.float32)
             self.cnt = np.zeros((T, self.M), np.int32)
