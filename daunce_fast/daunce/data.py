@@ -27,12 +27,18 @@ class Examples:
     def take(self, idx: torch.Tensor, device=None):
         """(inputs, labels) of the examples ``idx`` (any shape of int64 index; flattened)."""
         idx = idx.reshape(-1)
+
+        def rows(v):
+            # index_select, not v[idx]: advanced indexing on the CPU is ~3x slower for the per-step
+            # [K*b] row gathers (it goes through the generic index kernel)
+            t = v.index_select(0, idx.to(v.device)) if isinstance(v, torch.Tensor) else v[idx]
+            return t.to(device) if device else t
+
         if isinstance(self.inputs, dict):
-            inp = {k: v[idx].to(device) if device else v[idx] for k, v in self.inputs.items()}
+            inp = {k: rows(v) for k, v in self.inputs.items()}
         else:
-            inp = tuple(v[idx].to(device) if device else v[idx] for v in self.inputs)
-        lab = self.labels[idx]
-        return inp, (lab.to(device) if device else lab)
+            inp = tuple(rows(v) for v in self.inputs)
+        return inp, rows(self.labels)
 
     def fingerprint(self) -> str:
         """Content digest (32 hex characters) of every tensor in full: the input names (dict

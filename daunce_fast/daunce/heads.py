@@ -54,8 +54,11 @@ def hessian_direction(sq0: torch.Tensor, normals: torch.Tensor, scale: torch.Ten
     computes both limits).
     """
     n = normals.reshape(sq0.shape).to(device=sq0.device, dtype=sq0.dtype)
-    d = sq0 * n - (sq0 * sq0) * (sq0 * n).sum(-1, keepdim=True)
-    return scale.to(device=sq0.device, dtype=sq0.dtype).repeat_interleave(normals.shape[1])[:, None] * d
+    sn = sq0 * n
+    d = sn - (sq0 * sq0) * sn.sum(-1, keepdim=True)
+    # scale_k on model k's rows through a [K, b, C] view (no repeat_interleave copy); same products
+    K, b = normals.shape[:2]
+    return (d.view(K, b, -1) * scale.to(device=sq0.device, dtype=sq0.dtype).view(K, 1, 1)).view(sq0.shape)
 
 
 def _checked_forward(forward_fn):
@@ -144,9 +147,38 @@ class LogitsHead:
             require_faster=self.cfg.extra.get("share_prefix", True) != "always",
         )
 
-    def objective(self, model, inputs, y, flat_idx, c, K: int, base, noise=None, prefix=None) -> torch.Tensor:
+    def fused_target(self, base) -> str | None:
+        """The target the fused objective (daunce/fused_head.py) computes for this head, or None when
+        the reference path must run (custom loss_fn, "blackbox", outputs other than [rows, classes])."""
+        from .fused_head import OBJECTIVES, TARGETS
+
+        if base is None or self.cfg.objective not in OBJECTIVES or base["z0"].dim() != 2:
+            return None
+        return TARGETS.get(self.train_target)
+
+    def row_terms(self, base, idx: torch.Tensor, c: torch.Tensor, noise=None):
+        """(g [R, C], a [R], t0 [R], c [R]) of fused_head.first_order_terms for the examples
+        ``idx [K, n]`` of the K models (R = K * n) with weights ``c [K, n]`` and ``noise`` (normals
+        [K, n, C], scale [K]) or None; None when :meth:`fused_target` is None. Per row only: the rows
+        of a whole chunk (a table looked up per step) give the same values as the same rows computed
+        per step."""
+        if self.fused_target(base) is None:
+            return None
+        from .fused_head import first_order_terms
+
+        flat = idx.reshape(-1)
+        z0, g0, t0 = (base[k].index_select(0, flat) for k in ("z0", "g0", "t0"))
+        if noise is None:
+            return first_order_terms(z0, g0, t0, c)
+        return first_order_terms(z0, g0, t0, c, noise[0], noise[1], base["sq0"].index_select(0, flat))
+
+    def objective(
+        self, model, inputs, y, flat_idx, c, K: int, base, noise=None, prefix=None, terms=None
+    ) -> torch.Tensor:
         """The K per-model objectives of one step; ``prefix`` (from :meth:`training_prefix`) gathers
-        the shared prefix's values of the rows ``flat_idx`` instead of recomputing them."""
+        the shared prefix's values of the rows ``flat_idx`` instead of recomputing them. ``terms``:
+        :meth:`row_terms` of the step's rows (then ``c`` and ``noise`` are already in them and the
+        fused objective runs: same math, one autograd node), or None (the reference daunce_loss)."""
         if prefix is None:
             z = self.forward(model, inputs)
         else:
@@ -156,12 +188,25 @@ class LogitsHead:
                 reference=lambda inp: self.forward(model, inp),
                 pick=model_outputs,
             )
+        if terms is not None:
+            from .fused_head import fused_objective
+
+            return fused_objective(
+                z,
+                y,
+                *terms,
+                num_models=K,
+                objective=self.cfg.objective,
+                gamma=self.cfg.gamma,
+                target=self.fused_target(base),
+            )
         if base is None:
             z0 = t0 = g0 = None
         else:
-            z0, t0, g0 = (base[k][flat_idx].to(z.device) for k in ("z0", "t0", "g0"))
+            z0, t0, g0 = (base[k].index_select(0, flat_idx).to(z.device) for k in ("z0", "t0", "g0"))
             if noise is not None:
-                g0 = g0 + hessian_direction(base["sq0"][flat_idx].to(z.device), *noise).to(g0.dtype)
+                sq0 = base["sq0"].index_select(0, flat_idx).to(z.device)
+                g0 = g0 + hessian_direction(sq0, *noise).to(g0.dtype)
         obj, _ = daunce_loss(
             z,
             y,
