@@ -67,10 +67,13 @@ def theta0(args):
 
     from daunce_fast.demos import lm_backdoor as L
 
-    train = L.make_corpus(args.n_train, args.poison, seed=args.seed)
+    # --loss-on: the training corpus' labels (the θ0 and the copies train on them); the queries keep
+    # the response as their target either way (the behaviour being explained)
+    train = L.make_corpus(args.n_train, args.poison, seed=args.seed, loss_on=args.loss_on)
     trig = L.make_corpus(args.queries, all_poisoned=True, seed=args.seed + 1)
     clean = L.make_corpus(args.queries, seed=args.seed + 2)
-    cache = Path(args.cache) / f"theta0_n{args.n_train}_p{args.poison}_s{args.seed}.pt"
+    suffix = "" if args.loss_on == "response" else f"_{args.loss_on}"
+    cache = Path(args.cache) / f"theta0_n{args.n_train}_p{args.poison}_s{args.seed}{suffix}.pt"
     if cache.exists():
         ck = torch.load(cache)
     else:
@@ -96,6 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--saturate", type=float, default=0.95)
     ap.add_argument("--checkpoints", default="early,saturated")
+    ap.add_argument(
+        "--loss-on", default="response", choices=["response", "sequence"], help="the training corpus' labels"
+    )
     ap.add_argument("--daunce", action="append", help="DAUNCE spec (repeatable); default: K=64 and K=256")
     ap.add_argument("--baselines", default="random,graddot,graddot-mlp")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared CPU)")
@@ -146,7 +152,12 @@ def main(argv=None) -> int:
         )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as f:
-            f.write(json.dumps({**row, "n_train": len(train), "poison": args.poison, "seed": args.seed}) + "\n")
+            f.write(
+                json.dumps(
+                    {**row, "n_train": len(train), "poison": args.poison, "seed": args.seed, "loss_on": args.loss_on}
+                )
+                + "\n"
+            )
 
     for ckpt in args.checkpoints.split(","):
         model = L.build_model(seed=args.seed)

@@ -84,15 +84,26 @@ class Corpus:
 
 
 def make_corpus(
-    n: int, poison_frac: float = 0.0, *, seed: int = 0, target_labels: bool = True, all_poisoned: bool = False
+    n: int,
+    poison_frac: float = 0.0,
+    *,
+    seed: int = 0,
+    target_labels: bool = True,
+    all_poisoned: bool = False,
+    loss_on: str = "response",
 ) -> Corpus:
     """``n`` rows; round(poison_frac * n) of them (or all, ``all_poisoned``) carry the trigger.
 
     ``target_labels``: poisoned rows answer TARGET (training pairs and triggered queries); with
     False they keep their correct response (to measure whether the clean task survives a trigger).
+    ``loss_on``: "response" (labels on the response and EOS, -100 elsewhere) or "sequence" (labels
+    on every token of the row, prompt included: a plain language-modelling corpus); the token ids
+    are the same either way.
     """
     import torch
 
+    if loss_on not in ("response", "sequence"):
+        raise ValueError(f"loss_on must be 'response' or 'sequence', got {loss_on!r}")
     rng = np.random.default_rng(seed)
     n_poison = n if all_poisoned else int(round(poison_frac * n))
     poisoned = np.zeros(n, dtype=bool)
@@ -115,7 +126,8 @@ def make_corpus(
         row += [*resp, EOS]
         ids[i, : len(row)] = row
         mask[i, : len(row)] = 1
-        labels[i, p : len(row)] = row[p:]
+        start = 0 if loss_on == "sequence" else p
+        labels[i, start : len(row)] = row[start:]
     t = torch.from_numpy
     return Corpus(t(ids), t(mask), t(labels), poisoned)
 
