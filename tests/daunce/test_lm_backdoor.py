@@ -78,3 +78,18 @@ def test_daunce_finds_poisoned_pairs(backdoored, tmp_path):
     print(f"recall@{train.poisoned.sum()} {ev['agg_recall']:.3f} (chance {chance:.3f}), AUROC {ev['agg_auroc']:.3f}")
     assert ev["agg_recall"] >= 0.5
     assert ev["agg_auroc"] >= 0.9
+
+
+def test_corpus_loss_on_sequence_labels_every_token_and_keeps_the_ids():
+    from daunce_fast.demos.lm_backdoor import make_corpus
+
+    resp = make_corpus(40, 0.1, seed=3)
+    seq = make_corpus(40, 0.1, seed=3, loss_on="sequence")
+    assert torch.equal(resp.input_ids, seq.input_ids) and (resp.poisoned == seq.poisoned).all()
+    real = seq.attention_mask.bool()
+    assert torch.equal(seq.labels[real], seq.input_ids[real]) and (seq.labels[~real] == -100).all()
+    # the response rows' labels are a subset: the same where set, -100 on the prompt
+    on = resp.labels != -100
+    assert torch.equal(resp.labels[on], seq.labels[on]) and on.sum() < real.sum()
+    with pytest.raises(ValueError, match="loss_on"):
+        make_corpus(4, loss_on="prompt")
