@@ -118,7 +118,8 @@ def _run(budget_s, num_models, num_test, k, out, seed, wd, progress, tmp) -> dic
         print(f"time budget {budget_s:.0f} s -> K = {num_models} perturbed models")
     t0 = time.perf_counter()
     d = Daunce(theta0, num_models=num_models, seed=seed, workdir=wd, progress=progress)
-    print(d.summary())  # what each of the K copies perturbs, before training starts
+    if not progress:  # with progress bars, fit prints the summary above them itself
+        print(d.summary())  # what each of the K copies perturbs, before training starts
     d.fit(train, record={"test": test})
     t_fit = time.perf_counter() - t0
     cfg, cal = d.config, d.calibration
