@@ -10,7 +10,18 @@ Cases:
       weights (the GEMMs do not depend on them). Skipped when transformers is missing.
   --gpu: on CUDA only: digits at K = 2048, and a ~0.5B-parameter Llama from a config (bf16,
       hidden 1024, 24 layers, intermediate 2816, vocabulary 32000, random weights) on 256 synthetic
-      sequences of 64 tokens at K = 100 with the LM defaults.
+      sequences of 64 tokens at K = 100 with the LM defaults; then the --cnn case at K = 512.
+  --cnn (instead of the others): the digits CNN of daunce_fast.evaluation.groundtruth_cnn (θ0 trained
+      with CNNRecipe: 20 epochs Adam 2e-3), head-only full-rank copies (target "8", the Linear
+      512->10 after a frozen Conv-BN-ReLU x2 + MaxPool prefix), lr 1e-3, 10 epochs, batch 128,
+      K = --cnn-K (512), all 1437 training / 360 test images. Needed FLOPs with the shared prefix
+      (cnn_fit_flops: the prefix's convolutions once per training example for the cache and once
+      per recorded example, the head's forward + weight-grad for K copies; the FLOPs without sharing
+      printed for reference), the limit from F.conv2d and bmm at the pipeline's shapes timed alone;
+      fits with the shared prefix on and off (daunce_fast.lora.shared_prefix.ENABLED = False)
+      interleaved, both against the same limit; the FLOP formula checked against FlopCounterMode
+      (check_cnn_flop_formula). The off fit runs the prefix on every row (about 6 minutes at K = 512
+      on one loaded core): --off-repeats limits its rounds.
 
 Per case and thread count, --repeats rounds, each round one fit and then every GEMM shape of the fit
 timed alone (interleaved, so load hits both alike); medians over the rounds:
@@ -28,6 +39,8 @@ Rows go to bench/out/results.jsonl (bench/harness.py's record); a markdown table
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python bench/ops/bench_fit_roofline.py --threads 1 [--lm]
     PYTHONPATH=$PWD python bench/ops/bench_fit_roofline.py --threads 1,2 --repeats 3 [--K 2048] [--quick]
     PYTHONPATH=$PWD python bench/ops/bench_fit_roofline.py --gpu        # on a CUDA machine only
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python bench/ops/bench_fit_roofline.py --cnn --threads 1 [--cnn-K 512]
+        [--repeats 3] [--off-repeats 1]
 """
 
 from __future__ import annotations
@@ -73,6 +86,34 @@ class Gemm:
     @property
     def flops(self) -> int:
         return 2 * self.batch * self.m * self.k * self.n
+
+
+@dataclass(frozen=True)
+class Conv:
+    """One 2-d convolution call (forward only): input [batch, in_ch, h, w], weight [out_ch, in_ch/groups,
+    kh, kw], output [batch, out_ch, oh, ow]; FLOPs 2 * out_elems * in_ch/groups * kh * kw (what
+    torch.utils.flop_counter counts for aten.convolution)."""
+
+    batch: int
+    in_ch: int
+    h: int
+    w: int
+    out_ch: int
+    kh: int
+    kw: int
+    oh: int
+    ow: int
+    stride: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    groups: int = 1
+    dtype: str = "float32"
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.out_ch * self.oh * self.ow * (self.in_ch // self.groups) * self.kh * self.kw
+
+    def at(self, batch: int) -> Conv:
+        return Conv(batch, *[getattr(self, f) for f in self.__dataclass_fields__ if f != "batch"])
 
 
 def mlp_fit_flops(dims: list[int], K: int, rows_per_model: int, n_train: int, n_test: int) -> dict:
@@ -206,6 +247,120 @@ def _head(c, n, d, V, fwd, bwd):
                 c[Gemm(1, r, v, d)] += bwd
 
 
+def cnn_shapes(model, target: str, example_shape) -> tuple[list[Conv], tuple[int, int]]:
+    """(the Conv2d calls of one example's forward that run before the Linear ``target``, (in, out) of
+    ``target``): forward hooks on θ0 in eval mode. The convolutions are the prefix's only GEMM-like
+    work (BatchNorm, ReLU, pooling, flatten are elementwise or reductions, not counted)."""
+    convs, head, hooks = [], [], []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+
+            def hook(mod, inp, out):
+                if not head:
+                    (b, c, h, w), (_, o, oh, ow) = inp[0].shape, out.shape
+                    kh, kw = mod.kernel_size
+                    convs.append(Conv(b, c, h, w, o, kh, kw, oh, ow, mod.stride, mod.padding, mod.groups))
+
+            hooks.append(m.register_forward_hook(hook))
+        elif name == target:
+            hooks.append(m.register_forward_hook(lambda mod, i, o: head.append((mod.in_features, mod.out_features))))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *example_shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return convs, head[0]
+
+
+def cnn_fit_flops(convs, head, K, rows_per_model, n_train, n_test, *, share=True, chunks=1) -> dict:
+    """FLOPs a DAUNCE fit with full-rank copies of the head only (the Linear after a frozen
+    convolutional prefix) needs, per phase. P = sum over the prefix's convolutions of
+    2 * out_elems * in_ch/groups * kh * kw per example (forward only: the prefix is frozen and its
+    input is data), H = 2 * in * out of the head per row, R = rows one copy trains on, N = N_train + N_test.
+
+    With the shared prefix (``share``):
+        training  = N_train * P  +  K * R * 2H    (the cache filled once; head forward + weight-grad,
+                                                    no input-grad: the head's input is frozen)
+        recording = chunks * N * P  +  K * N * H   (the prefix once per example and chunk of copies)
+        base pass = N_train * (P + H)              (θ0 over the training set)
+    Without (every row of the K copies runs the whole model):
+        training  = K * R * (P + 2H),  recording = K * N * (P + H),  base pass as above.
+    """
+    P = sum(c.flops for c in convs)  # convs at batch 1
+    H = 2 * head[0] * head[1]
+    N = n_train + n_test
+    if share:
+        training, recording = n_train * P + K * rows_per_model * 2 * H, chunks * N * P + K * N * H
+    else:
+        training, recording = K * rows_per_model * (P + 2 * H), K * N * (P + H)
+    return {"training": training, "recording": recording, "base pass": n_train * (P + H)}
+
+
+def cnn_fit_ops(convs, head, chunks, step_rows, rec_sizes, n_train, row_budget, *, share=True) -> dict:
+    """{phase: Counter({Gemm or Conv: calls})}: the calls behind cnn_fit_flops, at the pipeline's shapes.
+    The head of K_c copies: one baddbmm per step, [K_c, b, in] x (W + delta_k)^T [K_c, in, out]
+    (daunce_fast.lora.layer's full-rank path), its weight-grad x^T dy [K_c, in, b] x [K_c, b, out].
+    Shared: the training cache filled in blocks of shared_prefix._BLOCK_BYTES of boundary values
+    (once per fit, reused by every chunk); recording in blocks of row_budget // K_c examples, the
+    prefix on the block's examples, the head on K_c x block rows. Unshared: the prefix on every row."""
+    from daunce_fast.lora import shared_prefix as sp
+
+    hin, hout = head
+    out = {p: collections.Counter() for p in PHASES}
+    if share:
+        for nb in _blocks(n_train, max(1, sp._BLOCK_BYTES // (4 * hin))):
+            for c in convs:
+                out["training"][c.at(nb)] += 1
+    for kc in chunks:
+        for m in step_rows:
+            out["training"][Gemm(kc, m, hin, hout, tb=True)] += 1  # forward
+            out["training"][Gemm(kc, hin, m, hout, ta=True)] += 1  # weight-grad
+            if not share:
+                for c in convs:
+                    out["training"][c.at(kc * m)] += 1
+        for n in rec_sizes:
+            for nb in _blocks(n, max(1, row_budget // kc)):
+                for c in convs:
+                    out["recording"][c.at(nb if share else kc * nb)] += 1
+                out["recording"][Gemm(kc, nb, hin, hout, tb=True)] += 1
+    for nb in _blocks(n_train, row_budget):
+        for c in convs:
+            out["base pass"][c.at(nb)] += 1
+        out["base pass"][Gemm(1, nb, hin, hout, tb=True)] += 1
+    return out
+
+
+def cnn_safety_flops(convs, head, chunks, step_rows, rec_sizes, row_budget, same_modes=True) -> dict:
+    """FLOPs the shared prefix executes beyond what the fit needs (daunce_fast.lora.shared_prefix):
+    building a split probes the prefix on 2 and 3 examples (one split per copy model and set of
+    modes: with batchnorm "eval" and no dropout, training and recording run in the same modes and
+    share one split, built in training; a copy model is reused by chunks of the same size); per chunk the
+    training cache's safety net runs the unsplit model (no grad) and the split head on
+    K_c x min(b, 4) rows, and the chunk's first step runs unsplit (the prefix on its K_c x b rows:
+    the timing that decides whether the cache is used); the first recording block per split is
+    checked the same way (unsplit on K_c x min(B, 4) rows, split: prefix on min(B, 4), head on K_c x that)."""
+    from daunce_fast.lora.shared_prefix import CHECK_EXAMPLES
+
+    P = sum(c.flops for c in convs)
+    H = 2 * head[0] * head[1]
+    out = {p: 0 for p in PHASES}
+    seen = set()
+    for kc in chunks:
+        b0 = step_rows[0]
+        m = min(b0, CHECK_EXAMPLES)
+        out["training"] += kc * m * (P + H) + kc * m * H + kc * b0 * P
+        if kc not in seen:
+            seen.add(kc)
+            out["training"] += 5 * P
+            mr = min(rec_sizes[0], max(1, row_budget // kc), CHECK_EXAMPLES)
+            out["recording"] += (0 if same_modes else 5 * P) + kc * mr * (P + H) + mr * P + kc * mr * H
+    return out
+
+
 def total_flops(gemms: dict) -> dict:
     return {p: sum(g.flops * n for g, n in c.items()) for p, c in gemms.items()}
 
@@ -246,15 +401,42 @@ def time_gemm(g: Gemm, device, target_s: float = 0.01) -> float:
     return statistics.median(ts)
 
 
+def _time_calls(f, device, target_s: float) -> float:
+    f()
+    _sync(device)
+    t0 = time.perf_counter()
+    f()
+    _sync(device)
+    n = max(1, int(target_s / max(time.perf_counter() - t0, 1e-7)))
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f()
+        _sync(device)
+        ts.append((time.perf_counter() - t0) / n)
+    return statistics.median(ts)
+
+
+def time_conv(c: Conv, device, target_s: float = 0.01) -> float:
+    """Median seconds of one torch.nn.functional.conv2d of shape ``c`` alone (forward, no grad)."""
+    dt = getattr(torch, c.dtype)
+    x = torch.randn(c.batch, c.in_ch, c.h, c.w, device=device, dtype=dt)
+    w = torch.randn(c.out_ch, c.in_ch // c.groups, c.kh, c.kw, device=device, dtype=dt)
+    f = lambda: torch.nn.functional.conv2d(x, w, None, c.stride, c.padding, 1, c.groups)  # noqa: E731
+    with torch.no_grad():
+        return _time_calls(f, device, target_s)
+
+
 def gemm_limits(gemms: dict, device) -> dict:
-    """{phase: seconds}: sum over the phase's GEMM calls of their shape's measured time."""
+    """{phase: seconds}: sum over the phase's GEMM (and convolution) calls of their shape's measured time."""
     cache = {}
     out = {}
     for p, c in gemms.items():
         s = 0.0
         for g, n in c.items():
             if g not in cache:
-                cache[g] = time_gemm(g, device)
+                cache[g] = time_conv(g, device) if isinstance(g, Conv) else time_gemm(g, device)
             s += n * cache[g]
         out[p] = s
     return out
@@ -458,6 +640,57 @@ def _llama_case(name, model, train, record_sets, opts, device, dtype="float32") 
     return Case(name, model, train, record_sets, opts, gemms, device, note)
 
 
+def cnn_case(K=512, device="cpu") -> Case:
+    """The digits CNN (daunce_fast.evaluation.groundtruth_cnn: Conv 16 + BN + ReLU, Conv 32 + BN + ReLU,
+    MaxPool, Linear 512->10 named "8"), θ0 trained with CNNRecipe's recipe (20 epochs Adam 2e-3, batch
+    64, weight decay 1e-4), all 1437 / 360 images, head-only full-rank copies; ``case.gemms``: the
+    calls the fit needs with the shared prefix (cnn_fit_ops)."""
+    from daunce_fast.evaluation import groundtruth_cnn as gc
+
+    r = gc.CNNRecipe()
+    task = gc.load_image_task(r)
+    t0 = time.perf_counter()
+    theta0 = gc.train_plain(
+        gc.cnn(10, r.channels, seed=r.seed),
+        task.x_train,
+        task.y_train,
+        epochs=r.epochs,
+        lr=r.lr,
+        batch_size=r.batch_size,
+        weight_decay=r.weight_decay,
+        seed=r.seed,
+    )
+    theta0 = theta0.eval().to(device)
+    with torch.no_grad():
+        acc = (theta0(task.x_test.to(device)).argmax(1).cpu() == task.y_test).float().mean().item()
+    print(f"CNN θ0: {r.epochs} epochs in {time.perf_counter() - t0:.1f} s, test accuracy {acc:.3f}")
+    train = torch.utils.data.TensorDataset(task.x_train, task.y_train)
+    test = torch.utils.data.TensorDataset(task.x_test, task.y_test)
+    opts = dict(num_models=K, seed=0, lr=1e-3, epochs=10, batch_size=128, target_modules=["8"])
+    chunks, step_rows, cfg = fit_layout(theta0, train, opts)
+    convs, head = cnn_shapes(theta0, "8", (1, 8, 8))
+    n, m = len(train), len(test)
+    gemms = cnn_fit_ops(convs, head, chunks, step_rows, [n, m], n, cfg.row_budget, share=True)
+    want = cnn_fit_flops(convs, head, K, sum(step_rows), n, m, share=True, chunks=len(chunks))
+    assert total_flops(gemms) == want, (total_flops(gemms), want)
+    case = Case(
+        f"digits CNN head-only K={K}",
+        theta0,
+        train,
+        {"test": test},
+        opts,
+        gemms,
+        device,
+        f"N={n}/{m}, chunks {chunks}, {len(step_rows)} steps, rows/model {sum(step_rows)}, rank {cfg.rank or 'full'}, "
+        f"perturbation {cfg.perturbation}, batchnorm {cfg.batchnorm}",
+    )
+    case.unshared = cnn_fit_flops(convs, head, K, sum(step_rows), n, m, share=False, chunks=len(chunks))
+    same = cfg.batchnorm == "eval" and not cfg.dropout
+    case.safety = cnn_safety_flops(convs, head, chunks, step_rows, [n, m], cfg.row_budget, same)
+    case.convs, case.head_shape = convs, head
+    return case
+
+
 # ------------------------------------------------------------------------------------------ checks
 def check_flop_formula():
     """mlp_fit_flops against FlopCounterMode on a tiny real fit (total and per phase); raises on a mismatch."""
@@ -478,6 +711,57 @@ def check_flop_formula():
     print(f"  formula          {want}  total {sum(want.values())}")
     print(f"  FlopCounterMode  {got}  total {ph.flops['total']}")
     assert got == want and ph.flops["total"] == sum(want.values()), "FLOP formula disagrees with FlopCounterMode"
+
+
+def check_cnn_flop_formula():
+    """cnn_fit_flops against FlopCounterMode on a tiny fit of the digits CNN's architecture (channels
+    4/8, random 1x8x8 images, head-only copies): the conv formula on the prefix's F.conv2d calls, the
+    fit without the shared prefix (exact), and with it (needed + cnn_safety_flops, exact); raises on
+    a mismatch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from daunce_fast.evaluation.groundtruth_cnn import cnn
+    from daunce_fast.lora import shared_prefix as sp
+
+    g = torch.Generator().manual_seed(0)
+    n, m, K = 40, 12, 4
+    x, y = torch.randn(n + m, 1, 8, 8, generator=g), torch.randint(0, 10, (n + m,), generator=g)
+    train = torch.utils.data.TensorDataset(x[:n], y[:n])
+    test = torch.utils.data.TensorDataset(x[n:], y[n:])
+    theta0 = cnn(10, channels=(4, 8), seed=0).eval()
+    convs, head = cnn_shapes(theta0, "8", (1, 8, 8))
+    conv_mods = [mod for mod in theta0 if isinstance(mod, torch.nn.Conv2d)]
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        h = x[:7]
+        for mod in conv_mods:
+            h = torch.nn.functional.conv2d(h, mod.weight, mod.bias, mod.stride, mod.padding)
+    assert fc.get_total_flops() == sum(c.at(7).flops for c in convs), (fc.get_total_flops(), convs)
+    opts = dict(num_models=K, batch_size=8, epochs=2, lr=1e-3, seed=0, target_modules=["8"])
+    chunks, step_rows, cfg = fit_layout(theta0, train, opts)
+    print(f"CNN FLOP check (channels 4/8, head 128->10, K={K}, N={n}/{m}, steps of {step_rows} rows):")
+    print(f"  conv formula == FlopCounterMode on F.conv2d of 7 images: {fc.get_total_flops()}")
+    enabled = sp.ENABLED
+    try:
+        for share in (False, True):
+            sp.ENABLED = share
+            sp._SPLITS.clear()
+            want = cnn_fit_flops(convs, head, K, sum(step_rows), n, m, share=share, chunks=len(chunks))
+            ops = cnn_fit_ops(convs, head, chunks, step_rows, [n, m], n, cfg.row_budget, share=share)
+            assert total_flops(ops) == want, (total_flops(ops), want)
+            same = cfg.batchnorm == "eval" and not cfg.dropout
+            extra = cnn_safety_flops(convs, head, chunks, step_rows, [n, m], cfg.row_budget, same) if share else {}
+            executed = {p: want[p] + extra.get(p, 0) for p in PHASES}
+            ph = run_fit(theta0, train, {"test": test}, opts, "cpu", count_flops=True)
+            got = {p: ph.flops[p] for p in PHASES}
+            label = "shared prefix on " if share else "shared prefix off"
+            print(f"  {label}: formula needed {want}" + (f" + safety net {extra}" if share else ""))
+            print(f"  {label}: FlopCounterMode      {got}  total {ph.flops['total']}")
+            assert got == executed and ph.flops["total"] == sum(executed.values()), (
+                f"CNN FLOP formula disagrees with FlopCounterMode (share={share})"
+            )
+    finally:
+        sp.ENABLED = enabled
+        sp._SPLITS.clear()
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -551,6 +835,111 @@ def measure(case: Case, threads: list[int], repeats: int, profile: bool) -> tupl
     return rows, tables
 
 
+def measure_cnn(case: Case, repeats: int, off_repeats: int, profile: bool) -> tuple[list[dict], dict]:
+    """Rounds of (fit with the shared prefix on, fit with it off, the needed calls' shapes timed
+    alone), the on/off order alternating per round; the off fit only in the first ``off_repeats``
+    rounds. Both are reported against the same limit: the FLOPs the fit needs with the prefix shared.
+    Also records, per on fit, the training cache's two timed first steps (unsplit, split)."""
+    from daunce_fast.lora import shared_prefix as sp
+
+    flops = total_flops(case.gemms)
+    fits = {True: [], False: []}
+    lims, loads, first = [], {True: [], False: []}, []
+    tp_orig = sp.training_prefix
+    made = []
+
+    def tp(*a, **kw):
+        out = tp_orig(*a, **kw)
+        made.append(out)
+        return out
+
+    def fit(share, opts=None, record_sets=None, prof=False):
+        sp.ENABLED = share
+        sp._SPLITS.clear()
+        made.clear()
+        try:
+            return run_fit(
+                case.theta0,
+                case.train,
+                case.record_sets if record_sets is None else record_sets,
+                opts or case.opts,
+                case.device,
+                profile=prof,
+            )
+        finally:
+            sp.ENABLED = True
+
+    sp.training_prefix = tp
+    try:
+        fit(True, {**case.opts, "num_models": 2})  # warm-up: first calls, imports
+        fit(False, {**case.opts, "num_models": 2})
+        for r in range(repeats):
+            order = (True, False) if r % 2 == 0 else (False, True)
+            for share in order:
+                if not share and r >= off_repeats:
+                    continue
+                ph = fit(share)
+                fits[share].append(dict(ph.seconds))
+                loads[share].append(os.getloadavg()[0])
+                if share:
+                    first.append([(t.state, dict(t.times)) for t in made if t is not None])
+                s = ph.seconds
+                print(
+                    f"  round {r + 1}/{repeats} prefix {'on ' if share else 'off'}: fit {s['total']:.2f} s "
+                    f"(train {s['training']:.2f}, record {s['recording']:.2f}, base {s['base pass']:.3f})"
+                    + (f", cache {first[-1]}" if share else "")
+                    + f", load {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
+            lims.append(gemm_limits(case.gemms, case.device))
+            print(f"  round {r + 1}/{repeats}: limit {sum(lims[-1].values()):.3f} s {lims[-1]}", flush=True)
+        tables = {}
+        if profile:
+            ph = fit(True, prof=True, record_sets={})
+            tables[1] = ph.table
+    finally:
+        sp.training_prefix = tp_orig
+    med = statistics.median
+    rows = []
+    tot_lim = med([sum(x.values()) for x in lims])
+    for share in (True, False):
+        if not fits[share]:
+            continue
+        tot_fit = med([f["total"] for f in fits[share]])
+        for p in (*PHASES, "overhead", "total"):
+            if p == "overhead":
+                s = med([f["total"] - sum(f[q] for q in PHASES) for f in fits[share]])
+                fl, lim = 0, 0.0
+            elif p == "total":
+                s, fl, lim = tot_fit, sum(flops.values()), tot_lim
+            else:
+                s, fl, lim = med([f[p] for f in fits[share]]), flops[p], med([x[p] for x in lims])
+            rows.append(
+                {
+                    "case": f"{case.name}, prefix {'on' if share else 'off'}",
+                    "device": case.device,
+                    "threads": torch.get_num_threads() if torch.device(case.device).type == "cpu" else None,
+                    "phase": p,
+                    "gflop": fl / 1e9,
+                    "limit_s": lim,
+                    "gemm_gflops": fl / lim / 1e9 if lim else None,
+                    "median_s": s,
+                    "x_limit": s / lim if lim else None,
+                    "share_of_fit": s / tot_fit,
+                    "achieved_gflops": fl / s / 1e9 if fl else None,
+                    "repeats": len(fits[share]),
+                    "rounds_s": [round(f.get(p, f["total"] - sum(f[q] for q in PHASES)), 3) for f in fits[share]],
+                    "loadavg_1m": [round(x, 2) for x in loads[share]],
+                    "note": case.note,
+                }
+            )
+            if lim:
+                rows[-1]["ratio"] = s / lim
+    if first:
+        print(f"training cache's timed first steps (state, seconds per forward) per on fit: {first}")
+    return rows, tables
+
+
 def _chunk(case: Case) -> int:
     with Daunce(case.theta0, **case.opts) as d:
         return d.chunk_size()
@@ -597,6 +986,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
     ap.add_argument("--no-check", action="store_true", help="skip the FlopCounterMode check of the formula")
     ap.add_argument("--gpu", action="store_true", help="the GPU section only (needs CUDA)")
+    ap.add_argument("--cnn", action="store_true", help="the digits CNN with head-only copies instead (shared prefix)")
+    ap.add_argument("--cnn-K", type=int, default=512, help="--cnn: number of copies")
+    ap.add_argument(
+        "--off-repeats", type=int, default=None, help="--cnn: rounds with the prefix off (default: --repeats)"
+    )
     args = ap.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 3)
     threads = [int(t) for t in args.threads.split(",")]
@@ -611,7 +1005,11 @@ def main(argv=None) -> int:
         f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
     )
     if not args.no_check:
-        check_flop_formula()
+        check_cnn_flop_formula() if args.cnn else check_flop_formula()
+    if args.cnn:
+        torch.set_num_threads(threads[0])
+        off = repeats if args.off_repeats is None else args.off_repeats
+        return run_cnn(cnn_case(args.cnn_K), repeats, off, not args.no_profile)
 
     cases = []
     if args.gpu:
@@ -651,6 +1049,27 @@ def main(argv=None) -> int:
     if len(cases) > 1:
         print("\nall cases:")
         print_markdown(all_rows)
+    if args.gpu:  # the CNN with head-only copies, prefix on and off (the off fit repeats the prefix K times)
+        run_cnn(cnn_case(512, "cuda"), repeats, repeats, not args.no_profile)
+    return 0
+
+
+def run_cnn(case: Case, repeats: int, off_repeats: int, profile: bool) -> int:
+    print(f"\n## {case.name} ({case.device}; {case.note})", flush=True)
+    print(f"  prefix convolutions (per example): {case.convs}; head {case.head_shape}")
+    g = lambda d: {p: round(v / 1e9, 3) for p, v in d.items()}  # noqa: E731
+    need = total_flops(case.gemms)
+    print(f"  needed GFLOP with the shared prefix: {g(need)}, total {sum(need.values()) / 1e9:.3f}")
+    print(
+        f"  needed GFLOP without it (prefix on every row): {g(case.unshared)}, total {sum(case.unshared.values()) / 1e9:.3f}"
+    )
+    print(f"  executed beyond the need by the shared prefix's safety net and first unsplit step: {g(case.safety)}")
+    rows, tables = measure_cnn(case, repeats, off_repeats, profile)
+    record("fit_roofline", rows)
+    for table in tables.values():
+        print(f"\ntorch.profiler, one training chunk of {case.name}, prefix on:\n{table}")
+    print()
+    print_markdown(rows)
     return 0
 
 
