@@ -735,10 +735,11 @@ class TrainingPrefix:
 
     First call: the safety net compares the split with ``reference`` on the first
     ``CHECK_EXAMPLES`` rows of every copy (no grad, same random state; a mismatch turns the cache
-    off with a warning), then the step runs unsplit, timed. Second call: the step runs split,
-    timed; the cache stays in use only when that forward was faster (or ``require_faster`` is
-    False), else every later call returns ``reference(inputs)``. Both timed forwards are real
-    steps, so the measurement costs nothing but the check.
+    off with a warning), timing both forwards of that sub-batch; the cache stays in use when the
+    split one was faster (or ``require_faster`` is False), else every call returns
+    ``reference(inputs)``. The decision costs the check's two small forwards only: a full unsplit
+    step to time would cost, on a CNN whose copies differ only in the head, a quarter of the
+    chunk's training (bench/results/roofline.md, CNN section).
     """
 
     def __init__(
@@ -752,7 +753,7 @@ class TrainingPrefix:
     ):
         self.model, self.split, self.cache, self.consts = model, split, cache, consts
         self.K, self.require_faster = int(num_copies), require_faster
-        self.state = "check"  # "check" -> "trial" -> "on" | "off"
+        self.state = "check"  # "check" -> "on" | "off"
         self.times: dict[str, float] = {}
 
     def _split_forward(self, inputs, flat_idx: torch.Tensor):
@@ -762,24 +763,27 @@ class TrainingPrefix:
                 args.append(inputs[key])
             elif kind == "rows":
                 c = self.cache[r]
-                args.append(c[flat_idx.to(c.device)])
+                # index_select on dim 0: a contiguous copy of whole rows, several times faster on CPU
+                # than advanced indexing (which goes through the generic index kernel)
+                args.append(c.index_select(0, flat_idx.reshape(-1).to(c.device)))
                 r += 1
             else:
                 args.append(self.consts[key])
         return self.split.suffix(*args)
 
     def _check(self, inputs, flat_idx, reference, pick) -> Optional[str]:
-        """None when the split matches ``reference`` on the first rows of every copy, else why not."""
+        """None when the split matches ``reference`` on the first rows of every copy, else why not;
+        ``self.times`` gets both forwards' seconds on that sub-batch ("unsplit", "split")."""
         b = flat_idx.numel() // self.K
         m = min(b, CHECK_EXAMPLES)
         sel = (torch.arange(self.K)[:, None] * b + torch.arange(m)).reshape(-1)
         sub, sub_idx = _rows(inputs, sel), flat_idx.reshape(-1)[sel]
         rng = _RNG(_device_of(inputs))
         with torch.no_grad(), expected_rows(self.K * m):
-            ref = reference(sub)
+            ref = self._timed("unsplit", sub, lambda: reference(sub))
             rng.restore()
             try:
-                got = pick(self._split_forward(sub, sub_idx), self.K * m)
+                got = self._timed("split", sub, lambda: pick(self._split_forward(sub, sub_idx), self.K * m))
             except Exception as e:  # a split that fails runs unsplit
                 rng.restore()
                 return f"{type(e).__name__}: {e}"
@@ -800,32 +804,30 @@ class TrainingPrefix:
             return pick(self._split_forward(inputs, flat_idx), rows)
         if self.state == "off":
             return reference(inputs)
-        if self.state == "check":
-            why = self._check(inputs, flat_idx, reference, pick)
-            if why is not None:
-                self.state = "off"
-                logger.warning(
-                    "shared prefix (training cache) of %s disabled: %s; running the unsplit forward",
-                    type(self.model).__name__,
-                    why,
-                )
-                return reference(inputs)
-            self.state = "trial"
-            return self._timed("unsplit", inputs, lambda: reference(inputs))
-        out = self._timed("split", inputs, lambda: pick(self._split_forward(inputs, flat_idx), rows))
+        why = self._check(inputs, flat_idx, reference, pick)  # state "check": the first call
+        if why is not None:
+            self.state = "off"
+            logger.warning(
+                "shared prefix (training cache) of %s disabled: %s; running the unsplit forward",
+                type(self.model).__name__,
+                why,
+            )
+            return reference(inputs)
         faster = self.times["split"] < self.times["unsplit"]
         self.state = "on" if faster or not self.require_faster else "off"
         if not faster:
             _log_once(
                 logging.INFO,
                 ("slower", type(self.model).__name__),
-                "shared prefix (training cache) of %s %s: not faster (%.4f s vs %.4f s unsplit per forward)",
+                "shared prefix (training cache) of %s %s: not faster (%.4f s vs %.4f s unsplit on the check's rows)",
                 type(self.model).__name__,
                 "kept (require_faster=False)" if self.state == "on" else "off",
                 self.times["split"],
                 self.times["unsplit"],
             )
-        return out
+        if self.state == "on":
+            return pick(self._split_forward(inputs, flat_idx), rows)
+        return reference(inputs)
 
 
 def _sync(inputs) -> None:
@@ -851,8 +853,8 @@ def training_prefix(
     boundary has more than one row per example, or the cache would exceed ``budget_bytes``.
     ``store`` (a dict the caller keeps) with ``store_key`` (identifying the training set) reuses the
     cache of an earlier call with the same split signature (e.g. the next chunk of copies).
-    ``require_faster=False`` keeps the cache in use after the first step's check even when it did
-    not measure faster (benchmarks, tests)."""
+    ``require_faster=False`` keeps the cache in use after the first step's check even when the
+    check's split forward did not measure faster (benchmarks, tests)."""
     n = int(num_examples)
     first = take(torch.arange(min(n, 3)))
     split = get_split(model, first)
