@@ -385,23 +385,11 @@ def time_gemm(g: Gemm, device, target_s: float = 0.01) -> float:
         f = lambda: torch.mm(a, b)  # noqa: E731
     else:
         f = lambda: torch.bmm(a, b)  # noqa: E731
-    f()
-    _sync(device)
-    t0 = time.perf_counter()
-    f()
-    _sync(device)
-    n = max(1, int(target_s / max(time.perf_counter() - t0, 1e-7)))
-    ts = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            f()
-        _sync(device)
-        ts.append((time.perf_counter() - t0) / n)
-    return statistics.median(ts)
+    return _time_calls(f, device, target_s)
 
 
 def _time_calls(f, device, target_s: float) -> float:
+    """Median over 3 rounds of the seconds per call of ``f`` (each round ~``target_s``), after a warm-up call."""
     f()
     _sync(device)
     t0 = time.perf_counter()
