@@ -340,8 +340,7 @@ def cnn_safety_flops(convs, head, chunks, step_rows, rec_sizes, row_budget, same
     modes: with batchnorm "eval" and no dropout, training and recording run in the same modes and
     share one split, built in training; a copy model is reused by chunks of the same size); per chunk the
     training cache's safety net runs the unsplit model (no grad) and the split head on
-    K_c x min(b, 4) rows, and the chunk's first step runs unsplit (the prefix on its K_c x b rows:
-    the timing that decides whether the cache is used); the first recording block per split is
+    K_c x min(b, 4) rows (both timed: that decides whether the cache is used); the first recording block per split is
     checked the same way (unsplit on K_c x min(B, 4) rows, split: prefix on min(B, 4), head on K_c x that)."""
     from daunce_fast.lora.shared_prefix import CHECK_EXAMPLES
 
@@ -352,7 +351,7 @@ def cnn_safety_flops(convs, head, chunks, step_rows, rec_sizes, row_budget, same
     for kc in chunks:
         b0 = step_rows[0]
         m = min(b0, CHECK_EXAMPLES)
-        out["training"] += kc * m * (P + H) + kc * m * H + kc * b0 * P
+        out["training"] += kc * m * (P + H) + kc * m * H
         if kc not in seen:
             seen.add(kc)
             out["training"] += 5 * P
@@ -787,39 +786,8 @@ def measure(case: Case, threads: list[int], repeats: int, profile: bool) -> tupl
             ph = run_fit(case.theta0, case.train, {}, opts, case.device, profile=True)
             tables[t] = ph.table
     rows = []
-    med = lambda xs: statistics.median(xs)  # noqa: E731
     for t in threads:
-        tot_fit = med([f["total"] for f in fits[t]])
-        tot_lim = med([sum(lim.values()) for lim in lims[t]])
-        load = [round(x, 2) for x in loads[t]]
-        for p in (*PHASES, "overhead", "total"):
-            if p == "overhead":
-                s = med([f["total"] - sum(f[q] for q in PHASES) for f in fits[t]])
-                fl, lim = 0, 0.0
-            elif p == "total":
-                s, fl, lim = tot_fit, sum(flops.values()), tot_lim
-            else:
-                s, fl, lim = med([f[p] for f in fits[t]]), flops[p], med([x[p] for x in lims[t]])
-            rows.append(
-                {
-                    "case": case.name,
-                    "device": case.device,
-                    "threads": t if cpu else None,
-                    "phase": p,
-                    "gflop": fl / 1e9,
-                    "limit_s": lim,
-                    "gemm_gflops": fl / lim / 1e9 if lim else None,
-                    "median_s": s,
-                    "x_limit": s / lim if lim else None,
-                    "share_of_fit": s / tot_fit,
-                    "achieved_gflops": fl / s / 1e9 if fl else None,
-                    "repeats": repeats,
-                    "loadavg_1m": load,
-                    "note": case.note,
-                }
-            )
-            if lim:  # bench/gpu_check.sh's summary prints "ratio" (it cannot format None)
-                rows[-1]["ratio"] = s / lim
+        rows += _phase_rows(case, fits[t], lims[t], flops, threads=t if cpu else None, loads=loads[t])
     return rows, tables
 
 
@@ -887,45 +855,60 @@ def measure_cnn(case: Case, repeats: int, off_repeats: int, profile: bool) -> tu
             tables[1] = ph.table
     finally:
         sp.training_prefix = tp_orig
-    med = statistics.median
     rows = []
-    tot_lim = med([sum(x.values()) for x in lims])
+    threads = torch.get_num_threads() if torch.device(case.device).type == "cpu" else None
     for share in (True, False):
-        if not fits[share]:
-            continue
-        tot_fit = med([f["total"] for f in fits[share]])
-        for p in (*PHASES, "overhead", "total"):
-            if p == "overhead":
-                s = med([f["total"] - sum(f[q] for q in PHASES) for f in fits[share]])
-                fl, lim = 0, 0.0
-            elif p == "total":
-                s, fl, lim = tot_fit, sum(flops.values()), tot_lim
-            else:
-                s, fl, lim = med([f[p] for f in fits[share]]), flops[p], med([x[p] for x in lims])
-            rows.append(
-                {
-                    "case": f"{case.name}, prefix {'on' if share else 'off'}",
-                    "device": case.device,
-                    "threads": torch.get_num_threads() if torch.device(case.device).type == "cpu" else None,
-                    "phase": p,
-                    "gflop": fl / 1e9,
-                    "limit_s": lim,
-                    "gemm_gflops": fl / lim / 1e9 if lim else None,
-                    "median_s": s,
-                    "x_limit": s / lim if lim else None,
-                    "share_of_fit": s / tot_fit,
-                    "achieved_gflops": fl / s / 1e9 if fl else None,
-                    "repeats": len(fits[share]),
-                    "rounds_s": [round(f.get(p, f["total"] - sum(f[q] for q in PHASES)), 3) for f in fits[share]],
-                    "loadavg_1m": [round(x, 2) for x in loads[share]],
-                    "note": case.note,
-                }
+        if fits[share]:
+            name = f"{case.name}, prefix {'on' if share else 'off'}"
+            rows += _phase_rows(
+                case, fits[share], lims, flops, threads=threads, loads=loads[share], name=name, rounds=True
             )
-            if lim:
-                rows[-1]["ratio"] = s / lim
     if first:
         print(f"training cache's timed first steps (state, seconds per forward) per on fit: {first}")
     return rows, tables
+
+
+def _overhead(f: dict) -> float:
+    """Seconds of a fit outside its timed phases."""
+    return f["total"] - sum(f[q] for q in PHASES)
+
+
+def _phase_rows(case, fits: list, lims: list, flops: dict, *, threads, loads, name=None, rounds=False) -> list[dict]:
+    """One row per phase (PHASES, "overhead", "total") of ``case``: medians over the rounds ``fits``
+    ({phase: s, "total": s}) against the medians of the limits ``lims`` ({phase: s}) for ``flops``;
+    ``rounds``: each row also lists every round's seconds ("rounds_s")."""
+    med = statistics.median
+    tot_fit, tot_lim = med([f["total"] for f in fits]), med([sum(x.values()) for x in lims])
+    rows = []
+    for p in (*PHASES, "overhead", "total"):
+        if p == "overhead":
+            s, fl, lim = med([_overhead(f) for f in fits]), 0, 0.0
+        elif p == "total":
+            s, fl, lim = tot_fit, sum(flops.values()), tot_lim
+        else:
+            s, fl, lim = med([f[p] for f in fits]), flops[p], med([x[p] for x in lims])
+        row = {
+            "case": name or case.name,
+            "device": case.device,
+            "threads": threads,
+            "phase": p,
+            "gflop": fl / 1e9,
+            "limit_s": lim,
+            "gemm_gflops": fl / lim / 1e9 if lim else None,
+            "median_s": s,
+            "x_limit": s / lim if lim else None,
+            "share_of_fit": s / tot_fit,
+            "achieved_gflops": fl / s / 1e9 if fl else None,
+            "repeats": len(fits),
+            "loadavg_1m": [round(x, 2) for x in loads],
+            "note": case.note,
+        }
+        if rounds:
+            row["rounds_s"] = [round(f.get(p, _overhead(f)), 3) for f in fits]
+        if lim:  # bench/gpu_check.sh's summary prints "ratio" (it cannot format None)
+            row["ratio"] = s / lim
+        rows.append(row)
+    return rows
 
 
 def _chunk(case: Case) -> int:
@@ -1051,7 +1034,7 @@ def run_cnn(case: Case, repeats: int, off_repeats: int, profile: bool) -> int:
     print(
         f"  needed GFLOP without it (prefix on every row): {g(case.unshared)}, total {sum(case.unshared.values()) / 1e9:.3f}"
     )
-    print(f"  executed beyond the need by the shared prefix's safety net and first unsplit step: {g(case.safety)}")
+    print(f"  executed beyond the need by the shared prefix's safety net: {g(case.safety)}")
     rows, tables = measure_cnn(case, repeats, off_repeats, profile)
     record("fit_roofline", rows)
     for table in tables.values():
