@@ -164,6 +164,7 @@ class Daunce:
         self._theta0_fp: str | None = None
         self._chunk_model = None
         self._calibration: calibration.Calibration | None = None
+        self._calibrated_for: str | None = None  # fingerprint of the training set it was computed on
         self._closed = False
         self._cleanup = None
         if workdir is not None:
@@ -554,6 +555,7 @@ class Daunce:
             if data is not None:
                 fields = {k: data[k] for k in calibration.Calibration.__dataclass_fields__}
                 self._calibration = calibration.Calibration(**fields)
+                self._calibrated_for = fitted  # the file is this run's (its id covers the training set)
         return self._calibration
 
     def _read_calibration(self) -> dict | None:
@@ -571,7 +573,7 @@ class Daunce:
     def _calibrate(self, ex, base) -> DaunceConfig:
         """The config the copies train with: ``self.config`` with "auto" lr/epochs replaced by the
         calibrated values (logged once; rank 0 writes calibration.json)."""
-        if self._calibration is None or self._calibration.num_train != len(ex):
+        if self._calibration is None or self._calibrated_for != self._state["train"]:
             t0 = base["t0"] if base is not None and "t0" in base else None
             if t0 is None and self.head.kind == "logits" and calibration.wants_calibration(self.config):
                 # "blackbox" has no base tables: one pass of θ0 for its training targets
@@ -579,6 +581,7 @@ class Daunce:
                 t0 = self.head.train_target(z0, ex.labels)
             loss = None if t0 is None else float(t0.double().mean())
             self._calibration = calibration.calibrate(self.config, len(ex), loss)
+            self._calibrated_for = self._state["train"]  # the training set's fingerprint
             logger.info("%s", self._calibration)
             if self.progress:
                 from tqdm.auto import tqdm

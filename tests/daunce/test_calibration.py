@@ -257,3 +257,16 @@ def test_inspect_prints_the_calibration_and_warnings(task, tmp_path):
         [sys.executable, "-m", "daunce_fast", "inspect", str(tmp_path / "losses")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "not a Daunce workdir" in bad.stderr
+
+
+def test_refit_on_another_training_set_of_the_same_size_recalibrates(task, tmp_path):
+    model, ds = task
+    x, y = ds.tensors
+    other = TensorDataset(x, (y + 1) % 3)  # same size, other labels: θ0's loss is far higher
+    d = Daunce(model, num_models=4, workdir=tmp_path, overwrite=True)
+    d.fit(ds)
+    first = d.calibration
+    d.fit(other)
+    assert d.calibration.theta0_loss == pytest.approx(_mean_ce(model, other), rel=1e-5)
+    assert d.calibration.theta0_loss > first.theta0_loss and d.calibration.lr < first.lr
+    assert json.loads((tmp_path / "calibration.json").read_text())["lr"] == d.calibration.lr
