@@ -44,10 +44,12 @@ def wants_calibration(cfg) -> bool:
 
 
 def steps_of(cfg, n: int, epochs: float) -> int:
-    """Optimiser steps of one copy over a training set of ``n`` examples (trainer.steps_per_model)."""
-    n_k = max(1, int(round(cfg.ratio * n)))
-    spe = math.ceil(n_k / cfg.batch_size)
-    return int(cfg.steps) if cfg.steps is not None else max(1, int(round(epochs * spe)))
+    """Optimiser steps of one copy over a training set of ``n`` examples at ``epochs`` (the trainer's
+    count: trainer.steps_per_model of a subset of perturb.subset_size examples)."""
+    from .perturb import subset_size
+    from .trainer import steps_per_model
+
+    return steps_per_model(dataclasses.replace(cfg, epochs=epochs), subset_size(n, cfg.ratio))
 
 
 def _round3(x: float) -> float:

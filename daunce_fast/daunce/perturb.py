@@ -30,10 +30,15 @@ def pair_base(k: int, antithetic: bool) -> int:
     return k - (k % 2) if antithetic else k
 
 
+def subset_size(n: int, ratio: float) -> int:
+    """Examples in each model's subset: ``max(1, round(ratio * n))``."""
+    return max(1, int(round(ratio * n)))
+
+
 def subset_and_xi(seed: int, k: int, n: int, ratio: float, antithetic: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(sorted member indices [n_k] int64, xi [n_k] float64) of model k."""
     rng = model_rng(seed, pair_base(k, antithetic), 1)
-    n_k = max(1, int(round(ratio * n)))
+    n_k = subset_size(n, ratio)
     members = np.sort(rng.choice(n, size=n_k, replace=False)) if n_k < n else np.arange(n)
     xi = rng.random(n_k)
     if antithetic and k % 2:
