@@ -74,6 +74,10 @@ class ChunkPlan:
         several times faster on the CPU than ``gather`` along dim 1 with an expanded index."""
         return (torch.arange(sel.shape[0])[:, None] * self.n_k + sel).reshape(-1)
 
+    def indices(self, flat: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+        """Training-set indices [K_c, b] of the positions ``sel`` (``flat = flat_positions(sel)``)."""
+        return self.members.reshape(-1).index_select(0, flat).view(sel.shape)
+
     def normals(self) -> torch.Tensor | None:
         """The "hessian" normals of every (model, member), [K_c, n_k, C] (after ``prepare_noise(C)``;
         the table when it was drawn, else hashed now), or None for "xi"."""
@@ -90,7 +94,7 @@ class ChunkPlan:
         if sel is None:
             sel = self.select(step)
         flat = self.flat_positions(sel)
-        idx = self.members.reshape(-1).index_select(0, flat).view(sel.shape)
+        idx = self.indices(flat, sel)
         noise = None
         if self.noise is not None:
             if self._num_outputs is None:
@@ -183,7 +187,7 @@ def _steps(model, params, examples, plan: ChunkPlan, base, head, opt, progress, 
         terms = None
         if table is not None:
             flat = plan.flat_positions(sel)
-            idx = plan.members.reshape(-1).index_select(0, flat).view(sel.shape)
+            idx = plan.indices(flat, sel)
             c, noise = None, None
             terms = tuple(t.index_select(0, flat).to(device) for t in table)
         else:
