@@ -427,9 +427,7 @@ def _correlate(
                         else:
                             rows.drain()
                             writer.mark_done(*pending)
-                        # the clock restarts at the request, not when the writer thread gets to it:
-                        # one batch per journal_every, not one per tile while the fsync runs
-                        writer._last_mark = time.monotonic()
+                        writer.mark_requested()  # one batch per journal_every, not one per tile during an fsync
                         pending, pending_bytes = [], 0
         else:
             engine.constant_train = np.zeros(0, np.int64)

@@ -280,6 +280,12 @@ class Writer(TensorQueries):
         marks its batch when this says True, so a killed run loses at most those seconds."""
         return time.monotonic() - self._last_mark >= self.journal_every
 
+    def mark_requested(self) -> None:
+        """Restart the ``journal_due`` clock now: for a caller that queues its mark_done calls to
+        another thread, so the clock counts from the request, not from when that thread gets to it
+        (else every tile while an fsync runs would look due and request another batch)."""
+        self._last_mark = time.monotonic()
+
     def is_done(self, key) -> bool:
         """True when ``key`` was marked done (by this writer or by the run it resumed)."""
         if self._journal is None:
